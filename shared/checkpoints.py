@@ -1,0 +1,115 @@
+"""Model files: safetensors tensors plus JSON metadata; foreign `.pth` files without pickle code.
+
+A toolkit checkpoint holds only tensors and a JSON header (tool, version, architecture
+spec), so loading one never runs code. Foreign PyTorch files are read with
+`torch.load(weights_only=True)`; one that needs arbitrary unpickling is refused.
+"""
+
+from __future__ import annotations
+
+import json
+import pickle
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from shared import __version__
+from shared.errors import InputError
+from shared.io import atomic_write
+
+METADATA_KEY = "toolkit"
+
+
+def save_checkpoint(
+    path: str | Path,
+    tensors: dict[str, torch.Tensor],
+    *,
+    tool: str,
+    architecture: dict[str, Any],
+    extra: dict[str, Any] | None = None,
+) -> Path:
+    """Write `tensors` and a JSON header atomically. `architecture` must let the tool rebuild
+    the module (e.g. timm name, kwargs, pruned widths)."""
+    meta = {"tool": tool, "version": __version__, "architecture": architecture, **(extra or {})}
+    # safetensors refuses shared storage and non-contiguous views: store plain copies.
+    plain = {k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}
+    header = {METADATA_KEY: json.dumps(meta)}
+    return atomic_write(path, lambda tmp: save_file(plain, str(tmp), metadata=header))
+
+
+def read_metadata(path: str | Path) -> dict[str, Any]:
+    """The JSON header of a toolkit checkpoint, without loading its tensors."""
+    from safetensors import safe_open
+
+    path = _existing(path)
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            raw = (f.metadata() or {}).get(METADATA_KEY)
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise InputError(f"{path}: not a readable safetensors checkpoint ({exc})") from None
+    if raw is None:
+        raise InputError(f"{path}: a safetensors file without toolkit metadata")
+    return json.loads(raw)
+
+
+def load_checkpoint(
+    path: str | Path, *, tool: str | None = None
+) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Tensors and metadata of a toolkit checkpoint; `tool` checks which tool wrote it."""
+    path = _existing(path)
+    meta = read_metadata(path)
+    if tool is not None and meta.get("tool") != tool:
+        raise InputError(f"{path}: written by {meta.get('tool')!r}, not by {tool!r}")
+    try:
+        tensors = load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise InputError(f"{path}: corrupt checkpoint ({exc})") from None
+    return tensors, meta
+
+
+def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """Weights from a foreign file: `.safetensors`, or a PyTorch `.pth/.pt/.bin` read with
+    `weights_only=True`. Common wrappers (`state_dict`, `model`, `module.` prefixes) are
+    unwrapped."""
+    path = _existing(path)
+    if path.suffix == ".safetensors":
+        try:
+            return load_file(str(path))
+        except (SafetensorError, OSError, ValueError) as exc:
+            raise InputError(f"{path}: corrupt safetensors file ({exc})") from None
+    try:
+        obj = torch.load(str(path), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else "unsafe pickle"
+        raise InputError(
+            f"{path}: refused, it needs arbitrary code to unpickle ({first}); "
+            "re-save its state_dict, or convert it to .safetensors"
+        ) from None
+    except (RuntimeError, EOFError, OSError, ValueError) as exc:
+        raise InputError(f"{path}: not a readable PyTorch file ({exc})") from None
+    return _unwrap_state_dict(obj, path)
+
+
+def _unwrap_state_dict(obj: Any, path: Path) -> dict[str, torch.Tensor]:
+    for key in ("state_dict", "model_state_dict", "model", "state_dict_ema", "model_ema"):
+        if isinstance(obj, dict) and key in obj and isinstance(obj[key], dict):
+            obj = obj[key]
+            break
+    if not isinstance(obj, dict) or not any(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise InputError(f"{path}: holds no state_dict of tensors")
+    tensors = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+    if all(k.startswith("module.") for k in tensors):  # saved from DDP
+        tensors = {k[len("module.") :]: v for k, v in tensors.items()}
+    return tensors
+
+
+def _existing(path: str | Path) -> Path:
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"{path}: no such file")
+    if path.is_dir():
+        raise InputError(f"{path}: is a directory, expected a file")
+    return path

@@ -1,0 +1,172 @@
+"""What every tool's command line shares: the app, common options, exit codes, `doctor`.
+
+Exit codes: 0 success, 1 failure, 2 bad input (one line naming the file or flag),
+75 preempted after saving state (rerun with --resume).
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from shared import __version__
+from shared.config import config_callback, resolved_options
+from shared.console import Console, configure, get_console
+from shared.errors import ToolkitError
+
+# -- common options (typer Annotated aliases, so every command spells them the same) ------
+ConfigOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--config",
+        is_eager=True,
+        callback=config_callback,
+        help="YAML file supplying any option of this command (keys = option names); "
+        "flags given on the command line win.",
+    ),
+]
+DeviceOpt = Annotated[
+    str,
+    typer.Option(
+        "--device",
+        help="auto | cpu | cuda | cuda:N | mps. auto: the launcher's local GPU under "
+        "torchrun/srun, else the CUDA GPU with most free memory, else MPS, else CPU.",
+    ),
+]
+OutOpt = Annotated[
+    Path,
+    typer.Option(
+        "--out",
+        "-o",
+        help="Output directory: config.yaml, metrics.json, log.txt and the artefacts.",
+    ),
+]
+JsonOpt = Annotated[
+    bool, typer.Option("--json", help="Print the final metrics as one JSON object on stdout.")
+]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or logs.")]
+ResumeOpt = Annotated[
+    bool, typer.Option("--resume", help="Continue from the state saved in --out (resume.pt).")
+]
+SeedOpt = Annotated[int, typer.Option("--seed", help="Random seed.")]
+CheckpointEveryOpt = Annotated[
+    int,
+    typer.Option(
+        "--checkpoint-every",
+        help="Save resume state every N steps (0: only at the end and on SIGTERM/SIGUSR1).",
+        min=0,
+    ),
+]
+
+
+def _version_callback(ctx: typer.Context, value: bool) -> None:
+    if value:
+        typer.echo(f"{ctx.info_name} {__version__}")
+        raise typer.Exit()
+
+
+def create_app(tool: str, help_text: str) -> typer.Typer:
+    """A typer app with `--version` and the shared `doctor` command."""
+    app = typer.Typer(
+        name=tool,
+        help=help_text,
+        no_args_is_help=True,
+        add_completion=False,
+        pretty_exceptions_enable=False,
+        rich_markup_mode=None,
+        context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+    )
+
+    @app.callback()
+    def _root(
+        version: Annotated[
+            bool,
+            typer.Option(
+                "--version",
+                callback=_version_callback,
+                is_eager=True,
+                help="Print the version and exit.",
+            ),
+        ] = False,
+    ) -> None:
+        pass
+
+    @app.command("doctor")
+    def doctor(
+        device: DeviceOpt = "auto",
+        json_output: JsonOpt = False,
+    ) -> None:
+        """Versions, the device this tool would pick, CUDA/NCCL, installed extras, and the
+        distributed environment it detects."""
+        from shared.doctor import doctor_report, print_doctor
+
+        console = configure(json_mode=json_output)
+        report = doctor_report(tool, device)
+        print_doctor(report, console)
+
+    return app
+
+
+def run_app(app: typer.Typer, argv: list[str] | None = None) -> None:
+    """Console-script entry: expected errors become one line and an exit code."""
+    try:
+        app(args=argv, prog_name=app.info.name)
+    except ToolkitError as exc:
+        get_console().error(f"{app.info.name}: error: {exc}")
+        sys.exit(exc.exit_code)
+
+
+@contextmanager
+def command(
+    ctx: typer.Context,
+    tool: str,
+    out: Path | None = None,
+    *,
+    resume: bool = False,
+    checkpoint_every: int = 0,
+) -> Iterator[Any]:
+    """Set up a command from its context: console mode from --quiet/--json, and, when
+    `out` is given, a `Run` for the output directory (removed again on bad input)."""
+    from shared.runs import Run
+
+    console = configure(
+        quiet=bool(ctx.params.get("quiet", False)),
+        json_mode=bool(ctx.params.get("json_output", False)),
+    )
+    if out is None:
+        yield console
+        return
+    with Run(
+        out,
+        tool=tool,
+        command=ctx.info_name or "",
+        options=resolved_options(ctx),
+        resume=resume,
+        checkpoint_every=checkpoint_every,
+    ) as run:
+        yield run
+
+
+def pick_device(spec: str, console: Console | None = None) -> Any:
+    """Resolve --device and say what was picked (on stderr)."""
+    from shared.device import select_device
+
+    choice = select_device(spec)
+    (console or get_console()).info(f"device: {choice}")
+    return choice.device
+
+
+def lazy(module: str, attr: str) -> Callable[..., Any]:
+    """Import `module.attr` only when called: keeps `--help` fast."""
+
+    def call(*args: Any, **kwargs: Any) -> Any:
+        import importlib
+
+        return getattr(importlib.import_module(module), attr)(*args, **kwargs)
+
+    return call

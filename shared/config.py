@@ -1,0 +1,54 @@
+"""`--config FILE.yaml` supplies any option of a command; flags on the command line win.
+
+The file is read by an eager option callback that fills the context's `default_map`, so
+every option not given on the command line takes its value from the file, converted by
+the option's own type. Keys may use dashes or underscores (`batch-size` or `batch_size`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import typer
+import yaml
+
+
+def read_config_file(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise typer.BadParameter(f"{path}: no such file", param_hint="--config")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        line = getattr(getattr(exc, "problem_mark", None), "line", None)
+        where = f" (line {line + 1})" if line is not None else ""
+        raise typer.BadParameter(f"{path}: not valid YAML{where}", param_hint="--config") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise typer.BadParameter(f"{path}: expected a mapping of option: value", "--config")
+    return {str(k).replace("-", "_"): v for k, v in data.items()}
+
+
+def config_callback(ctx: typer.Context, param: typer.CallbackParam, value: Any) -> Any:
+    if value is None:
+        return value
+    path = Path(value)
+    data = read_config_file(path)
+    known = {p.name for p in ctx.command.params if p.name and p.name != param.name}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise typer.BadParameter(
+            f"{path}: unknown option(s) {', '.join(unknown)} for '{ctx.info_name}'",
+            param_hint="--config",
+        )
+    ctx.default_map = {**(ctx.default_map or {}), **data}
+    return path
+
+
+def resolved_options(ctx: typer.Context) -> dict[str, Any]:
+    """The options a command ran with (file, flags and defaults merged), for config.yaml."""
+    skip = {"config", "json_output", "quiet"}
+    return {
+        k: (str(v) if isinstance(v, Path) else v) for k, v in ctx.params.items() if k not in skip
+    }

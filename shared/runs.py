@@ -1,0 +1,197 @@
+"""A command's output directory: config.yaml, metrics.json, log.txt, artefacts, resume state.
+
+Everything is written atomically. Bad input found mid-run removes what this run created,
+so a failed command leaves nothing half-written. SIGTERM/SIGUSR1 (Slurm's warning before
+a time limit or preemption) make long loops save their state and exit with code 75;
+rerunning the same command with `--resume` continues from that state.
+"""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import time
+from collections.abc import Callable
+from pathlib import Path
+from types import FrameType, TracebackType
+from typing import Any
+
+import torch
+
+from shared import __version__
+from shared.console import Console, get_console
+from shared.errors import InputError, NonFiniteLoss, Preempted
+from shared.io import atomic_path, write_json, write_yaml
+
+STATE_FILE = "resume.pt"
+_SIGNALS = tuple(
+    s for s in (getattr(signal, "SIGTERM", None), getattr(signal, "SIGUSR1", None)) if s
+)
+
+
+class Run:
+    def __init__(
+        self,
+        out: str | Path,
+        *,
+        tool: str,
+        command: str,
+        options: dict[str, Any] | None = None,
+        resume: bool = False,
+        checkpoint_every: int = 0,
+    ) -> None:
+        self.dir = Path(out)
+        self.tool = tool
+        self.command = command
+        self.options = options or {}
+        self.resume = resume
+        self.checkpoint_every = checkpoint_every
+        self._signal: str | None = None
+        self._old_handlers: dict[int, Any] = {}
+        self._existed = self.dir.exists()
+        self._before: set[Path] = set()
+        self.started = time.time()
+
+    # -- lifecycle -------------------------------------------------------------
+    def __enter__(self) -> Run:
+        from shared.distributed import is_main
+
+        if self.dir.exists() and not self.dir.is_dir():
+            raise InputError(f"--out {self.dir}: exists and is not a directory")
+        if self.resume and not (self.dir / STATE_FILE).exists():
+            get_console().warn(f"--resume: no {STATE_FILE} in {self.dir}, starting fresh")
+        self._before = set(self.dir.rglob("*")) if self._existed else set()
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.main = is_main()
+        if self.main:
+            get_console().attach_log(self.dir / "log.txt")
+            write_yaml(
+                self.dir / "config.yaml",
+                {
+                    "tool": self.tool,
+                    "command": self.command,
+                    "version": __version__,
+                    **self.options,
+                },
+            )
+        for sig in _SIGNALS:
+            self._old_handlers[sig] = signal.signal(sig, self._on_signal)
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        for sig, handler in self._old_handlers.items():
+            signal.signal(sig, handler)
+        get_console().detach_log()
+        if exc_type is not None and issubclass(exc_type, InputError):
+            self._remove_created()
+        elif exc is not None and self.main and not isinstance(exc, KeyboardInterrupt):
+            status = "preempted" if isinstance(exc, Preempted) else "failed"
+            write_json(self.dir / "metrics.json", self._header(status) | {"error": str(exc)})
+
+    def _remove_created(self) -> None:
+        if not self._existed:
+            shutil.rmtree(self.dir, ignore_errors=True)
+            return
+        for path in sorted(self.dir.rglob("*"), reverse=True):
+            if path not in self._before:
+                if path.is_dir():
+                    shutil.rmtree(path, ignore_errors=True)
+                else:
+                    path.unlink(missing_ok=True)
+
+    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        self._signal = signal.Signals(signum).name
+
+    # -- outputs ---------------------------------------------------------------
+    @property
+    def console(self) -> Console:
+        return get_console()
+
+    def path(self, name: str) -> Path:
+        return self.dir / name
+
+    def _header(self, status: str) -> dict[str, Any]:
+        return {
+            "tool": self.tool,
+            "command": self.command,
+            "version": __version__,
+            "status": status,
+            "seconds": round(time.time() - self.started, 3),
+        }
+
+    def save_metrics(self, metrics: dict[str, Any]) -> dict[str, Any]:
+        full = self._header("ok") | metrics
+        if self.main:
+            write_json(self.dir / "metrics.json", full)
+        return full
+
+    # -- resume state and preemption --------------------------------------------
+    def stop_requested(self) -> bool:
+        """True on every rank once any rank got SIGTERM/SIGUSR1 (ranks must stop together)."""
+        from shared import distributed
+
+        flag = torch.tensor([1.0 if self._signal else 0.0])
+        if distributed.world_size() > 1:
+            flag = distributed.all_reduce(flag, "max")
+        if flag.item() > 0 and self._signal is None:
+            self._signal = "signal on another rank"
+        return bool(flag.item() > 0)
+
+    def load_state(self) -> dict[str, Any] | None:
+        """The saved training state when resuming, else None."""
+        path = self.dir / STATE_FILE
+        if not (self.resume and path.exists()):
+            return None
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # noqa: BLE001 (any unreadable state is bad input)
+            raise InputError(f"{path}: unreadable resume state ({exc})") from None
+
+    def save_state(self, state: dict[str, Any]) -> None:
+        if not self.main:
+            return
+        with atomic_path(self.dir / STATE_FILE) as tmp:
+            torch.save(state, tmp)
+
+    def step_done(self, step: int, make_state: Callable[[], dict[str, Any]]) -> None:
+        """Call after each step: saves every `checkpoint_every` steps, and on a signal saves
+        and raises Preempted (exit 75) so the batch script can requeue with --resume."""
+        stop = self.stop_requested()
+        due = self.checkpoint_every > 0 and step % self.checkpoint_every == 0
+        if stop or due:
+            self.save_state(make_state())
+        if stop:
+            raise Preempted(
+                f"{self._signal} received: state saved at step {step} to "
+                f"{self.dir / STATE_FILE}; rerun the same command with --resume"
+            )
+
+
+def rng_state() -> dict[str, torch.Tensor]:
+    state = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        for i, s in enumerate(torch.cuda.get_rng_state_all()):
+            state[f"cuda{i}"] = s
+    return state
+
+
+def set_rng_state(state: dict[str, torch.Tensor]) -> None:
+    torch.set_rng_state(state["torch"])
+    if torch.cuda.is_available():
+        cuda = [state[k] for k in sorted(state) if k.startswith("cuda")]
+        if len(cuda) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(cuda)
+
+
+def check_finite(loss: torch.Tensor, step: int) -> None:
+    """A NaN/inf loss stops the run with one clear line instead of training on garbage."""
+    if not torch.isfinite(loss).all():
+        raise NonFiniteLoss(
+            f"loss is {loss.detach().float().item()} at step {step}: lower the learning rate, "
+            "check the data, or disable AMP"
+        )

@@ -1,0 +1,153 @@
+"""The shared command-line plumbing, run as a real subprocess through a toy tool."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import REPO, tool_path
+
+TOY = [sys.executable, "-m", "tests.shared.toy_app"]
+
+
+def run_toy(*args: str, **kw) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    return subprocess.run([*TOY, *args], capture_output=True, text=True, cwd=REPO, env=env,
+                          timeout=120, **kw)
+
+
+def test_train_writes_config_metrics_log_and_json(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    res = run_toy("train", "--out", str(out), "--steps", "10", "--json", "--device", "cpu")
+    assert res.returncode == 0, res.stderr
+    metrics = json.loads(res.stdout)  # stdout is exactly one JSON object
+    assert metrics["status"] == "ok" and metrics["steps"] == 10
+    assert json.loads((out / "metrics.json").read_text())["loss"] == metrics["loss"]
+    cfg = (out / "config.yaml").read_text()
+    assert "steps: 10" in cfg and "device: cpu" in cfg
+    assert "device: cpu" in (out / "log.txt").read_text()
+    assert not list(out.glob(".*.tmp")), "atomic writes must leave no temp files"
+
+
+def test_config_file_supplies_options_and_flags_win(tmp_path: Path) -> None:
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("steps: 3\nlr: 0.01\ncheckpoint-every: 0\n")
+    out = tmp_path / "run"
+    res = run_toy("train", "--config", str(cfg), "--out", str(out), "--lr", "0.02", "--json")
+    assert res.returncode == 0, res.stderr
+    resolved = (out / "config.yaml").read_text()
+    assert "steps: 3" in resolved and "lr: 0.02" in resolved and "checkpoint_every: 0" in resolved
+
+
+def test_config_file_with_unknown_key_exits_2(tmp_path: Path) -> None:
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("stepz: 3\n")
+    res = run_toy("train", "--config", str(cfg), "--out", str(tmp_path / "run"))
+    assert res.returncode == 2
+    assert "stepz" in res.stderr and "Traceback" not in res.stderr
+    assert not (tmp_path / "run").exists()
+
+
+def test_bad_input_exits_2_with_one_line_and_leaves_nothing(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    res = run_toy("train", "--out", str(out), "--data", str(tmp_path / "missing.npy"))
+    assert res.returncode == 2
+    lines = [line for line in res.stderr.splitlines() if line.strip()]
+    assert lines[-1] == f"toy: error: --data {tmp_path / 'missing.npy'}: no such file"
+    assert "Traceback" not in res.stderr
+    assert not out.exists(), "a run stopped by bad input must not leave its output directory"
+
+
+def test_bad_input_in_existing_dir_removes_only_new_files(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    res = run_toy("train", "--out", str(out), "--data", str(tmp_path / "nope"))
+    assert res.returncode == 2
+    assert sorted(p.name for p in out.iterdir()) == ["keep.txt"]
+
+
+def test_nan_loss_exits_2_with_clear_line(tmp_path: Path) -> None:
+    res = run_toy("train", "--out", str(tmp_path / "run"), "--lr", "1e30", "--steps", "50")
+    assert res.returncode == 2
+    assert "loss is" in res.stderr and "at step" in res.stderr
+    assert "Traceback" not in res.stderr
+
+
+def test_bad_device_flag_exits_2(tmp_path: Path) -> None:
+    res = run_toy("train", "--out", str(tmp_path / "run"), "--device", "tpu")
+    assert res.returncode == 2 and "--device 'tpu'" in res.stderr
+
+
+def test_sigterm_saves_state_and_resume_reaches_same_result(tmp_path: Path) -> None:
+    ref = run_toy("train", "--out", str(tmp_path / "ref"), "--steps", "30", "--json")
+    assert ref.returncode == 0, ref.stderr
+    expected = json.loads(ref.stdout)["weights"]
+
+    out = tmp_path / "killed"
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen(
+        [*TOY, "train", "--out", str(out), "--steps", "30", "--sleep", "0.1", "--json",
+         "--checkpoint-every", "7"],
+        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    deadline = time.time() + 60
+    while not (out / "resume.pt").exists() and time.time() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.3)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 75, err
+    assert "SIGTERM received" in err and "--resume" in err
+    status = json.loads((out / "metrics.json").read_text())
+    assert status["status"] == "preempted"
+
+    res = run_toy("train", "--out", str(out), "--steps", "30", "--json", "--resume",
+                  "--checkpoint-every", "7")
+    assert res.returncode == 0, res.stderr
+    assert json.loads(res.stdout)["weights"] == expected
+
+
+def test_version_and_help_of_every_tool() -> None:
+    for tool in ("vbp", "tomerge", "kdic", "scorelidar", "hello"):
+        res = subprocess.run([tool_path(tool), "--help"], capture_output=True, text=True)
+        assert res.returncode == 0 and "doctor" in res.stdout, tool
+        ver = subprocess.run([tool_path(tool), "--version"], capture_output=True, text=True)
+        assert ver.stdout.strip() == f"{tool} 0.1.0"
+
+
+@pytest.mark.parametrize("tool", ["vbp", "tomerge", "kdic", "scorelidar", "hello"])
+def test_doctor_json(tool: str) -> None:
+    res = subprocess.run([tool_path(tool), "doctor", "--json"], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    report = json.loads(res.stdout)
+    assert report["tool"] == tool
+    assert report["device"].startswith(("cpu", "cuda", "mps"))
+    assert report["distributed"]["world_size"] == 1
+    assert set(report) >= {"torch", "cuda_available", "nccl_available", "extras"}
+    assert report["extras_complete"], report["extras"]
+
+
+def test_doctor_reports_slurm_environment() -> None:
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    env |= {"SLURM_PROCID": "0", "SLURM_NTASKS": "4", "SLURM_LOCALID": "0",
+            "SLURM_JOB_NODELIST": "gpu[07-08]", "SLURM_JOB_ID": "123"}
+    res = subprocess.run([tool_path("vbp"), "doctor", "--json"], capture_output=True,
+                         text=True, env=env)
+    dist = json.loads(res.stdout)["distributed"]
+    assert dist["launcher"] == "slurm" and dist["world_size"] == 4
+    assert dist["master"].startswith("gpu07:")
+
+
+def test_help_is_fast() -> None:
+    """`vbp --help` must not import torch or timm (users type it all the time)."""
+    code = "import sys; import vbp_cli.cli; print('torch' in sys.modules, 'timm' in sys.modules)"
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert res.stdout.strip() == "False False"
