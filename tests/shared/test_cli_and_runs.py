@@ -19,8 +19,9 @@ TOY = [sys.executable, "-m", "tests.shared.toy_app"]
 
 def run_toy(*args: str, **kw) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    return subprocess.run([*TOY, *args], capture_output=True, text=True, cwd=REPO, env=env,
-                          timeout=120, **kw)
+    return subprocess.run(
+        [*TOY, *args], capture_output=True, text=True, cwd=REPO, env=env, timeout=120, **kw
+    )
 
 
 def test_train_writes_config_metrics_log_and_json(tmp_path: Path) -> None:
@@ -94,9 +95,24 @@ def test_sigterm_saves_state_and_resume_reaches_same_result(tmp_path: Path) -> N
     out = tmp_path / "killed"
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     proc = subprocess.Popen(
-        [*TOY, "train", "--out", str(out), "--steps", "30", "--sleep", "0.1", "--json",
-         "--checkpoint-every", "7"],
-        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        [
+            *TOY,
+            "train",
+            "--out",
+            str(out),
+            "--steps",
+            "30",
+            "--sleep",
+            "0.1",
+            "--json",
+            "--checkpoint-every",
+            "7",
+        ],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     deadline = time.time() + 60
     while not (out / "resume.pt").exists() and time.time() < deadline:
@@ -109,8 +125,9 @@ def test_sigterm_saves_state_and_resume_reaches_same_result(tmp_path: Path) -> N
     status = json.loads((out / "metrics.json").read_text())
     assert status["status"] == "preempted"
 
-    res = run_toy("train", "--out", str(out), "--steps", "30", "--json", "--resume",
-                  "--checkpoint-every", "7")
+    res = run_toy(
+        "train", "--out", str(out), "--steps", "30", "--json", "--resume", "--checkpoint-every", "7"
+    )
     assert res.returncode == 0, res.stderr
     assert json.loads(res.stdout)["weights"] == expected
 
@@ -137,10 +154,16 @@ def test_doctor_json(tool: str) -> None:
 
 def test_doctor_reports_slurm_environment() -> None:
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
-    env |= {"SLURM_PROCID": "0", "SLURM_NTASKS": "4", "SLURM_LOCALID": "0",
-            "SLURM_JOB_NODELIST": "gpu[07-08]", "SLURM_JOB_ID": "123"}
-    res = subprocess.run([tool_path("vbp"), "doctor", "--json"], capture_output=True,
-                         text=True, env=env)
+    env |= {
+        "SLURM_PROCID": "0",
+        "SLURM_NTASKS": "4",
+        "SLURM_LOCALID": "0",
+        "SLURM_JOB_NODELIST": "gpu[07-08]",
+        "SLURM_JOB_ID": "123",
+    }
+    res = subprocess.run(
+        [tool_path("vbp"), "doctor", "--json"], capture_output=True, text=True, env=env
+    )
     dist = json.loads(res.stdout)["distributed"]
     assert dist["launcher"] == "slurm" and dist["world_size"] == 4
     assert dist["master"].startswith("gpu07:")

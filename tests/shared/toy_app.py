@@ -73,9 +73,15 @@ def train(
             loss.backward()
             opt.step()
             time.sleep(sleep)
-            run.step_done(step, lambda s=step: {"model": model.state_dict(),
-                                                 "optimizer": opt.state_dict(),
-                                                 "rng": rng_state(), "step": s})
+            run.step_done(
+                step,
+                lambda s=step: {
+                    "model": model.state_dict(),
+                    "optimizer": opt.state_dict(),
+                    "rng": rng_state(),
+                    "step": s,
+                },
+            )
         weights = [round(float(v), 10) for v in model.weight.flatten()]
         metrics = run.save_metrics({"loss": float(loss), "weights": weights, "steps": steps})
         run.console.summary(metrics)

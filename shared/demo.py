@@ -1,0 +1,54 @@
+"""`make demo`: each tool's main job on built-in offline data, with a short summary each.
+
+Tools add their job to `JOBS` as they land; `doctor` of every tool runs first.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+TOOLS = ("vbp", "tomerge", "kdic", "scorelidar", "hello")
+
+# (title, argv) run in order; paths are relative to the repository root.
+JOBS: list[tuple[str, list[str]]] = []
+
+
+def _tool(name: str) -> str:
+    return str(Path(sys.executable).parent / name)
+
+
+def main() -> int:
+    from shared.console import get_console
+
+    console = get_console()
+    rows = []
+    for tool in TOOLS:
+        start = time.perf_counter()
+        res = subprocess.run([_tool(tool), "doctor"], check=False)
+        rows.append(
+            (
+                f"{tool} doctor",
+                "ok" if res.returncode == 0 else f"exit {res.returncode}",
+                time.perf_counter() - start,
+            )
+        )
+    for title, argv in JOBS:
+        console.info(f"\n== {title}: {' '.join(argv)}")
+        start = time.perf_counter()
+        res = subprocess.run([_tool(argv[0]), *argv[1:]], check=False)
+        rows.append(
+            (
+                title,
+                "ok" if res.returncode == 0 else f"exit {res.returncode}",
+                time.perf_counter() - start,
+            )
+        )
+    console.table("make demo", ["job", "result", "seconds"], rows)
+    return 0 if all(r[1] == "ok" for r in rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

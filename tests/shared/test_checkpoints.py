@@ -1,0 +1,81 @@
+from __future__ import annotations
+
+import os
+import pickle
+from pathlib import Path
+
+import pytest
+import torch
+
+from shared.checkpoints import load_checkpoint, load_state_dict, read_metadata, save_checkpoint
+from shared.errors import InputError
+from shared.io import write_text
+
+
+def test_round_trip_keeps_tensors_and_metadata(tmp_path: Path) -> None:
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.ReLU(), torch.nn.Linear(4, 2))
+    path = save_checkpoint(
+        tmp_path / "m.safetensors",
+        model.state_dict(),
+        tool="vbp",
+        architecture={"name": "mlp", "widths": [3, 4, 2]},
+    )
+    tensors, meta = load_checkpoint(path, tool="vbp")
+    assert meta["tool"] == "vbp" and meta["architecture"]["widths"] == [3, 4, 2]
+    assert meta["version"]
+    for key, value in model.state_dict().items():
+        assert torch.equal(tensors[key], value)
+    assert read_metadata(path) == meta
+
+
+def test_wrong_tool_and_corrupt_file_are_refused(tmp_path: Path) -> None:
+    path = save_checkpoint(
+        tmp_path / "m.safetensors", {"w": torch.ones(2)}, tool="kdic", architecture={}
+    )
+    with pytest.raises(InputError, match="not by 'vbp'"):
+        load_checkpoint(path, tool="vbp")
+    data = path.read_bytes()
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(data[: len(data) // 2])
+    with pytest.raises(InputError, match=str(bad)):
+        load_checkpoint(bad)
+    with pytest.raises(InputError, match="no such file"):
+        load_checkpoint(tmp_path / "missing.safetensors")
+
+
+def test_foreign_pth_loads_weights_only_and_unwraps(tmp_path: Path) -> None:
+    sd = {"module.fc.weight": torch.randn(2, 2), "module.fc.bias": torch.zeros(2)}
+    path = tmp_path / "ckpt.pth"
+    torch.save({"state_dict": sd, "epoch": 3}, path)
+    loaded = load_state_dict(path)
+    assert set(loaded) == {"fc.weight", "fc.bias"}
+    assert torch.equal(loaded["fc.weight"], sd["module.fc.weight"])
+
+
+class Evil:
+    def __reduce__(self):
+        return (os.system, ("echo pwned",))
+
+
+def test_pickle_that_runs_code_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "evil.pth"
+    with open(path, "wb") as f:
+        pickle.dump({"state_dict": {"w": Evil()}}, f)
+    with pytest.raises(InputError, match="refused, it needs arbitrary code"):
+        load_state_dict(path)
+
+
+def test_atomic_write_leaves_old_file_when_writer_fails(tmp_path: Path) -> None:
+    from shared.io import atomic_write
+
+    target = tmp_path / "f.txt"
+    write_text(target, "old")
+
+    def broken(tmp: Path) -> None:
+        tmp.write_text("half")
+        raise RuntimeError("killed")
+
+    with pytest.raises(RuntimeError):
+        atomic_write(target, broken)
+    assert target.read_text() == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["f.txt"]

@@ -1,0 +1,417 @@
+"""shared.distributed: launcher detection, host lists, and real 2-process Gloo runs on CPU."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from shared import distributed as D
+from shared.errors import InputError
+
+REPO = Path(__file__).resolve().parents[2]
+SLURM_DIR = REPO / "examples" / "slurm"
+
+# Everything a launcher could have left in this test's own environment.
+_LAUNCH_PREFIXES = ("SLURM_", "TORCHELASTIC_", "PMI_", "OMPI_")
+_LAUNCH_VARS = (
+    "RANK",
+    "WORLD_SIZE",
+    "LOCAL_RANK",
+    "LOCAL_WORLD_SIZE",
+    "GROUP_RANK",
+    "ROLE_RANK",
+    "MASTER_ADDR",
+    "MASTER_PORT",
+)
+
+
+def _clean_environ() -> dict[str, str]:
+    return {
+        k: v
+        for k, v in os.environ.items()
+        if k not in _LAUNCH_VARS and not k.startswith(_LAUNCH_PREFIXES)
+    }
+
+
+@pytest.fixture
+def no_launcher(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in list(os.environ):
+        if name in _LAUNCH_VARS or name.startswith(_LAUNCH_PREFIXES):
+            monkeypatch.delenv(name)
+
+
+# --- detect_env ---------------------------------------------------------------------------
+
+
+def test_detect_env_torchrun() -> None:
+    env = D.detect_env(
+        {
+            "RANK": "3",
+            "WORLD_SIZE": "8",
+            "LOCAL_RANK": "1",
+            "MASTER_ADDR": "node07",
+            "MASTER_PORT": "29555",
+        }
+    )
+    assert env == D.DistEnv(3, 8, 1, "node07", 29555, "torchrun")
+    assert env.is_distributed and not env.is_main
+
+
+def test_detect_env_slurm_nodelist_and_derived_port() -> None:
+    env = D.detect_env(
+        {
+            "SLURM_PROCID": "1",
+            "SLURM_NTASKS": "2",
+            "SLURM_LOCALID": "1",
+            "SLURM_JOB_NODELIST": "gpu[07-09]",
+            "SLURM_JOB_ID": "4321987",
+        }
+    )
+    assert env == D.DistEnv(1, 2, 1, "gpu07", 20000 + 4321987 % 10000, "slurm")
+    assert 20000 <= env.master_port <= 29999
+
+
+def test_detect_env_slurm_prefers_step_nodelist_and_master_port() -> None:
+    env = D.detect_env(
+        {
+            "SLURM_PROCID": "0",
+            "SLURM_NTASKS": "4",
+            "SLURM_STEP_NUM_TASKS": "2",
+            "SLURM_LOCALID": "0",
+            "SLURM_STEP_NODELIST": "b[3-4]",
+            "SLURM_JOB_NODELIST": "a[1-4],b[3-4]",
+            "SLURM_JOB_ID": "17",
+            "MASTER_PORT": "23456",
+        }
+    )
+    assert (env.world_size, env.master_addr, env.master_port) == (2, "b3", 23456)
+
+
+def test_detect_env_slurm_single_task_is_world_one() -> None:
+    # A plain sbatch shell: SLURM_PROCID is set but there is only one task.
+    env = D.detect_env({"SLURM_PROCID": "0", "SLURM_JOB_NODELIST": "n1", "SLURM_JOB_ID": "5"})
+    assert (env.launcher, env.world_size, env.rank, env.is_distributed) == ("slurm", 1, 0, False)
+    env = D.detect_env({"SLURM_PROCID": "0", "SLURM_NTASKS": "1"})
+    assert (env.launcher, env.world_size, env.master_addr) == ("slurm", 1, "127.0.0.1")
+
+
+def test_detect_env_torchrun_takes_precedence_over_slurm() -> None:
+    env = D.detect_env(
+        {
+            "RANK": "1",
+            "WORLD_SIZE": "4",
+            "LOCAL_RANK": "1",
+            "MASTER_ADDR": "10.0.0.1",
+            "MASTER_PORT": "29500",
+            "SLURM_PROCID": "0",
+            "SLURM_NTASKS": "1",
+            "SLURM_LOCALID": "0",
+            "SLURM_JOB_NODELIST": "node[01-02]",
+        }
+    )
+    assert (env.launcher, env.rank, env.world_size, env.master_addr) == (
+        "torchrun",
+        1,
+        4,
+        "10.0.0.1",
+    )
+
+
+def test_detect_env_single_process_default(no_launcher: None) -> None:
+    for env in (D.detect_env({}), D.detect_env()):
+        assert env == D.DistEnv(0, 1, 0, "127.0.0.1", env.master_port, "none")
+        assert env.is_main and not env.is_distributed
+
+
+@pytest.mark.parametrize(
+    ("environ", "name"),
+    [
+        ({"RANK": "one", "WORLD_SIZE": "2"}, "RANK"),
+        ({"RANK": "0", "WORLD_SIZE": "2.0"}, "WORLD_SIZE"),
+        ({"RANK": "0", "WORLD_SIZE": "2", "LOCAL_RANK": "x"}, "LOCAL_RANK"),
+        ({"RANK": "0", "WORLD_SIZE": "2", "MASTER_PORT": "http"}, "MASTER_PORT"),
+        ({"RANK": "0"}, "WORLD_SIZE"),
+        ({"RANK": "2", "WORLD_SIZE": "2"}, "RANK"),
+        ({"SLURM_PROCID": "a"}, "SLURM_PROCID"),
+        ({"SLURM_PROCID": "0", "SLURM_NTASKS": "two"}, "SLURM_NTASKS"),
+        ({"SLURM_PROCID": "0", "SLURM_NTASKS": "2", "SLURM_LOCALID": "?"}, "SLURM_LOCALID"),
+        ({"SLURM_PROCID": "0", "SLURM_JOB_ID": "12_3"}, "SLURM_JOB_ID"),
+        ({"SLURM_PROCID": "0", "SLURM_JOB_NODELIST": "node[01-"}, "node list"),
+    ],
+)
+def test_detect_env_malformed_raises_input_error(environ: dict[str, str], name: str) -> None:
+    with pytest.raises(InputError, match=name.replace("[", r"\[")):
+        D.detect_env(environ)
+    assert InputError.exit_code == 2
+
+
+# --- first_host ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("nodelist", "host"),
+    [
+        ("node01", "node01"),
+        ("node[01-04,07]", "node01"),
+        ("gpu-a[003,010-012],gpu-b5", "gpu-a003"),
+        ("a1,a2", "a1"),
+        ("node[007]", "node007"),
+        ("node[10-12]", "node10"),
+        ("rack[2-3]-n[0001-0004]", "rack2-n0001"),
+        ("  gpu[07-09]  ", "gpu07"),
+        ("localhost", "localhost"),
+    ],
+)
+def test_first_host(nodelist: str, host: str) -> None:
+    assert D.first_host(nodelist) == host
+
+
+@pytest.mark.parametrize("bad", ["", "  ", "node[01", "node]01[", "node[]"])
+def test_first_host_malformed(bad: str) -> None:
+    with pytest.raises(InputError):
+        D.first_host(bad)
+
+
+# --- single process: every helper is a no-op ------------------------------------------------
+
+
+def test_single_process_helpers_are_no_ops(
+    no_launcher: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    env = D.init("cpu")
+    assert env.launcher == "none" and not D.is_initialized()
+    assert (D.rank(), D.world_size(), D.is_main()) == (0, 1, True)
+    D.barrier()
+
+    t = torch.tensor([1.0, 2.0])
+    out = D.all_reduce(t, "sum")
+    assert torch.equal(out, t) and out.data_ptr() != t.data_ptr()
+    assert torch.equal(D.all_reduce(torch.tensor([4]), "mean"), torch.tensor([4.0]))
+    with pytest.raises(ValueError):
+        D.all_reduce(t, "prod")
+    assert D.all_gather_object({"a": 1}) == [{"a": 1}]
+    assert D.broadcast_object("x") == "x"
+
+    model = nn.Linear(2, 2)
+    assert D.wrap_ddp(model, torch.device("cpu")) is model
+    assert D.unwrap(model) is model
+    assert D.distributed_sampler(list(range(10)), shuffle=True) is None
+
+    D.rank0_print("hello", "rank0")
+    captured = capsys.readouterr()
+    assert captured.err == "hello rank0\n" and captured.out == ""
+    D.cleanup()
+
+
+def test_rank0_print_silent_on_other_ranks(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert (D.rank(), D.world_size(), D.is_main()) == (1, 2, False)
+    D.rank0_print("should not appear")
+    assert capsys.readouterr().err == ""
+
+
+def test_init_world_one_creates_no_group() -> None:
+    env = D.init("cpu", environ={"SLURM_PROCID": "0", "SLURM_NTASKS": "1"})
+    assert env.launcher == "slurm" and not D.is_initialized()
+
+
+# --- two real processes (Gloo on CPU) -------------------------------------------------------
+
+_WORKER = r"""
+import json, os, sys
+import torch
+import torch.distributed as dist
+from torch import nn
+from shared import distributed as D
+
+out_dir = sys.argv[1]
+env = D.init("cpu", timeout_s=60)
+r = env.rank
+res = {
+    "env": [env.rank, env.world_size, env.local_rank, env.master_addr, env.master_port,
+            env.launcher],
+    "environ_rank": os.environ.get("RANK"),
+    "initialized": D.is_initialized(),
+    "backend": dist.get_backend(),
+    "rank": D.rank(),
+    "world": D.world_size(),
+    "is_main": D.is_main(),
+}
+x = torch.tensor([r + 1.0])
+res["sum"] = D.all_reduce(x, "sum").item()
+res["mean"] = D.all_reduce(x, "mean").item()
+res["max"] = D.all_reduce(x, "max").item()
+res["min"] = D.all_reduce(x, "min").item()
+res["input_untouched"] = x.item()
+res["gathered"] = D.all_gather_object({"rank": r, "name": f"r{r}"})
+res["broadcast"] = D.broadcast_object(f"from{r}", src=0)
+
+torch.manual_seed(1234 + r)  # different init per rank: DDP must broadcast rank 0's weights
+model = nn.Linear(3, 1)
+ddp = D.wrap_ddp(model, torch.device("cpu"))
+res["is_ddp"] = isinstance(ddp, nn.parallel.DistributedDataParallel)
+res["unwrap_is_model"] = D.unwrap(ddp) is model
+data = torch.full((4, 3), float(r + 1))
+ddp(data).sum().backward()
+res["weight"] = model.weight.detach().flatten().tolist()
+res["grad_w"] = model.weight.grad.flatten().tolist()
+res["grad_b"] = model.bias.grad.flatten().tolist()
+
+sampler = D.distributed_sampler(list(range(10)), shuffle=False)
+res["shard"] = list(iter(sampler))
+D.barrier()
+D.cleanup()
+res["after_cleanup"] = D.is_initialized()
+with open(os.path.join(out_dir, f"rank{r}.json"), "w") as f:
+    json.dump(res, f)
+"""
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _run_two(tmp_path: Path, envs: list[dict[str, str]]) -> list[dict]:
+    script = tmp_path / "worker.py"
+    script.write_text(_WORKER)
+    procs = []
+    for extra in envs:
+        env = _clean_environ()
+        env.update(extra)
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+        env["OMP_NUM_THREADS"] = "1"
+        if sys.platform.startswith("linux"):
+            # Gloo otherwise binds to whatever the machine's hostname resolves to.
+            env.setdefault("GLOO_SOCKET_IFNAME", "lo")
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, str(script), str(tmp_path)],
+                env=env,
+                cwd=REPO,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+        )
+    logs = []
+    try:
+        for p in procs:
+            logs.append(p.communicate(timeout=90)[0])
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    for p, log in zip(procs, logs, strict=True):
+        assert p.returncode == 0, log
+    return [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+
+
+def _check_collectives(results: list[dict]) -> None:
+    for r, res in enumerate(results):
+        assert res["initialized"] and not res["after_cleanup"]
+        assert res["backend"] == "gloo"
+        assert (res["rank"], res["world"], res["is_main"]) == (r, 2, r == 0)
+        assert res["environ_rank"] == str(r)
+        assert res["sum"] == 3.0
+        assert res["mean"] == 1.5
+        assert (res["max"], res["min"]) == (2.0, 1.0)
+        assert res["input_untouched"] == r + 1.0
+        assert res["gathered"] == [{"rank": 0, "name": "r0"}, {"rank": 1, "name": "r1"}]
+        assert res["broadcast"] == "from0"
+        assert res["is_ddp"] and res["unwrap_is_model"]
+    # Rank 0's weights everywhere; gradients averaged over the two ranks' data.
+    assert results[0]["weight"] == results[1]["weight"]
+    assert results[0]["grad_w"] == pytest.approx(results[1]["grad_w"])
+    assert results[0]["grad_w"] == pytest.approx([6.0, 6.0, 6.0])  # mean of 4*1 and 4*2
+    assert results[0]["grad_b"] == pytest.approx([4.0]) == results[1]["grad_b"]
+    # Disjoint shards that cover the data set.
+    assert sorted(results[0]["shard"] + results[1]["shard"]) == list(range(10))
+
+
+def test_two_processes_torchrun_env(tmp_path: Path) -> None:
+    port = _free_port()
+    envs = [
+        {
+            "RANK": str(r),
+            "WORLD_SIZE": "2",
+            "LOCAL_RANK": str(r),
+            "MASTER_ADDR": "127.0.0.1",
+            "MASTER_PORT": str(port),
+        }
+        for r in range(2)
+    ]
+    results = _run_two(tmp_path, envs)
+    _check_collectives(results)
+    for r, res in enumerate(results):
+        assert res["env"] == [r, 2, r, "127.0.0.1", port, "torchrun"]
+
+
+def test_two_processes_slurm_env(tmp_path: Path) -> None:
+    port = _free_port()
+    envs = [
+        {
+            "SLURM_PROCID": str(r),
+            "SLURM_NTASKS": "2",
+            "SLURM_LOCALID": str(r),
+            "SLURM_JOB_NODELIST": "localhost",
+            "SLURM_JOB_ID": "98765",
+            "MASTER_PORT": str(port),  # the sbatch scripts export it; a free one here
+        }
+        for r in range(2)
+    ]
+    results = _run_two(tmp_path, envs)
+    _check_collectives(results)
+    for r, res in enumerate(results):
+        assert res["env"] == [r, 2, r, "localhost", port, "slurm"]
+
+
+# --- example sbatch scripts -----------------------------------------------------------------
+
+_TOOLS = ("vbp", "tomerge", "kdic", "scorelidar", "hello")
+
+
+def test_slurm_examples_exist() -> None:
+    assert {p.stem for p in SLURM_DIR.glob("*.sbatch")} >= set(_TOOLS)
+    assert (SLURM_DIR / "README.md").is_file()
+
+
+@pytest.mark.parametrize("tool", _TOOLS)
+def test_slurm_example_script(tool: str) -> None:
+    bash = shutil.which("bash")
+    if bash is None:
+        pytest.skip("bash not installed")
+    path = SLURM_DIR / f"{tool}.sbatch"
+    proc = subprocess.run([bash, "-n", str(path)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    text = path.read_text()
+    assert "srun " in text
+    assert "--resume" in text or tool == "tomerge"
+    for option in (
+        "--nodes=1",
+        "--ntasks-per-node=2",
+        "--gpus-per-task=1",
+        "--signal=USR1@120",
+        "--requeue",
+    ):
+        assert f"#SBATCH {option}" in text, option
+    assert "MASTER_PORT=$((20000 + SLURM_JOB_ID % 10000))" in text
+    assert "scontrol requeue" in text and "75" in text
+    assert f'OUT="runs/{tool}-$SLURM_JOB_ID"' in text
+    # sbatch stops reading #SBATCH lines at the first command.
+    header = text.split("set -euo pipefail")[0]
+    assert all(line == "" or line.startswith("#") for line in header.splitlines())
