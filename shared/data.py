@@ -592,6 +592,7 @@ def make_loader(
     seed: int = 0,
     drop_last: bool = False,
     pin_memory: bool = False,
+    distribute: bool = True,
 ) -> DataLoader:
     """A DataLoader that shards across processes under torch.distributed.
 
@@ -609,19 +610,19 @@ def make_loader(
         "pin_memory": pin_memory,
         # no persistent workers: they would keep a stale copy of PhotoCrops.epoch
     }
-    world = _distributed_world()
-    if world is not None:
-        from torch.utils.data.distributed import DistributedSampler
+    from torch.utils.data.distributed import DistributedSampler
 
-        rank, size = world
-        sampler = DistributedSampler(
-            dataset, num_replicas=size, rank=rank, shuffle=shuffle, seed=seed,
-            drop_last=drop_last,
-        )  # fmt: skip
-        return DataLoader(dataset, sampler=sampler, **common)
-    generator = torch.Generator()
-    generator.manual_seed(seed)
-    return DataLoader(dataset, shuffle=shuffle, generator=generator, **common)
+    # A DistributedSampler even in one process: its order is a pure function of
+    # (seed, epoch), which is what lets a resumed run see the same batches.
+    # distribute=False: the caller already took this rank's share (see `shard`).
+    rank, size = (_distributed_world() if distribute else None) or (0, 1)
+    sampler = DistributedSampler(
+        dataset, num_replicas=size, rank=rank, shuffle=shuffle, seed=seed, drop_last=drop_last
+    )
+    # Its own generator: creating an iterator draws a worker seed, which must not consume
+    # the global RNG (a resumed run would otherwise draw it at a different point).
+    generator = torch.Generator().manual_seed(seed)
+    return DataLoader(dataset, sampler=sampler, generator=generator, **common)
 
 
 def set_loader_epoch(loader: DataLoader, epoch: int) -> None:
@@ -632,3 +633,41 @@ def set_loader_epoch(loader: DataLoader, epoch: int) -> None:
     dataset = getattr(loader, "dataset", None)
     if hasattr(dataset, "set_epoch"):
         dataset.set_epoch(epoch)  # type: ignore[union-attr]
+
+
+def shard(dataset: Dataset) -> Dataset:
+    """This rank's share of `dataset` without padding (rank, rank + world, ...): for
+    statistics and evaluation, where DistributedSampler's repeated samples would bias sums."""
+    world = _distributed_world()
+    if world is None:
+        return dataset
+    from torch.utils.data import Subset
+
+    rank, size = world
+    return Subset(dataset, range(rank, len(dataset), size))  # type: ignore[arg-type]
+
+
+def resolve_workers(requested: int, spec: str) -> int:
+    """Loader workers for `--num-workers -1` (auto): none for in-memory built-in sets (workers
+    only add start-up cost there), else up to 8, leaving a core for the main process."""
+    if requested >= 0:
+        return requested
+    if spec.startswith("builtin:"):
+        return 0
+    return max(0, min(8, (os.cpu_count() or 1) - 1))
+
+
+def epoch_batches(loader: DataLoader, epoch: int, start_batch: int = 0) -> DataLoader:
+    """The batches of `epoch` from `start_batch` on, without loading (or augmenting, which
+    draws random numbers) the skipped ones: a resumed run continues exactly where it
+    stopped."""
+    set_loader_epoch(loader, epoch)
+    if start_batch == 0:
+        return loader
+    indices = list(loader.sampler)[start_batch * (loader.batch_size or 1) :]  # type: ignore[arg-type]
+    return DataLoader(
+        loader.dataset, batch_size=loader.batch_size, sampler=indices,
+        num_workers=loader.num_workers, drop_last=loader.drop_last,
+        pin_memory=loader.pin_memory, collate_fn=loader.collate_fn,
+        generator=torch.Generator().manual_seed(epoch),
+    )  # fmt: skip

@@ -1,0 +1,33 @@
+"""Variance-Based Pruning (ICCV 2025) for timm models.
+
+    from vbp_cli import collect_stats, prune, load_model
+    stats = collect_stats(model, batches)          # {mlp name: NeuronStats}
+    widths = prune(model, stats, ratio=0.5)        # in place, dense, mean-shift compensated
+    model = load_model("runs/pruned")              # a plain nn.Module
+
+Imports are lazy so that `vbp --help` does not load torch.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = ["NeuronStats", "collect_stats", "find_mlps", "load_model", "prune", "save_model"]
+
+_EXPORTS = {
+    "collect_stats": ("vbp_cli.stats", "collect_stats"),
+    "NeuronStats": ("vbp_cli.stats", "NeuronStats"),
+    "prune": ("vbp_cli.prune", "prune_model"),
+    "find_mlps": ("vbp_cli.mlps", "find_mlps"),
+    "load_model": ("vbp_cli.models", "load_model"),
+    "save_model": ("vbp_cli.models", "save_model"),
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        import importlib
+
+        module, attr = _EXPORTS[name]
+        return getattr(importlib.import_module(module), attr)
+    raise AttributeError(f"module 'vbp_cli' has no attribute {name!r}")

@@ -279,7 +279,27 @@ def test_make_loader_seeded_and_not_distributed() -> None:
     assert sorted(sum(a, [])) == list(range(20))
     ordered = data.make_loader(ds, 8, shuffle=False, drop_last=True)
     assert len(ordered) == 2
-    assert not isinstance(ordered.sampler, torch.utils.data.DistributedSampler)
+    assert ordered.sampler.num_replicas == 1
+
+
+def test_epoch_batches_resume_mid_epoch_without_touching_skipped() -> None:
+    touched: list[int] = []
+
+    class Recording(torch.utils.data.Dataset):
+        def __len__(self) -> int:
+            return 12
+
+        def __getitem__(self, i: int) -> int:
+            touched.append(i)
+            return i
+
+    loader = data.make_loader(Recording(), 3, shuffle=True, seed=5)
+    full = [b.tolist() for b in data.epoch_batches(loader, epoch=2)]
+    touched.clear()
+    tail = [b.tolist() for b in data.epoch_batches(loader, epoch=2, start_batch=2)]
+    assert tail == full[2:]
+    assert sorted(touched) == sorted(sum(full[2:], []))
+    assert [b.tolist() for b in data.epoch_batches(loader, epoch=3)] != full
 
 
 def test_make_loader_uses_distributed_sampler(monkeypatch: pytest.MonkeyPatch) -> None:

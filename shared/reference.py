@@ -1,0 +1,110 @@
+"""Small reference classifiers trained here on offline data, cached on disk.
+
+Tools need real trained models without network access: vbp prunes one, hello uses one as
+its teacher, tomerge one to check that generated digits still show their class. They are
+trained once per (architecture, data, recipe) and cached under $TOOLKIT_CACHE (default
+~/.cache/efficient-learning-toolkit/reference).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from shared.checkpoints import load_checkpoint, save_checkpoint
+
+
+def cache_dir() -> Path:
+    root = os.environ.get("TOOLKIT_CACHE") or Path.home() / ".cache" / "efficient-learning-toolkit"
+    return Path(root) / "reference"
+
+
+def reference_classifier(
+    timm_name: str,
+    model_kwargs: dict[str, Any],
+    *,
+    data: str = "builtin:digits",
+    epochs: float = 30,
+    lr: float = 1e-3,
+    batch_size: int = 64,
+    weight_decay: float = 0.05,
+    seed: int = 0,
+) -> tuple[Path, dict[str, Any]]:
+    """Path of a trained checkpoint (safetensors, loadable as a plain state dict) and its
+    metadata (architecture, recipe, val_top1). Trains and caches it on first use."""
+    recipe = {
+        "timm_name": timm_name,
+        "model_kwargs": model_kwargs,
+        "data": data,
+        "epochs": epochs,
+        "lr": lr,
+        "batch_size": batch_size,
+        "weight_decay": weight_decay,
+        "seed": seed,
+    }
+    key = hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:12]
+    path = cache_dir() / f"{timm_name}-{key}.safetensors"
+    if path.exists():
+        _, meta = load_checkpoint(path, tool="reference")
+        return path, meta
+    model, val_top1 = _train(recipe)
+    save_checkpoint(
+        path,
+        model.state_dict(),
+        tool="reference",
+        architecture={"timm_name": timm_name, "model_kwargs": model_kwargs},
+        extra={"recipe": recipe, "val_top1": val_top1},
+    )
+    _, meta = load_checkpoint(path, tool="reference")
+    return path, meta
+
+
+def load_reference(path: Path) -> nn.Module:
+    """The cached model as a plain timm module in eval mode."""
+    import timm
+
+    tensors, meta = load_checkpoint(path, tool="reference")
+    arch = meta["architecture"]
+    model = timm.create_model(arch["timm_name"], pretrained=False, **arch["model_kwargs"])
+    model.load_state_dict(tensors)
+    return model.eval()
+
+
+def _train(recipe: dict[str, Any]) -> tuple[nn.Module, float]:
+    import timm
+
+    from shared.classify import FitConfig, evaluate_classifier, fit_classifier
+    from shared.console import get_console
+    from shared.data import make_loader
+    from shared.timm_data import classification_data
+
+    torch.manual_seed(recipe["seed"])
+    model = timm.create_model(recipe["timm_name"], pretrained=False, **recipe["model_kwargs"])
+    train = classification_data(recipe["data"], model, "train", augment=True)
+    val = classification_data(recipe["data"], model, "val")
+    loader = make_loader(
+        train.dataset, recipe["batch_size"], shuffle=True, seed=recipe["seed"], drop_last=True
+    )
+    cfg = FitConfig(
+        epochs=recipe["epochs"],
+        lr=recipe["lr"],
+        weight_decay=recipe["weight_decay"],
+        warmup_fraction=0.1,
+        amp=False,
+    )
+    get_console().info(
+        f"training reference model {recipe['timm_name']} on {recipe['data']} "
+        f"({recipe['epochs']} epochs; cached for next time)"
+    )
+    device = torch.device("cpu")
+    fit_classifier(model, loader, cfg, device=device, description="reference model")
+    acc = evaluate_classifier(
+        model, make_loader(val.dataset, 256, shuffle=False), device=device, amp=False
+    )
+    return model, acc["top1"]
