@@ -12,12 +12,15 @@ from pathlib import Path
 
 TOOLS = ("vbp", "tomerge", "kdic", "scorelidar", "hello")
 
-# (title, argv) run in order; paths are relative to the repository root.
-JOBS: list[tuple[str, list[str]]] = []
+# (title, argv) run in order: each tool's main job on built-in data. "python" means this
+# interpreter; other first words are console scripts installed beside it.
+JOBS: list[tuple[str, list[str]]] = [
+    ("vbp: prune a digits ViT by 50%", ["python", "-m", "vbp_cli.demo"]),
+]
 
 
 def _tool(name: str) -> str:
-    return str(Path(sys.executable).parent / name)
+    return sys.executable if name == "python" else str(Path(sys.executable).parent / name)
 
 
 def main() -> int:

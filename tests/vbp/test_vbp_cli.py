@@ -186,8 +186,9 @@ def test_two_processes_give_the_same_statistics(pipeline: Path) -> None:
     assert json.loads((pipeline / "two" / "metrics.json").read_text())["world_size"] == 2
     for name in a:
         assert a[name].count == b[name].count == 360 * 65
-        torch.testing.assert_close(a[name].mean, b[name].mean, rtol=1e-12, atol=1e-12)
-        torch.testing.assert_close(a[name].var, b[name].var, rtol=1e-10, atol=1e-12)
+        # different batches per process: equal up to the float32 per-batch moments
+        torch.testing.assert_close(a[name].mean, b[name].mean, rtol=1e-6, atol=1e-7)
+        torch.testing.assert_close(a[name].var, b[name].var, rtol=1e-5, atol=1e-7)
 
 
 def _one_error_line(res: subprocess.CompletedProcess) -> str:

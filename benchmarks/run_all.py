@@ -1,0 +1,39 @@
+"""`make bench`: rerun every benchmark; each writes benchmarks/results/<tool>/."""
+
+from __future__ import annotations
+
+import runpy
+import sys
+import time
+
+BENCHMARKS = [
+    "benchmarks.vbp_ablation",
+    "benchmarks.vbp_speed",
+]
+
+
+def main() -> int:
+    only = sys.argv[1:]
+    failed = []
+    for name in BENCHMARKS:
+        if only and not any(o in name for o in only):
+            continue
+        print(f"== {name}", flush=True)
+        start = time.perf_counter()
+        saved = sys.argv
+        sys.argv = [name]
+        try:
+            runpy.run_module(name, run_name="__main__")
+        except SystemExit as exc:
+            if exc.code:
+                failed.append(name)
+        finally:
+            sys.argv = saved
+        print(f"== {name}: {time.perf_counter() - start:.0f} s", flush=True)
+    if failed:
+        print("failed: " + ", ".join(failed), file=sys.stderr)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
