@@ -130,8 +130,8 @@ def command(
     resume: bool = False,
     checkpoint_every: int = 0,
 ) -> Iterator[Any]:
-    """Set up a command from its context: console mode from --quiet/--json, and, when
-    `out` is given, a `Run` for the output directory (removed again on bad input)."""
+    """Set up a command from its context: console mode from --quiet/--json, and a `Run` for
+    the output directory `out` (removed again on bad input), or a `NoOutput` without one."""
     from shared.runs import Run
 
     console = configure(
@@ -139,7 +139,7 @@ def command(
         json_mode=bool(ctx.params.get("json_output", False)),
     )
     if out is None:
-        yield console
+        yield NoOutput(console)
         return
     with Run(
         out,
@@ -150,6 +150,16 @@ def command(
         checkpoint_every=checkpoint_every,
     ) as run:
         yield run
+
+
+class NoOutput:
+    """Stands in for a `Run` when a command was given no --out: nothing is written."""
+
+    def __init__(self, console: Console) -> None:
+        self.console = console
+
+    def save_metrics(self, metrics: dict[str, Any]) -> dict[str, Any]:
+        return metrics
 
 
 def pick_device(spec: str, console: Console | None = None) -> Any:

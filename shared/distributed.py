@@ -330,7 +330,14 @@ def all_reduce(tensor: torch.Tensor, op: str = "sum") -> torch.Tensor:
     if is_initialized():
         world = dist.get_world_size()
         if world > 1:
-            dist.all_reduce(out, op=getattr(dist.ReduceOp, _REDUCE_OPS[op]))
+            reduce_op = getattr(dist.ReduceOp, _REDUCE_OPS[op])
+            if dist.get_backend() == "nccl" and out.device.type != "cuda":
+                # NCCL reduces only CUDA tensors: round-trip CPU values (flags, counters).
+                on_gpu = out.to(torch.device("cuda", torch.cuda.current_device()))
+                dist.all_reduce(on_gpu, op=reduce_op)
+                out = on_gpu.to(out.device)
+            else:
+                dist.all_reduce(out, op=reduce_op)
     if op == "mean":
         out = out.div_(world) if out.is_floating_point() else out / world
     return out

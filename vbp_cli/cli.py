@@ -368,7 +368,7 @@ def evaluate_cmd(
     from vbp_cli.api import evaluate_model
 
     with command(ctx, "vbp", out) as run:
-        console = run.console if out is not None else run
+        console = run.console
         dev = pick_device(device, console)
         metrics = evaluate_model(
             model,
@@ -388,9 +388,7 @@ def evaluate_cmd(
             amp=amp,
             num_workers=resolve_workers(num_workers, data),
         )
-        if out is not None:
-            metrics = run.save_metrics(metrics)
-        console.summary(metrics, "vbp evaluate")
+        console.summary(run.save_metrics(metrics), "vbp evaluate")
 
 
 @app.command("benchmark")
@@ -422,7 +420,7 @@ def benchmark_cmd(
     from vbp_cli.api import benchmark_models
 
     with command(ctx, "vbp", out) as run:
-        console = run.console if out is not None else run
+        console = run.console
         dev = pick_device(device, console)
         rows = benchmark_models(
             model,
@@ -443,9 +441,7 @@ def benchmark_cmd(
                 for r in rows
             ],
         )
-        metrics = {"rows": rows, "device": str(dev)}
-        if out is not None:
-            metrics = run.save_metrics(metrics)
+        metrics = run.save_metrics({"rows": rows, "device": str(dev)})
         if json_output:
             console.summary(metrics)
 
@@ -471,7 +467,8 @@ def export_cmd(
     from vbp_cli.export import check_onnx, export_onnx
 
     require("vbp", "onnx", "onnxruntime")
-    with command(ctx, "vbp") as console:
+    with command(ctx, "vbp") as run:
+        console = run.console
         net, _ = _model(model, checkpoint, False, model_kwargs)
         example = example_input(net, 2)
         export_onnx(net, example, onnx, opset=opset)

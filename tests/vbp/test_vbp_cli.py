@@ -307,3 +307,15 @@ def test_finetune_killed_and_resumed_matches_uninterrupted(pipeline: Path) -> No
     for key in a:
         assert torch.equal(a[key], b[key]), key
     assert json.loads(res.stdout)["top1"] == expected["top1"]
+
+
+def test_pretrained_offline_fails_fast_with_a_way_out(tmp_path: Path) -> None:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    res = subprocess.run(
+        [tool_path("vbp"), "evaluate", "--model", "deit_tiny_patch16_224", "--pretrained",
+         "--data", "builtin:digits"],
+        capture_output=True, text=True, cwd=tmp_path, env=env, timeout=120,
+    )  # fmt: skip
+    assert res.returncode == 1
+    line = _one_error_line(res)
+    assert "pretrained weights for deit_tiny_patch16_224" in line and "--checkpoint" in line
