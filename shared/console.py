@@ -162,9 +162,20 @@ class Console:
 
 
 class ProgressBar:
+    """A rich bar on a terminal; elsewhere (Slurm logs, CI) a plain line every
+    `LINE_EVERY_S` seconds, so a batch job's log still shows how far it got."""
+
+    LINE_EVERY_S = 30.0
+
     def __init__(self, console: Console, description: str, total: int | None) -> None:
         self._progress: Progress | None = None
         self._fields = ""
+        self._console = console
+        self._description = description
+        self._total = total
+        self._done = 0
+        self._start = self._last_line = time.monotonic()
+        self._lines = console.main and not console.quiet and not console.show_progress
         if console.show_progress:
             self._progress = Progress(
                 TextColumn("[bold]{task.description}"),
@@ -180,12 +191,20 @@ class ProgressBar:
             self._task = self._progress.add_task(description, total=total, info="")
 
     def advance(self, n: int = 1, **fields: Any) -> None:
-        if self._progress is None:
-            return
+        self._done += n
         info = "  ".join(f"{k}={format_value(v)}" for k, v in fields.items())
-        self._progress.update(self._task, advance=n, info=info or self._fields)
         if info:
             self._fields = info
+        if self._progress is not None:
+            self._progress.update(self._task, advance=n, info=self._fields)
+        elif self._lines and time.monotonic() - self._last_line >= self.LINE_EVERY_S:
+            self._last_line = time.monotonic()
+            total = f"/{self._total}" if self._total else ""
+            elapsed = self._last_line - self._start
+            self._console.info(
+                f"{self._description}: {self._done}{total} after {elapsed:.0f} s"
+                f"  {self._fields}".rstrip()
+            )
 
     def close(self) -> None:
         if self._progress is not None:
