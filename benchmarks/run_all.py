@@ -9,6 +9,7 @@ import time
 BENCHMARKS = [
     "benchmarks.vbp_ablation",
     "benchmarks.vbp_speed",
+    "benchmarks.kdic_rd",
 ]
 
 

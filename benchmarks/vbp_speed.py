@@ -45,7 +45,7 @@ def variants(name: str) -> dict[str, torch.nn.Module]:
     dense = timm.create_model(name).eval()
     stats = collect_stats(dense, photo_batches(8))
     out = {"dense": dense}
-    for label, round_to in (("VBP", 1), ("VBP round-to 32", 32), ("VBP round-to 64", 64)):
+    for label, round_to in (("VBP", 1), ("VBP round-to 64", 64)):
         model = copy.deepcopy(dense)
         prune_model(model, stats, RATIO, round_to=round_to)
         out[label] = model
@@ -106,8 +106,8 @@ def main() -> None:
             models,
             lambda b: torch.randn(b, 3, 224, 224),
             args.batch_sizes,
-            warmup=2,
-            iters=2 if name.startswith("deit_base") else 4,
+            warmup=1,
+            iters=1 if name.startswith("deit_base") else 3,
             repeats=args.repeats,
         )
         for r in rows:

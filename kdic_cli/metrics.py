@@ -1,0 +1,60 @@
+"""Codec quality measures: PSNR and MS-SSIM on 8-bit reconstructions, bpp from bytes,
+BD-rate (Bjontegaard, via the `bjontegaard` package)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+__all__ = ["bd_rate", "bpp", "ms_ssim", "psnr", "to_8bit"]
+
+
+def to_8bit(x: Tensor) -> Tensor:
+    """Round to the 256 levels an image file stores (still float in [0, 1])."""
+    return (x.clamp(0, 1) * 255).round() / 255
+
+
+def psnr(x: Tensor, x_hat: Tensor) -> float:
+    """PSNR in dB between 8-bit versions of the two images."""
+    mse = torch.mean((to_8bit(x) - to_8bit(x_hat)) ** 2).item()
+    return float("inf") if mse == 0 else 10 * math.log10(1.0 / mse)
+
+
+def ms_ssim(x: Tensor, x_hat: Tensor) -> float | None:
+    """MS-SSIM on 8-bit versions; None for images too small (5 scales need > 160 px)."""
+    from pytorch_msssim import ms_ssim as _ms_ssim
+
+    if min(x.shape[-2:]) <= 160:
+        return None
+    a, b = to_8bit(x), to_8bit(x_hat)
+    if a.dim() == 3:
+        a, b = a.unsqueeze(0), b.unsqueeze(0)
+    return float(_ms_ssim(a, b, data_range=1.0))
+
+
+def bpp(num_bytes: int, height: int, width: int) -> float:
+    """Bits per pixel of a compressed file."""
+    return num_bytes * 8 / (height * width)
+
+
+def bd_rate(
+    rate_anchor: Sequence[float], psnr_anchor: Sequence[float],
+    rate_test: Sequence[float], psnr_test: Sequence[float],
+) -> float | None:  # fmt: skip
+    """BD-rate (%) of the test curve against the anchor (negative = fewer bits); None when
+    the curves do not overlap enough or have too few points."""
+    import bjontegaard
+
+    if len(rate_anchor) < 2 or len(rate_anchor) != len(rate_test):
+        return None
+    try:
+        value = float(bjontegaard.bd_rate(
+            list(rate_anchor), list(psnr_anchor), list(rate_test), list(psnr_test),
+            method="akima", require_matching_points=True, min_overlap=0.0,
+        ))  # fmt: skip
+    except (ValueError, AssertionError, ZeroDivisionError):
+        return None
+    return value if math.isfinite(value) else None  # nan: the curves do not overlap

@@ -1,0 +1,487 @@
+"""Teacher-guided student construction: same classes and stage layout, fewer channels.
+
+The student is the teacher with every *free* channel group narrowed by `width`
+(and, for S2C-Conv, fewer blocks and a smaller FFN expansion), initialised from the
+teacher by keeping, in each group, the channels that carry the most energy on
+calibration images.
+
+A channel group is a set of tensors whose channel axes must shrink together: the output
+of a convolution, everything a depth-wise conv, GDN or activation passes through, and
+all operands of a residual add. Groups are found by tracing the analysis/synthesis and
+hyper transforms with torch.fx. Groups that touch the image, the latent y (its width M
+is kept), the hyper-synthesis output, or an operation whose channel mapping is not
+element-wise (concatenation, pixel shuffle, ...) are frozen at full width, so the
+student always fits the teacher's entropy model interfaces. The hyper-latent z group is
+shared by h_a's output, the entropy bottleneck and h_s's input.
+"""
+
+from __future__ import annotations
+
+import copy
+import operator
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.fx as fx
+from torch import Tensor, nn
+
+__all__ = ["ChannelPlan", "analyse_channels", "build_student", "TRANSFORMS"]
+
+TRANSFORMS = ("g_a", "h_a", "h_s", "g_s")
+_ELEMENTWISE_MODULES = (
+    nn.ReLU, nn.LeakyReLU, nn.GELU, nn.Sigmoid, nn.Tanh, nn.SiLU, nn.Identity, nn.ELU,
+    nn.Hardswish, nn.Dropout,
+)  # fmt: skip
+_BINARY = {operator.add, operator.iadd, operator.mul, operator.imul, operator.sub,
+           operator.isub, operator.truediv, torch.add, torch.mul, torch.sub}  # fmt: skip
+_UNARY_FUNCS = {torch.abs, torch.sigmoid, torch.relu, torch.tanh, operator.neg,
+                torch.nn.functional.relu, torch.nn.functional.gelu,
+                torch.nn.functional.leaky_relu, torch.nn.functional.sigmoid}  # fmt: skip
+_UNARY_METHODS = {"abs", "sigmoid", "relu", "tanh", "neg", "contiguous", "clone", "clamp",
+                  "clamp_min", "exp", "sqrt", "rsqrt"}  # fmt: skip
+
+
+def find_transforms(model: nn.Module) -> dict[str, nn.Sequential]:
+    """Paths of g_a, h_a, h_s, g_s (nested ones too, as in compressai's latent codecs)."""
+    found: dict[str, nn.Sequential] = {}
+    for key in TRANSFORMS:
+        for name, module in model.named_modules():
+            if name.split(".")[-1] == key and isinstance(module, nn.Sequential):
+                found[name] = module
+                break
+    return found
+
+
+def _entropy_bottlenecks(model: nn.Module) -> list[str]:
+    from compressai.entropy_models import EntropyBottleneck
+
+    return [n for n, m in model.named_modules() if isinstance(m, EntropyBottleneck)]
+
+
+class _LeafTracer(fx.Tracer):
+    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+        from compressai.layers import GDN
+
+        return isinstance(m, GDN) or not list(m.children())
+
+
+@dataclass
+class Leaf:
+    path: str
+    module: nn.Module
+    g_in: int | None
+    g_out: int | None
+    depthwise: bool = False
+
+
+@dataclass
+class ChannelPlan:
+    """Result of the group analysis on one model."""
+
+    parent: list[int] = field(default_factory=list)
+    size: list[int] = field(default_factory=list)
+    frozen: list[bool] = field(default_factory=list)
+    leaves: list[Leaf] = field(default_factory=list)
+    # (child path, node name) -> group, for the energy of every traced tensor
+    nodes: dict[tuple[str, str], int] = field(default_factory=dict)
+    # transform path -> group of each boundary between its top-level children
+    boundaries: dict[str, list[int]] = field(default_factory=dict)
+    graphs: dict[str, fx.GraphModule] = field(default_factory=dict)
+    eb: dict[str, int] = field(default_factory=dict)  # entropy bottleneck path -> group
+
+    def new(self, size: int, frozen: bool = False) -> int:
+        self.parent.append(len(self.parent))
+        self.size.append(size)
+        self.frozen.append(frozen)
+        return len(self.parent) - 1
+
+    def find(self, g: int) -> int:
+        while self.parent[g] != g:
+            self.parent[g] = self.parent[self.parent[g]]
+            g = self.parent[g]
+        return g
+
+    def union(self, a: int, b: int) -> int:
+        ra, rb = self.find(a), self.find(b)
+        if ra == rb:
+            return ra
+        if self.size[ra] != self.size[rb]:  # broadcasting, not a channel-wise add
+            self.frozen[ra] = self.frozen[rb] = True
+            return ra
+        self.parent[rb] = ra
+        self.frozen[ra] = self.frozen[ra] or self.frozen[rb]
+        return ra
+
+    def freeze(self, g: int | None) -> None:
+        if g is not None:
+            self.frozen[self.find(g)] = True
+
+    def is_free(self, g: int | None) -> bool:
+        return g is not None and not self.frozen[self.find(g)]
+
+    def free_groups(self) -> list[int]:
+        return sorted({self.find(g) for g in range(len(self.parent)) if self.is_free(g)})
+
+
+def _trace_child(plan: ChannelPlan, path: str, child: nn.Module, g_in: int) -> int:
+    """Propagate channel groups through one top-level child of a transform."""
+    from compressai.layers import GDN
+
+    wrapper = nn.Sequential(child)
+    gm = fx.GraphModule(wrapper, _LeafTracer().trace(wrapper))
+    plan.graphs[path] = gm
+    vals: dict[fx.Node, int | None] = {}
+    out_g: int | None = None
+    for node in gm.graph.nodes:
+        tensor_args = [vals.get(a) for a in node.args if isinstance(a, fx.Node)]
+        first = tensor_args[0] if tensor_args else None
+        g: int | None = None
+        if node.op == "placeholder":
+            g = g_in
+        elif node.op == "call_module":
+            m = gm.get_submodule(node.target)
+            leaf_path = f"{path}.{node.target[2:]}" if node.target != "0" else path
+            if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
+                dw = m.groups > 1 and m.groups == m.in_channels == m.out_channels
+                if m.groups > 1 and not dw:
+                    plan.freeze(first)
+                    g = plan.new(m.out_channels, frozen=True)
+                elif dw:
+                    g = first
+                else:
+                    g = plan.new(m.out_channels)
+                if first is None:  # unknown input channels: keep them
+                    first = plan.new(m.in_channels, frozen=True)
+                    g = first if dw else g
+                plan.leaves.append(Leaf(leaf_path, m, first, g, dw))
+            elif isinstance(m, GDN):
+                g = first
+                plan.leaves.append(Leaf(leaf_path, m, first, first))
+            elif isinstance(m, _ELEMENTWISE_MODULES) and not list(m.parameters()):
+                g = first
+            else:
+                plan.freeze(first)  # unknown leaf: keep its channels whole
+                g = None
+        elif node.op in ("call_function", "call_method"):
+            gs = [t for t in tensor_args if t is not None]
+            if None in tensor_args:  # an operand of unknown channel layout
+                for t in gs:
+                    plan.freeze(t)
+            elif node.target in _BINARY and gs:
+                g = gs[0]
+                for other in gs[1:]:
+                    g = plan.union(g, other)
+            elif (node.target in _UNARY_FUNCS or node.target in _UNARY_METHODS) and gs:
+                g = gs[0]
+            else:
+                for t in gs:
+                    plan.freeze(t)
+        elif node.op == "output":
+            out_g = first
+        vals[node] = g
+        if g is not None:
+            plan.nodes[(path, node.name)] = g
+    if out_g is None:
+        out_g = plan.new(-1, frozen=True)
+    return out_g
+
+
+def analyse_channels(model: nn.Module) -> ChannelPlan:
+    """Channel groups of a compressai-style model (see the module docstring)."""
+    plan = ChannelPlan()
+    transforms = find_transforms(model)
+    z_group: int | None = None
+    for path, seq in transforms.items():
+        key = path.split(".")[-1]
+        # h_s reads the hyper-latent z; every other transform starts at the image or the
+        # latent y, which are never narrowed
+        g = z_group if key == "h_s" and z_group is not None else plan.new(-1, frozen=True)
+        bounds = [g]
+        for i, child in enumerate(seq):
+            g = _trace_child(plan, f"{path}.{i}", child, g)
+            bounds.append(g)
+        if key == "h_a":
+            z_group = g
+        else:
+            plan.freeze(g)
+        plan.boundaries[path] = bounds
+    ebs = _entropy_bottlenecks(model)
+    if z_group is not None and len(ebs) == 1:
+        eb = model.get_submodule(ebs[0])
+        if plan.size[plan.find(z_group)] == eb.channels:
+            plan.eb[ebs[0]] = z_group
+        else:
+            plan.freeze(z_group)
+    elif z_group is not None:
+        plan.freeze(z_group)
+    if "h_s" not in {p.split(".")[-1] for p in transforms} and z_group is not None:
+        plan.freeze(z_group)
+    return plan
+
+
+# ----------------------------------------------------------------------------------------
+# energy of each channel on calibration images
+
+
+@torch.no_grad()
+def channel_energy(model: nn.Module, plan: ChannelPlan, images: Iterable[Tensor]) -> dict:
+    """Per free group: the channel energies (mean square), each traced tensor normalised to
+    unit total so that no single layer dominates the ranking."""
+    inputs: dict[str, list[Tensor]] = {}
+    hooks = []
+    for path in plan.graphs:
+        module = model.get_submodule(path)
+
+        def pre(_m: nn.Module, args: tuple, path: str = path) -> None:
+            inputs.setdefault(path, []).append(args[0].detach())
+
+        hooks.append(module.register_forward_pre_hook(pre))
+    was_training = model.training
+    model.eval()
+    try:
+        for x in images:
+            model(x)
+    finally:
+        for h in hooks:
+            h.remove()
+        model.train(was_training)
+
+    energy: dict[int, Tensor] = {}
+
+    class _Recorder(fx.Interpreter):
+        def run_node(self, n: fx.Node) -> Any:
+            out = super().run_node(n)
+            g = plan.nodes.get((self.path, n.name))
+            if g is not None and isinstance(out, Tensor) and out.dim() == 4:
+                root = plan.find(g)
+                if not plan.frozen[root]:
+                    e = out.double().pow(2).mean(dim=(0, 2, 3))
+                    e = e / e.sum().clamp_min(1e-12)
+                    energy[root] = energy.get(root, 0) + e
+            return out
+
+    for path, gm in plan.graphs.items():
+        rec = _Recorder(gm)
+        rec.path = path
+        for x in inputs.get(path, []):
+            rec.run(x)
+    return energy
+
+
+def select_channels(
+    plan: ChannelPlan, energy: dict[int, Tensor], sizes: dict[int, int]
+) -> dict[int, Tensor]:
+    """Kept channel indices (ascending) per narrowed group: the highest-energy ones."""
+    keep: dict[int, Tensor] = {}
+    for g in plan.free_groups():
+        full, new = plan.size[g], sizes.get(g, plan.size[g])
+        if new > full or new < 1:
+            raise ValueError(f"group of {full} channels cannot become {new}")
+        if new == full:
+            keep[g] = torch.arange(full)
+        else:
+            e = energy.get(g)
+            if e is None:
+                e = torch.zeros(full)
+            keep[g] = torch.topk(e, new).indices.sort().values
+    return keep
+
+
+# ----------------------------------------------------------------------------------------
+# building the student
+
+
+def _idx(plan: ChannelPlan, keep: dict[int, Tensor], g: int | None) -> Tensor | None:
+    if g is None or not plan.is_free(g):
+        return None
+    return keep.get(plan.find(g))
+
+
+def _take(t: Tensor, dim: int, idx: Tensor | None) -> Tensor:
+    return t if idx is None else t.index_select(dim, idx)
+
+
+def _copy_leaf(src: nn.Module, dst: nn.Module, leaf: Leaf, i_in, i_out) -> None:
+    from compressai.layers import GDN
+
+    with torch.no_grad():
+        if isinstance(src, nn.ConvTranspose2d):
+            w = _take(_take(src.weight, 0, i_in), 1, i_out)
+        elif isinstance(src, nn.Conv2d):
+            w = _take(src.weight, 0, i_out)
+            if not leaf.depthwise:
+                w = _take(w, 1, i_in)
+            if hasattr(src, "mask"):
+                dst.mask.copy_(_take(_take(src.mask, 0, i_out), 1, None if leaf.depthwise
+                                     else i_in))  # fmt: skip
+        elif isinstance(src, GDN):
+            dst.beta.copy_(_take(src.beta, 0, i_in))
+            dst.gamma.copy_(_take(_take(src.gamma, 0, i_in), 1, i_in))
+            return
+        else:
+            return
+        dst.weight.copy_(w)
+        if src.bias is not None:
+            dst.bias.copy_(_take(src.bias, 0, i_out))
+
+
+def _copy_eb(src: nn.Module, dst: nn.Module, idx: Tensor | None) -> None:
+    with torch.no_grad():
+        for name, p in src.named_parameters(recurse=False):
+            getattr(dst, name).copy_(_take(p, 0, idx))
+
+
+def _s2c_teacher_view(
+    teacher: nn.Module, images: list[Tensor], blocks: list[int]
+) -> tuple[nn.Module, list[list[int]]]:
+    """The teacher with, per stage, only the blocks whose residual branches carry the most
+    energy (kept in order). Synthesis stage j mirrors analysis stage 2 - j."""
+    from kdic_cli.s2c import S2CBlock
+
+    contrib: dict[int, float] = {}
+    hooks = []
+    for m in teacher.modules():
+        if isinstance(m, S2CBlock):
+
+            def hook(mod: nn.Module, args: tuple, out: Tensor) -> None:
+                contrib[id(mod)] = contrib.get(id(mod), 0.0) + float(
+                    (out - args[0]).pow(2).mean() / args[0].pow(2).mean().clamp_min(1e-12)
+                )
+
+            hooks.append(m.register_forward_hook(hook))
+    with torch.no_grad():
+        teacher.eval()
+        for x in images:
+            teacher(x)
+    for h in hooks:
+        h.remove()
+    view = copy.deepcopy(teacher)
+    kept_all = []
+    for key in ("g_a", "g_s"):
+        seq = getattr(view, key)
+        for s, stage in enumerate(seq):
+            d = blocks[s if key == "g_a" else 2 - s]
+            orig = getattr(teacher, key)[s]
+            ids = [i for i, m in enumerate(orig) if isinstance(m, S2CBlock)]
+            if d > len(ids):
+                raise ValueError(f"student blocks {d} > teacher blocks {len(ids)}")
+            best = sorted(ids, key=lambda i: -contrib.get(id(orig[i]), 0.0))[:d]
+            keep = [i for i, m in enumerate(orig) if i in best or not isinstance(m, S2CBlock)]
+            kept_all.append([i for i in keep if i in ids])
+            seq[s] = nn.Sequential(*[stage[i] for i in keep])
+    return view, kept_all
+
+
+def build_student(
+    teacher: nn.Module,
+    images: Iterable[Tensor],
+    width: float = 0.5,
+    blocks: list[int] | None = None,
+    ffn_ratio: float | None = None,
+) -> tuple[nn.Module, dict[str, Any]]:
+    """A student of the same class as `teacher`, narrowed by `width` on every free channel
+    group, initialised with the teacher's highest-energy channels.
+
+    For S2C-Conv teachers, `blocks` (3 counts) drops the blocks with the weakest residual
+    branches and `ffn_ratio` sets the student's FFN expansion. Returns the student (with
+    its `kdic_spec`) and an info dict with the channel maps that stage-wise distillation
+    needs (`boundaries`, `eb`: kept teacher channel indices, None where kept whole)."""
+    from kdic_cli.models import build_model, model_spec
+
+    if not 0 < width <= 1:
+        raise ValueError(f"width must be in (0, 1], got {width}")
+    images = list(images)
+    t_spec = model_spec(teacher)
+    teacher = teacher.eval()
+    is_s2c = t_spec["name"] == "s2c-conv"
+    if not is_s2c and (blocks is not None or ffn_ratio is not None):
+        raise ValueError("--blocks and --ffn-ratio apply to s2c-conv teachers only")
+    view, kept_blocks = teacher, None
+    if is_s2c and blocks is not None:
+        view, kept_blocks = _s2c_teacher_view(teacher, images, blocks)
+    plan = analyse_channels(view)
+    energy = channel_energy(view, plan, images)
+
+    if is_s2c:
+        cfg = dict(t_spec["config"])
+        c_s = [max(1, round(width * c)) for c in cfg["widths"]]
+        b_s = list(blocks if blocks is not None else cfg["blocks"])
+        r_s = cfg["ffn_ratio"] if ffn_ratio is None else ffn_ratio
+        hid = [[max(1, round(c_s[s] * r_s))] * b_s[s] for s in range(3)]
+        cfg.update(widths=c_s, blocks=b_s, ffn_ratio=r_s, N=max(1, round(width * cfg["N"])),
+                   hidden=hid + hid[::-1])  # fmt: skip
+        s_spec = {"name": "s2c-conv", "config": cfg}
+        student = build_model(s_spec)
+        sizes = _sizes_from(plan, student)
+    else:
+        sizes = {g: max(1, round(width * plan.size[g])) for g in plan.free_groups()}
+        resize = dict(t_spec.get("resize") or {})
+        student = copy.deepcopy(teacher)
+        for leaf in plan.leaves:
+            new_in = sizes.get(plan.find(leaf.g_in)) if plan.is_free(leaf.g_in) else None
+            new_out = sizes.get(plan.find(leaf.g_out)) if plan.is_free(leaf.g_out) else None
+            if new_in is None and new_out is None:
+                continue
+            m = leaf.module
+            if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
+                shape = [new_in or m.in_channels, new_out or m.out_channels]
+            else:
+                shape = [new_in]
+                if new_in == m.beta.numel():
+                    continue
+            if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)) and shape == [
+                m.in_channels,
+                m.out_channels,
+            ]:
+                continue
+            resize[leaf.path] = shape
+        for path, g in plan.eb.items():
+            if plan.is_free(g) and sizes[plan.find(g)] != plan.size[plan.find(g)]:
+                resize[path] = [sizes[plan.find(g)]]
+        s_spec = {**t_spec, "resize": resize}
+        student = build_model(s_spec)
+    student.kdic_spec = s_spec
+
+    keep = select_channels(plan, energy, sizes)
+    # weights of everything that keeps its shape, then the narrowed leaves
+    v_state = view.state_dict()
+    s_state = student.state_dict()
+    same = {k: v for k, v in v_state.items() if k in s_state and s_state[k].shape == v.shape}
+    student.load_state_dict({**s_state, **same})
+    for leaf in plan.leaves:
+        dst = student.get_submodule(leaf.path)
+        _copy_leaf(
+            leaf.module, dst, leaf, _idx(plan, keep, leaf.g_in), _idx(plan, keep, leaf.g_out)
+        )
+    for path, g in plan.eb.items():
+        _copy_eb(view.get_submodule(path), student.get_submodule(path), _idx(plan, keep, g))
+
+    def as_list(g: int | None) -> list[int] | None:
+        idx = _idx(plan, keep, g)
+        if idx is None or len(idx) == plan.size[plan.find(g)]:
+            return None
+        return [int(i) for i in idx]
+
+    info = {
+        "width": width,
+        "boundaries": {p: [as_list(g) for g in b] for p, b in plan.boundaries.items()},
+        "eb": {p: as_list(g) for p, g in plan.eb.items()},
+        "kept_blocks": kept_blocks,
+    }
+    student.train(False)
+    return student, info
+
+
+def _sizes_from(plan: ChannelPlan, student: nn.Module) -> dict[int, int]:
+    """Group sizes read off a student skeleton whose module paths match the plan's."""
+    sizes: dict[int, int] = {}
+    for leaf in plan.leaves:
+        if isinstance(leaf.module, (nn.Conv2d, nn.ConvTranspose2d)) and plan.is_free(leaf.g_out):
+            m = student.get_submodule(leaf.path)
+            sizes[plan.find(leaf.g_out)] = m.out_channels
+    for path, g in plan.eb.items():
+        if plan.is_free(g):
+            sizes[plan.find(g)] = student.get_submodule(path).channels
+    return sizes
