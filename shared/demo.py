@@ -16,8 +16,10 @@ TOOLS = ("vbp", "tomerge", "kdic", "scorelidar", "hello")
 # interpreter; other first words are console scripts installed beside it.
 JOBS: list[tuple[str, list[str]]] = [
     ("vbp: prune a digits ViT by 50%", ["python", "-m", "vbp_cli.demo"]),
-    ("kdic: compress a photo with a small codec and its distilled student",
-     ["python", "-m", "kdic_cli.demo"]),
+    (
+        "kdic: compress a photo with a small codec and its distilled student",
+        ["python", "-m", "kdic_cli.demo"],
+    ),
 ]
 
 
