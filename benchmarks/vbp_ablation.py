@@ -3,8 +3,9 @@ criteria a user would otherwise pick, then KD fine-tuning of the 50% models.
 
     python -m benchmarks.vbp_ablation [--finetune-epochs 3]
 
-The model is DeiT-Tiny-shaped (12 blocks, width 192, 3 heads) at image 32 / patch 4, trained
-here on builtin:digits (cached under $TOOLKIT_CACHE). Statistics come from the train split,
+--model deit-tiny-32 (default) is DeiT-Tiny-shaped (12 blocks, width 192, 3 heads) at image
+32 / patch 4; --model vit-small-16 a smaller ViT that trains in minutes. Each is trained here
+on builtin:digits once (cached under $TOOLKIT_CACHE). Statistics come from the train split,
 accuracy from the fixed val split.
 """
 
@@ -27,14 +28,35 @@ from vbp_cli.mlps import find_mlps
 from vbp_cli.prune import prune_model
 from vbp_cli.stats import collect_stats
 
-TEACHER = dict(
-    timm_name="deit_tiny_patch16_224",
-    model_kwargs={"img_size": 32, "patch_size": 4, "num_classes": 10},
-    epochs=60,
-    lr=1e-3,
-    batch_size=64,
-    weight_decay=0.05,
-)
+PRESETS = {
+    # what the issue asks for: DeiT-Tiny-shaped (12 blocks, width 192, 3 heads), 32 px /
+    # patch 4 (65 tokens). Training it takes hours on a shared 2-core CPU.
+    "deit-tiny-32": dict(
+        timm_name="deit_tiny_patch16_224",
+        model_kwargs={"img_size": 32, "patch_size": 4, "num_classes": 10},
+        epochs=60,
+        lr=1e-3,
+        batch_size=64,
+        weight_decay=0.05,
+    ),
+    # the same recipe on a smaller ViT (6 blocks, width 96, 16 px / patch 4: 17 tokens),
+    # about 30x cheaper to train; the vbp demo's model.
+    "vit-small-16": dict(
+        timm_name="vit_tiny_patch16_224",
+        model_kwargs={
+            "img_size": 16,
+            "patch_size": 4,
+            "num_classes": 10,
+            "embed_dim": 96,
+            "depth": 6,
+            "num_heads": 3,
+        },
+        epochs=30,
+        lr=2e-3,
+        batch_size=64,
+        weight_decay=0.05,
+    ),
+}
 RATIOS = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7]
 OURS = {  # name -> (criterion, compensation)
     "VBP (variance + mean-shift)": ("variance", True),
@@ -72,10 +94,12 @@ def tp_prune(model: nn.Module, ratio: float, method: str, calib: tuple[torch.Ten
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--finetune-epochs", type=float, default=3.0)
+    parser.add_argument("--model", choices=sorted(PRESETS), default="deit-tiny-32")
     args = parser.parse_args()
     torch.manual_seed(0)
 
-    path, meta = reference_classifier(**TEACHER)
+    recipe = PRESETS[args.model]
+    path, meta = reference_classifier(**recipe)
     teacher = load_reference(path)
     train = classification_data("builtin:digits", teacher, "train")
     val = classification_data("builtin:digits", teacher, "val")
@@ -169,28 +193,29 @@ def main() -> None:
         ["method (50%)", "top-1 after pruning", "top-1 after KD fine-tune"],
         [[r["method"], r["after_pruning"], r["after_finetune"]] for r in recovery],
     )
-    _plot(rows, methods, base)
+    _plot(rows, methods, base, args.model)
     write_results(
         "vbp",
-        "ablation",
-        "VBP ablation on builtin:digits (DeiT-Tiny-shaped ViT, 32 px)",
+        f"ablation-{args.model}",
+        f"VBP ablation on builtin:digits ({args.model})",
         [
             (
                 "Unpruned model",
                 f"top-1 {base['top1']:.2f}% on the 360 val digits, "
                 f"{base['macs'] / 1e6:.1f} MMACs, {base['params'] / 1e6:.3f} M params "
-                f"(trained here: {TEACHER['epochs']} epochs, cached reference model).",
+                f"({args.model}: {recipe['model_kwargs']}, trained here for {recipe['epochs']} "
+                "epochs, a cached reference model).",
             ),
             ("Top-1 (%) right after pruning, no fine-tuning", sweep),
             (f"Recovery: {args.finetune_epochs:g} epochs of logit KD from the unpruned model", rec),
-            ("Plot", "![accuracy vs MACs](ablation.png)"),
+            ("Plot", f"![accuracy vs MACs](ablation-{args.model}.png)"),
         ],
-        {"teacher": {**TEACHER, **base}, "sweep": rows, "recovery": recovery},
+        {"teacher": {**recipe, **base}, "sweep": rows, "recovery": recovery},
     )
-    print((RESULTS / "vbp" / "ablation.md").read_text())
+    print((RESULTS / "vbp" / f"ablation-{args.model}.md").read_text())
 
 
-def _plot(rows: list[dict[str, Any]], methods: list[str], base: dict[str, Any]) -> None:
+def _plot(rows: list[dict[str, Any]], methods: list[str], base: dict[str, Any], name: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -203,11 +228,11 @@ def _plot(rows: list[dict[str, Any]], methods: list[str], base: dict[str, Any]) 
     ax.axhline(base["top1"], color="gray", ls="--", lw=1, label="unpruned")
     ax.set_xlabel("MMACs (after pruning)")
     ax.set_ylabel("val top-1 (%) without fine-tuning")
-    ax.set_title("Pruning DeiT-Tiny-shaped ViT on digits")
+    ax.set_title(f"Pruning a ViT trained on digits ({name})")
     ax.legend(fontsize=7)
     fig.tight_layout()
     (RESULTS / "vbp").mkdir(parents=True, exist_ok=True)
-    fig.savefig(RESULTS / "vbp" / "ablation.png", dpi=120)
+    fig.savefig(RESULTS / "vbp" / f"ablation-{name}.png", dpi=120)
 
 
 if __name__ == "__main__":
