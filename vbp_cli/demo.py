@@ -69,7 +69,7 @@ def main() -> int:
             str(out / "pruned"),
             "--quiet",
         )
-        before = _vbp("evaluate", *model, "--data", "builtin:digits", "--quiet")
+        before = _vbp("evaluate", *model, "--data", "builtin:digits", "--no-speed", "--quiet")
         after = _vbp(
             "evaluate",
             "--model",
@@ -80,14 +80,24 @@ def main() -> int:
             DEMO_MODEL,
             "--teacher-checkpoint",
             str(ckpt),
+            "--no-speed",
             "--quiet",
         )
+        # speed: both models timed interleaved in one run (separate runs are not comparable)
+        speed = _vbp(
+            "benchmark", *model, "--pruned", str(out / "pruned"), "-b", "1", "-b", "32", "--quiet"
+        )["rows"]
+    ms = {(r["model"], r["batch_size"]): r for r in speed}
     rows = [
         ("val top-1 (%)", before["top1"], after["top1"]),
         ("MACs (M)", before["macs"] / 1e6, after["macs"] / 1e6),
         ("params (M)", before["params"] / 1e6, after["params"] / 1e6),
-        ("latency, batch 1 (ms)", before["latency_ms"], after["latency_ms"]),
-        ("throughput, batch 32 (img/s)", before["throughput"], after["throughput"]),
+        ("latency, batch 1 (ms)", ms["dense", 1]["ms_per_batch"], ms["pruned", 1]["ms_per_batch"]),
+        (
+            "throughput, batch 32 (img/s)",
+            ms["dense", 32]["images_per_s"],
+            ms["pruned", 32]["images_per_s"],
+        ),
     ]
     console.table(
         f"vbp: 50% of MLP neurons removed (ratio {pruned['ratio']}), no fine-tuning; "
