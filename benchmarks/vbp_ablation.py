@@ -24,6 +24,7 @@ from shared.data import make_loader
 from shared.profiling import count_macs, count_params
 from shared.reference import load_reference, reference_classifier
 from shared.timm_data import classification_data, example_input
+from vbp_cli.demo import DEMO_KWARGS, DEMO_MODEL, DEMO_RECIPE
 from vbp_cli.mlps import find_mlps
 from vbp_cli.prune import prune_model
 from vbp_cli.stats import collect_stats
@@ -42,17 +43,9 @@ PRESETS = {
     # the same recipe on a smaller ViT (6 blocks, width 96, 16 px / patch 4: 17 tokens),
     # about 30x cheaper to train; the vbp demo's model.
     "vit-small-16": dict(
-        timm_name="vit_tiny_patch16_224",
-        model_kwargs={
-            "img_size": 16,
-            "patch_size": 4,
-            "num_classes": 10,
-            "embed_dim": 96,
-            "depth": 6,
-            "num_heads": 3,
-        },
-        epochs=30,
-        lr=2e-3,
+        timm_name=DEMO_MODEL,
+        model_kwargs=DEMO_KWARGS,
+        **DEMO_RECIPE,
         batch_size=64,
         weight_decay=0.05,
     ),
