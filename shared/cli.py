@@ -7,7 +7,7 @@ Exit codes: 0 success, 1 failure, 2 bad input (one line naming the file or flag)
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
@@ -169,14 +169,3 @@ def pick_device(spec: str, console: Console | None = None) -> Any:
     choice = select_device(spec)
     (console or get_console()).info(f"device: {choice}")
     return choice.device
-
-
-def lazy(module: str, attr: str) -> Callable[..., Any]:
-    """Import `module.attr` only when called: keeps `--help` fast."""
-
-    def call(*args: Any, **kwargs: Any) -> Any:
-        import importlib
-
-        return getattr(importlib.import_module(module), attr)(*args, **kwargs)
-
-    return call

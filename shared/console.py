@@ -30,6 +30,8 @@ T = TypeVar("T")
 
 
 def _is_main_rank() -> bool:
+    """Rank 0 by the launcher's variables: read here rather than through
+    shared.distributed, which imports torch and would slow every `--help`."""
     import os
 
     for var in ("RANK", "SLURM_PROCID"):
