@@ -95,16 +95,20 @@ def mlp_widths(model: nn.Module) -> dict[str, int]:
 
 def resize_mlp(ref: MlpRef, width: int) -> None:
     """Replace fc1/fc2 with layers of hidden width `width` (weights to be loaded after)."""
-    ref.module.fc1 = _resized(ref.fc1, out_features=width)
-    ref.module.fc2 = _resized(ref.fc2, in_features=width)
+    ref.module.fc1 = resized_layer(ref.fc1, out_features=width)
+    ref.module.fc2 = resized_layer(ref.fc2, in_features=width)
 
 
-def _resized(
-    layer: nn.Module, in_features: int | None = None, out_features: int | None = None
+def resized_layer(
+    layer: nn.Module,
+    in_features: int | None = None,
+    out_features: int | None = None,
+    bias: bool | None = None,
 ) -> nn.Module:
+    """A fresh Linear/1x1 conv like `layer` with other widths (and bias, if given)."""
     fin = in_features if in_features is not None else _in_features(layer)
     fout = out_features if out_features is not None else _out_features(layer)
-    bias = layer.bias is not None
+    bias = layer.bias is not None if bias is None else bias
     kw = {"device": layer.weight.device, "dtype": layer.weight.dtype}
     if isinstance(layer, nn.Linear):
         return nn.Linear(fin, fout, bias=bias, **kw)

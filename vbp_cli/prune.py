@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from shared.errors import InputError
-from vbp_cli.mlps import MlpRef, find_mlps
+from vbp_cli.mlps import MlpRef, find_mlps, resized_layer
 from vbp_cli.stats import NeuronStats
 
 CRITERIA = ("variance", "magnitude", "random")
@@ -103,28 +103,15 @@ def prune_mlp(ref: MlpRef, keep: torch.Tensor, mean: torch.Tensor | None) -> Non
         new_bias += shift
     dev = fc1.weight.device
     idx = keep.to(dev)
-    new_fc1 = _like(
-        fc1,
-        fc1.weight.shape[1] if isinstance(fc1, nn.Conv2d) else fc1.in_features,
-        keep.numel(),
-        fc1.bias is not None,
-    )
+    new_fc1 = resized_layer(fc1, out_features=keep.numel())
     new_fc1.weight.copy_(fc1.weight.detach().index_select(0, idx))
     if fc1.bias is not None:
         new_fc1.bias.copy_(fc1.bias.detach().index_select(0, idx))
-    out = fc2.weight.shape[0]
-    new_fc2 = _like(fc2, keep.numel(), out, new_bias is not None)
+    new_fc2 = resized_layer(fc2, in_features=keep.numel(), bias=new_bias is not None)
     new_fc2.weight.copy_(fc2.weight.detach().index_select(1, idx))
     if new_bias is not None:
         new_fc2.bias.copy_(new_bias.to(fc2.weight.dtype))
     ref.module.fc1, ref.module.fc2 = new_fc1, new_fc2
-
-
-def _like(layer: nn.Module, fin: int, fout: int, bias: bool) -> nn.Module:
-    kw = {"device": layer.weight.device, "dtype": layer.weight.dtype}
-    if isinstance(layer, nn.Linear):
-        return nn.Linear(fin, fout, bias=bias, **kw)
-    return nn.Conv2d(fin, fout, kernel_size=1, bias=bias, **kw)
 
 
 def check_stats_match(mlps: list[MlpRef], stats: Mapping[str, NeuronStats]) -> None:
