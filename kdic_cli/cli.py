@@ -293,8 +293,10 @@ def distill_cmd(
         for k, st in enumerate(stages):
             n_steps = per if k < len(stages) - 1 else max(1, steps - per * (len(stages) - 1))
             params = [p for name, p in s_model.named_parameters() if name in st.params]
+            synced = True
             if supervision == "explicit" and st.transform is not None:
                 loss = _explicit(t_model, s_model, st, info, explicit_loss)
+                synced = False
             else:
 
                 def build(st: Any = st) -> Any:
@@ -302,7 +304,7 @@ def distill_cmd(
                     return distributed.wrap_ddp(hybrid, dev, find_unused_parameters=True)
 
                 loss = _implicit_lazy(build, st.name, current, lmbda, rd_loss)
-            phases.append(Phase(st.name, n_steps, params, loss))
+            phases.append(Phase(st.name, n_steps, params, loss, ddp_synced=synced))
         batches = Batches(train_dataset(data, crop, seed), batch_size, seed, workers)
         summary = run_phases(run, phases, batches, s_model, lr=lr, aux_lr=aux_lr, device=dev)
         s_model.eval().update(force=True)

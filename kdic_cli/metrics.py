@@ -35,6 +35,13 @@ def ms_ssim(x: Tensor, x_hat: Tensor) -> float | None:
     return float(_ms_ssim(a, b, data_range=1.0))
 
 
+def rd_cost(bpp_value: float, psnr_db: float, lmbda: float) -> float:
+    """The codec's training objective R + lambda * 255^2 * MSE on one image, from measured
+    bits and the 8-bit PSNR (MSE on [0, 1] = 10^(-PSNR/10)). At a fixed lambda it ranks two
+    codecs even when their rates do not overlap, where BD-rate is undefined."""
+    return bpp_value + lmbda * 255**2 * 10 ** (-psnr_db / 10)
+
+
 def bpp(num_bytes: int, height: int, width: int) -> float:
     """Bits per pixel of a compressed file."""
     return num_bytes * 8 / (height * width)

@@ -108,6 +108,8 @@ class Phase:
     steps: int
     params: list[nn.Parameter]
     loss: Callable[[Tensor], dict[str, Tensor]]
+    # False when the loss does not go through DDP: gradients are then averaged by hand.
+    ddp_synced: bool = True
 
 
 def run_phases(
@@ -160,6 +162,10 @@ def run_phases(
                 check_finite(out["loss"], step)
                 opt.zero_grad(set_to_none=True)
                 out["loss"].backward()
+                if not ph.ddp_synced and distributed.world_size() > 1:
+                    for p in ph.params:
+                        if p.grad is not None:
+                            p.grad.copy_(distributed.all_reduce(p.grad, "mean"))
                 if clip > 0:
                     torch.nn.utils.clip_grad_norm_(ph.params, clip)
                 opt.step()
@@ -186,4 +192,5 @@ def run_phases(
                 run.step_done(step, make_state)
             summary.append({"phase": ph.name, **logs})
             run.console.info(f"{ph.name}: " + "  ".join(f"{k}={v:.4g}" for k, v in logs.items()))
+    distributed.check_replicas(student, "student")
     return summary

@@ -343,6 +343,21 @@ def all_reduce(tensor: torch.Tensor, op: str = "sum") -> torch.Tensor:
     return out
 
 
+def check_replicas(model: nn.Module, what: str = "model") -> None:
+    """Raise if the ranks' copies of ``model`` have drifted apart (gradients not averaged
+    somewhere). A cheap end-of-training guard: one all-reduce of per-tensor sums."""
+    if world_size() <= 1:
+        return
+    sums = torch.stack([t.detach().double().sum() for t in unwrap(model).state_dict().values()
+                        if t.is_floating_point()])  # fmt: skip
+    spread = all_reduce(sums, "max") - all_reduce(sums, "min")
+    scale = sums.abs().clamp_min(1.0)
+    if bool((spread > 1e-6 * scale).any()):
+        from shared.errors import ToolkitError
+
+        raise ToolkitError(f"the {what} differs between ranks after training (replicas drifted)")
+
+
 def all_gather_object(obj: Any) -> list[Any]:
     """One picklable object from each rank, in rank order (``[obj]`` for one process)."""
     if not is_initialized():

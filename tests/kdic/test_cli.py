@@ -148,3 +148,25 @@ def test_grayscale_and_rgba_are_converted(mode: str, trained_codec, tmp_path) ->
     assert res.exit_code == 0
     assert Image.open(tmp_path / "r.png").size == (90, 70)
     os.remove(tmp_path / "r.png")
+
+
+@pytest.mark.parametrize("supervision", ["implicit", "explicit"])
+def test_two_process_distill_keeps_replicas_identical(
+    supervision: str, trained_codec, student, tmp_path
+) -> None:
+    """torchrun with 2 CPU ranks (Gloo): each rank trains on its own crops; gradients must be
+    averaged in every stage (explicit stages do not go through DDP), else the run's
+    end-of-training replica check fails."""
+    from tests.helpers import BIN
+
+    s_dir, _ = student
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    res = subprocess.run(
+        [str(BIN / "torchrun"), "--nproc-per-node", "2", "--master-port",
+         str(29700 + os.getpid() % 1000 + (supervision == "explicit")), tool_path("kdic"),
+         "distill", "--teacher", trained_codec, "--student", s_dir, "--supervision",
+         supervision, "--steps", "8", *TRAIN, "--out", str(tmp_path / "ddp")],
+        capture_output=True, text=True, env=env, timeout=300,
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert (tmp_path / "ddp" / "model.safetensors").exists()

@@ -83,3 +83,14 @@ def test_metrics_on_8bit() -> None:
     assert bd_rate([0.2, 0.4], [30, 32], [0.2, 0.4], [30, 32]) == pytest.approx(0, abs=1e-6)
     worse = bd_rate([0.2, 0.4, 0.8], [30, 32, 34], [0.22, 0.44, 0.88], [30, 32, 34])
     assert worse == pytest.approx(10, abs=0.5)
+
+
+def test_rd_cost_is_the_training_objective_on_8bit_images() -> None:
+    from kdic_cli.metrics import psnr, rd_cost, to_8bit
+
+    torch.manual_seed(0)
+    x = torch.rand(3, 16, 16)
+    x_hat = (x + 0.05 * torch.randn_like(x)).clamp(0, 1)
+    mse = torch.mean((to_8bit(x) - to_8bit(x_hat)) ** 2).item()
+    expected = 0.3 + 0.0035 * 255**2 * mse  # compressai's RateDistortionLoss on the same MSE
+    assert rd_cost(0.3, psnr(x, x_hat), 0.0035) == pytest.approx(expected, rel=1e-9)
