@@ -115,6 +115,11 @@ def _load(
     from kdic_cli.models import MODEL_NAMES, load_model
 
     if pretrained:
+        if arch is None:
+            raise InputError(
+                "--pretrained: name the zoo model with --arch NAME --quality Q "
+                "(e.g. --arch bmshj2018-hyperprior --quality 3)"
+            )
         return load_model("", arch=arch, pretrained=True)
     if source is None:
         raise InputError(f"{flag}: give a checkpoint (file or run directory)")
