@@ -12,7 +12,7 @@ benchmarks/results/kdic/{results.md,results.json,rd.png}.
 At the first lambda every model is trained in full; at each further lambda every model is
 fine-tuned from its own previous-lambda model for the same number of steps.
 
-    nice -n 10 .venv/bin/python -m benchmarks.kdic_rd [--scale 1.0]
+    OMP_NUM_THREADS=1 .venv/bin/python -m benchmarks.kdic_rd [--scale 5]   (~30 min)
 """
 
 from __future__ import annotations
@@ -48,9 +48,9 @@ def step(out: Path, *args: str) -> None:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--scale", type=float, default=1.0, help="multiply every step count")
-    ap.add_argument("--work", default=str(REPO / ".cache" / "kdic_bench"))
-    ap.add_argument("--lmbdas", default="0.0035,0.013")
+    ap.add_argument("--scale", type=float, default=5.0, help="multiply every step count")
+    ap.add_argument("--work", default=None, help="default: .cache/kdic_bench_s<scale>")
+    ap.add_argument("--lmbdas", default="0.0018,0.0067,0.025")
     ap.add_argument("--N", type=int, default=32)
     ap.add_argument("--M", type=int, default=48)
     ap.add_argument(
@@ -70,7 +70,7 @@ def main() -> int:
         (OUT / "results.md").write_text(_markdown(result))
         print((OUT / "results.md").read_text())
         return 0
-    work = Path(args.work)
+    work = Path(args.work or REPO / ".cache" / f"kdic_bench_s{args.scale:g}")
     work.mkdir(parents=True, exist_ok=True)
     lmbdas = [float(v) for v in args.lmbdas.split(",")]
     s = args.scale
