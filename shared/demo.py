@@ -20,6 +20,10 @@ JOBS: list[tuple[str, list[str]]] = [
         "kdic: compress a photo with a small codec and its distilled student",
         ["python", "-m", "kdic_cli.demo"],
     ),
+    (
+        "hello: distil digits to IPC 10, projector vs hard labels",
+        ["python", "-m", "hello_cli.demo"],
+    ),
 ]
 
 

