@@ -24,6 +24,10 @@ JOBS: list[tuple[str, list[str]]] = [
         "hello: distil digits to IPC 10, projector vs hard labels",
         ["python", "-m", "hello_cli.demo"],
     ),
+    (
+        "scorelidar: complete a simulated LiDAR scan, teacher vs distilled student",
+        ["python", "-m", "scorelidar_cli.demo"],
+    ),
 ]
 
 
