@@ -10,6 +10,8 @@ BENCHMARKS = [
     "benchmarks.vbp_ablation",
     "benchmarks.vbp_speed",
     "benchmarks.kdic_rd",
+    "benchmarks.tomerge_speed",
+    "benchmarks.tomerge_fidelity",
     "benchmarks.hello_storage",
     "benchmarks.scorelidar_bench",
 ]

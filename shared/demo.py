@@ -17,6 +17,10 @@ TOOLS = ("vbp", "tomerge", "kdic", "scorelidar", "hello")
 JOBS: list[tuple[str, list[str]]] = [
     ("vbp: prune a digits ViT by 50%", ["python", "-m", "vbp_cli.demo"]),
     (
+        "tomerge: a tiny offline pipeline with and without token merging",
+        ["python", "-m", "tomerge_cli.demo"],
+    ),
+    (
         "kdic: compress a photo with a small codec and its distilled student",
         ["python", "-m", "kdic_cli.demo"],
     ),

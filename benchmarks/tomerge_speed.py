@@ -1,0 +1,220 @@
+"""tomerge speed: one Stable Diffusion 1.5 UNet step (built from its config, random weights)
+with classifier-free guidance (batch 2), unmerged vs tomesd vs tomerge (importance and our
+ToMe baseline), timed interleaved in one run, with SDPA and with math attention.
+
+    python -m benchmarks.tomerge_speed            # 512x512, ratios 0.5 and 0.7 (slow on CPU)
+    python -m benchmarks.tomerge_speed --quick    # 256x256, ratio 0.5, fewer repeats
+
+Random weights are fine for speed: the work done does not depend on the values. All
+variants share one set of weights (no copies). Importance mode is timed in its steady
+state (the map of the previous call exists), and the CFG batch has identical halves as in
+a pipeline. A second table times the merge bookkeeping alone (matching + merge + unmerge
+of one full-resolution attention call), the fixed cost that eats the SDPA gain.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import nn
+
+from benchmarks.common import RESULTS, markdown_table, write_results
+from shared.profiling import compare_speed
+
+SD15_UNET = {"cross_attention_dim": 768, "sample_size": 64}  # the rest is diffusers' default
+
+
+class Step(nn.Module):
+    """One UNet call under the chosen attention backend."""
+
+    def __init__(self, unet: nn.Module, math: bool) -> None:
+        super().__init__()
+        self.unet = unet
+        self.math = math
+
+    def forward(self, sample: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+
+        if self.math:
+            with sdpa_kernel(SDPBackend.MATH):
+                return self.unet(sample, 999, emb).sample
+        return self.unet(sample, 999, emb).sample
+
+
+def shared_copy(base: nn.Module) -> nn.Module:
+    """A second UNet object on the same parameter tensors (no memory copy), so tomesd and
+    tomerge can each patch their own instance."""
+    from diffusers import UNet2DConditionModel
+
+    with torch.device("meta"):
+        twin = UNet2DConditionModel.from_config(base.config)
+    twin.load_state_dict(base.state_dict(), assign=True)
+    return twin.eval()
+
+
+def variants(base: nn.Module, ratios: list[float], ours_tome: bool) -> dict[str, nn.Module]:
+    import tomesd
+
+    import tomerge_cli
+
+    out = {"unmerged": base}
+    for ratio in ratios:
+        m = shared_copy(base)
+        tomesd.apply_patch(m, ratio=ratio)
+        out[f"tomesd {ratio}"] = m
+        if ours_tome:
+            m = shared_copy(base)
+            tomerge_cli.apply_patch(m, ratio=ratio, mode="tome")
+            out[f"tomerge tome {ratio}"] = m
+        m = shared_copy(base)
+        # steady state: importance merging from the second call (warm-up makes the map)
+        tomerge_cli.apply_patch(
+            m, ratio=ratio, mode="importance", prune_steps=0, importance_start=1
+        )
+        out[f"tomerge importance {ratio}"] = m
+    return out
+
+
+def bookkeeping_ms(n: int, c: int, ratio: float, repeats: int) -> dict[str, float]:
+    """Matching + merge + unmerge of one attention call, B=2, (N, C) tokens, in ms."""
+    from tomesd.merge import bipartite_soft_matching_random2d
+
+    from tomerge_cli.merge import grid_partition, importance_partition, match_tokens
+
+    side = int(n**0.5)
+    x = torch.randn(1, n, c).repeat(2, 1, 1)
+    r = int(n * ratio)
+    g = torch.Generator().manual_seed(0)
+    imp = torch.rand(1, n)
+
+    def tomesd_call() -> None:
+        m, u = bipartite_soft_matching_random2d(x, side, side, 2, 2, r, generator=g)
+        u(m(x))
+
+    grid = grid_partition(side, side, g)
+    pool = importance_partition(imp, ratio, g)
+
+    def ours(partition: Any) -> Callable[[], None]:
+        def call() -> None:
+            mg = match_tokens(x, partition, r)
+            mg.unmerge(mg.merge(x))
+
+        return call
+
+    calls = {
+        "tomesd (per block)": tomesd_call,
+        "tomerge tome (partition reused)": ours(grid),
+        "tomerge importance (partition reused)": ours(pool),
+        "tomerge importance partition (once per step)": lambda: importance_partition(imp, ratio, g),
+    }
+    out = {}
+    with torch.inference_mode():
+        for name, fn in calls.items():
+            fn()
+            times = []
+            for _ in range(repeats):
+                t = time.perf_counter()
+                for _ in range(5):
+                    fn()
+                times.append((time.perf_counter() - t) / 5 * 1e3)
+            out[name] = statistics.median(times)
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="256x256, ratio 0.5, 2 repeats")
+    parser.add_argument("--size", type=int, default=None, help="image side in pixels")
+    parser.add_argument("--ratios", nargs="+", type=float, default=None)
+    parser.add_argument("--repeats", type=int, default=None)
+    parser.add_argument(
+        "--attention", choices=["sdpa", "math", "both"], default="both", help="backends to time"
+    )
+    parser.add_argument("--ours-tome", action="store_true", help="also time our ToMe baseline")
+    args = parser.parse_args()
+    size = args.size or (256 if args.quick else 512)
+    ratios = args.ratios or ([0.5] if args.quick else [0.5, 0.7])
+    repeats = args.repeats or (2 if args.quick else 3)
+    backends = ["sdpa", "math"] if args.attention == "both" else [args.attention]
+    from diffusers import UNet2DConditionModel
+
+    torch.manual_seed(0)
+    base = UNet2DConditionModel(**SD15_UNET).eval()
+    latent = size // 8
+    sample = torch.randn(1, 4, latent, latent).repeat(2, 1, 1, 1)  # CFG: identical halves
+    emb = torch.randn(2, 77, 768)
+    models = variants(base, ratios, args.ours_tome or args.quick)
+    rows, data = [], {"size": size, "ratios": ratios, "repeats": repeats, "runs": {}}
+    for backend in backends:
+        steps = {name: Step(m, backend == "math") for name, m in models.items()}
+        res = compare_speed(
+            steps, lambda bs: (sample, emb), batch_sizes=[2], warmup=1, iters=1, repeats=repeats
+        )
+        data["runs"][backend] = res
+        for r in res:
+            rows.append(
+                (
+                    backend,
+                    r["model"],
+                    r["ms_per_batch"] / 1e3,
+                    r["ms_per_batch"] / 2e3,
+                    r["speedup"],
+                )
+            )
+    n = latent * latent
+    book = {ratio: bookkeeping_ms(n, 320, ratio, repeats=5) for ratio in ratios}
+    data["bookkeeping_ms"] = {str(k): v for k, v in book.items()}
+    book_rows = [(ratio, name, ms) for ratio, d in book.items() for name, ms in d.items()]
+    sections = [
+        (
+            f"UNet step, {size}x{size} (latent {latent}x{latent}, {n} tokens at full "
+            "resolution), CFG batch 2, float32",
+            markdown_table(
+                ["attention", "variant", "s / step", "s / image-step", "speed-up"], rows
+            ),
+        ),
+        (
+            f"Merge bookkeeping per full-resolution attention call (N={n}, C=320, B=2)",
+            markdown_table(["ratio", "what", "ms"], book_rows),
+        ),
+    ]
+    name = "speed-quick" if args.quick else "speed"
+    if args.attention != "both":
+        name += f"-{args.attention}"
+    path = write_results(
+        "tomerge",
+        name,
+        "tomerge speed: SD 1.5 UNet step, unmerged vs tomesd vs tomerge",
+        sections,
+        data,
+    )
+    _plot(rows, RESULTS / "tomerge" / f"{name}.png")
+    print(path.read_text())
+
+
+def _plot(rows: list[tuple], path: Any) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    backends = sorted({r[0] for r in rows}, key=["sdpa", "math"].index)
+    fig, axes = plt.subplots(1, len(backends), figsize=(5 * len(backends), 3.5), squeeze=False)
+    for ax, backend in zip(axes[0], backends, strict=True):
+        sub = [r for r in rows if r[0] == backend]
+        ax.barh([r[1] for r in sub], [r[4] for r in sub], color="tab:blue")
+        ax.axvline(1.0, color="k", lw=0.8)
+        ax.set_title(f"{backend} attention")
+        ax.set_xlabel("speed-up over unmerged (UNet step)")
+        ax.invert_yaxis()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,415 @@
+"""apply_patch / remove_patch: token merging on stock diffusers pipelines, through hooks.
+
+Nothing of diffusers is copied or subclassed. Forward hooks on the denoiser (UNet or DiT)
+count the steps and take the importance map from each step's output; hooks on every
+spatial `BasicTransformerBlock` draw the matching from the block input, and hooks on its
+`attn1` / `attn2` / `ff` merge their input and unmerge their output. The block's own
+forward (ada_norm_single gates, positional embeddings, GLIGEN...) runs untouched, so
+anything diffusers does around the attention keeps working; `remove_patch` drops the
+hooks and the model is exactly the stock one again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import warnings
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from tomerge_cli.merge import (
+    Merge,
+    Partition,
+    check_ratio,
+    grid_partition,
+    importance_map,
+    importance_partition,
+    match_tokens,
+    resize_importance,
+    token_grid,
+    tokens_removed,
+)
+
+MODES = ("importance", "tome", "none")
+_ATTR = "_tomerge"
+
+
+@dataclass
+class Settings:
+    ratio: float = 0.5
+    mode: str = "importance"
+    max_downsample: int = 1
+    merge_attn: bool = True
+    merge_crossattn: bool = False
+    merge_mlp: bool = False
+    prune_steps: int = 2
+    importance_start: int = 2
+    blocks: tuple[int, ...] | None = None
+    sx: int = 2
+    sy: int = 2
+    use_rand: bool = True
+    dst_choice: str = "random"
+    seed: int | None = None
+    no_cfg: str = "fallback"
+
+
+def apply_patch(
+    pipe: Any,
+    ratio: float = 0.5,
+    mode: str = "importance",
+    max_downsample: int = 1,
+    merge_attn: bool = True,
+    merge_crossattn: bool = False,
+    merge_mlp: bool = False,
+    *,
+    prune_steps: int = 2,
+    importance_start: int = 2,
+    blocks: list[int] | tuple[int, ...] | None = None,
+    sx: int = 2,
+    sy: int = 2,
+    use_rand: bool = True,
+    dst_choice: str = "random",
+    seed: int | None = None,
+    no_cfg: str = "fallback",
+) -> Any:
+    """Patch a diffusers pipeline (or its UNet / transformer) to merge tokens.
+
+    Same call shape as `tomesd.apply_patch`. mode="importance" is the paper's method,
+    "tome" our random-grid ToMe baseline, "none" patches nothing (a control).
+
+    ratio: fraction of tokens removed in each merged layer (0 to 0.75).
+    max_downsample: merge blocks whose token grid is at most this many times coarser than
+      the finest one (1: full resolution only; SDXL has no attention there, use 2).
+    merge_attn / merge_crossattn / merge_mlp: which layers of a block see merged tokens.
+    prune_steps: the first steps drop the grid-matched tokens instead of averaging them
+      (importance mode: no map exists yet).
+    importance_start: the step from which importance merging starts (needs the previous
+      step's map); the steps between prune_steps and it use grid merging.
+    blocks: indices of the spatial transformer blocks to patch, in module order (default:
+      all for UNets; the middle half for DiTs, e.g. 7-20 of PixArt's 28).
+    dst_choice: "random" (default) or "topk" destinations from the importance pool.
+    seed: seed of the destination sampling; default derived from the first step's latents,
+      so the pipeline's own seed fixes the image.
+    no_cfg: without classifier-free guidance there is no importance map: "fallback" (grid
+      merging, with a warning) or "error".
+    """
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
+    if no_cfg not in ("fallback", "error"):
+        raise ValueError(f"no_cfg must be 'fallback' or 'error', got {no_cfg!r}")
+    if max_downsample not in (1, 2, 4, 8):
+        raise ValueError(f"max_downsample must be 1, 2, 4 or 8, got {max_downsample}")
+    if prune_steps < 0 or importance_start < 0:
+        raise ValueError("prune_steps and importance_start must be >= 0")
+    settings = Settings(
+        ratio=check_ratio(ratio),
+        mode=mode,
+        max_downsample=max_downsample,
+        merge_attn=merge_attn,
+        merge_crossattn=merge_crossattn,
+        merge_mlp=merge_mlp,
+        prune_steps=prune_steps,
+        importance_start=importance_start,
+        blocks=tuple(blocks) if blocks is not None else None,
+        sx=sx,
+        sy=sy,
+        use_rand=use_rand,
+        dst_choice=dst_choice,
+        seed=seed,
+        no_cfg=no_cfg,
+    )
+    remove_patch(pipe)
+    model = denoiser(pipe)
+    patcher = TokenMerger(model, settings)
+    patcher.watch_scheduler(getattr(pipe, "scheduler", None))
+    setattr(model, _ATTR, patcher)
+    return pipe
+
+
+def remove_patch(pipe: Any) -> Any:
+    """Remove every hook apply_patch added; the model is the stock one again."""
+    model = denoiser(pipe)
+    patcher = getattr(model, _ATTR, None)
+    if patcher is not None:
+        patcher.remove()
+        delattr(model, _ATTR)
+    return pipe
+
+
+def get_merger(pipe: Any) -> TokenMerger | None:
+    """The active patch (its `stats` say what was merged), or None."""
+    return getattr(denoiser(pipe), _ATTR, None)
+
+
+def denoiser(pipe: Any) -> nn.Module:
+    """The pipeline's UNet or transformer (or the model itself)."""
+    for name in ("unet", "transformer"):
+        model = getattr(pipe, name, None)
+        if isinstance(model, nn.Module):
+            return model
+    if isinstance(pipe, nn.Module):
+        return pipe
+    raise ValueError(
+        f"{type(pipe).__name__} has no `unet` or `transformer`: tomerge patches diffusers "
+        "pipelines (or their UNet / transformer)"
+    )
+
+
+def spatial_blocks(model: nn.Module) -> list[nn.Module]:
+    """The BasicTransformerBlocks that attend over image tokens, in module order. Temporal
+    blocks (AnimateDiff motion modules, video transformers) attend across frames and are
+    left alone."""
+    from diffusers.models.attention import BasicTransformerBlock
+
+    found = []
+    for name, module in model.named_modules():
+        if not isinstance(module, BasicTransformerBlock):
+            continue
+        path = name.lower()
+        if "motion_module" in path or "temporal" in path:
+            continue
+        found.append(module)
+    return found
+
+
+class _Step:
+    """What one denoising step shares across blocks."""
+
+    def __init__(self) -> None:
+        self.index = -1
+        self.timestep: float | None = None
+        self.cfg = False
+        self.partitions: dict[tuple[int, int], tuple[Partition, bool]] = {}
+
+
+class TokenMerger:
+    """The hooks of one patched model and the state they share."""
+
+    def __init__(self, model: nn.Module, settings: Settings) -> None:
+        self.model = model
+        self.settings = settings
+        self.handles: list[Any] = []
+        self.step = _Step()
+        self.importance: torch.Tensor | None = None
+        self.generator: torch.Generator | None = None
+        self.latent_hw: tuple[int, int] | None = None
+        self.patch = int(getattr(getattr(model, "config", None), "patch_size", None) or 1)
+        self.channels = getattr(getattr(model, "config", None), "in_channels", None)
+        self.stats: dict[str, Any] = {
+            "merged_calls": 0,
+            "tokens_in": 0,
+            "tokens_kept": 0,
+            "partitions": {"importance": 0, "grid": 0, "grid_prune": 0},
+        }
+        self._warned: set[str] = set()
+        self._signature = inspect.signature(model.forward)
+        self.blocks = self._select_blocks(spatial_blocks(model))
+        if settings.mode == "none" or settings.ratio == 0:
+            return  # nothing to merge: leave the model without hooks
+        self.handles.append(model.register_forward_pre_hook(self._on_step, with_kwargs=True))
+        if settings.mode == "importance":
+            self.handles.append(model.register_forward_hook(self._on_output))
+        for block in self.blocks:
+            self._hook_block(block)
+
+    # -- which blocks ------------------------------------------------------------
+    def _select_blocks(self, blocks: list[nn.Module]) -> list[nn.Module]:
+        if not blocks:
+            raise ValueError(
+                f"{type(self.model).__name__} has no spatial diffusers BasicTransformerBlock; "
+                "tomerge merges tokens in the self-attention of those blocks (Stable "
+                "Diffusion, SDXL, PixArt, AnimateDiff and other pipelines built from them)"
+            )
+        wanted = self.settings.blocks
+        if wanted is None and self.patch > 1 and len(blocks) >= 8:
+            n = len(blocks)  # a DiT: its first and last blocks are the most sensitive
+            wanted = tuple(range(n // 4, n - n // 4))
+        if wanted is None:
+            return blocks
+        bad = [i for i in wanted if not 0 <= i < len(blocks)]
+        if bad:
+            raise ValueError(
+                f"blocks {bad} out of range: the model has {len(blocks)} spatial "
+                f"transformer blocks (0-{len(blocks) - 1})"
+            )
+        return [blocks[i] for i in sorted(set(wanted))]
+
+    def _hook_block(self, block: nn.Module) -> None:
+        s = self.settings
+        state: dict[str, Merge | None] = {"merge": None}
+        self.handles.append(
+            block.register_forward_pre_hook(self._block_hook(state), with_kwargs=True)
+        )
+        layers = [
+            (getattr(block, "attn1", None), s.merge_attn),
+            (getattr(block, "attn2", None), s.merge_crossattn),
+            (
+                getattr(block, "ff", None),
+                s.merge_mlp and getattr(block, "_chunk_size", None) is None,
+            ),
+        ]
+        for layer, on in layers:
+            if layer is None or not on:
+                continue
+            self.handles.append(
+                layer.register_forward_pre_hook(_merge_input(state), with_kwargs=True)
+            )
+            self.handles.append(layer.register_forward_hook(_unmerge_output(state)))
+
+    def watch_scheduler(self, scheduler: Any) -> None:
+        """A pipeline calls scheduler.set_timesteps once per generation: that starts a new
+        run (step 0, no importance map, generator reseeded) even when the timesteps of two
+        runs are the same. Without it, a timestep going back up marks the new run."""
+        original = getattr(scheduler, "set_timesteps", None)
+        if original is None or not self.handles:
+            return
+
+        def set_timesteps(*args: Any, **kwargs: Any) -> Any:
+            self.step.timestep = None
+            return original(*args, **kwargs)
+
+        scheduler.set_timesteps = set_timesteps
+        self._scheduler = scheduler
+
+    def remove(self) -> None:
+        for handle in self.handles:
+            handle.remove()
+        self.handles.clear()
+        scheduler = getattr(self, "_scheduler", None)
+        if scheduler is not None and "set_timesteps" in vars(scheduler):
+            del scheduler.set_timesteps  # the class method shows through again
+
+    # -- per step ----------------------------------------------------------------
+    def _on_step(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
+        bound = self._signature.bind_partial(*args, **kwargs).arguments
+        sample = bound.get("sample", bound.get("hidden_states"))
+        t = bound.get("timestep")
+        t = float(t.max()) if isinstance(t, torch.Tensor) else (float(t) if t is not None else None)
+        new_hw = tuple(sample.shape[-2:])
+        # a new generation starts when the timestep goes back up (or the size changes)
+        new_run = (
+            self.step.timestep is None
+            or (t is not None and t > self.step.timestep)
+            or new_hw != self.latent_hw
+        )
+        index = -1 if new_run else self.step.index
+        if new_run:
+            self.importance = None
+            self.generator = self._seeded_generator(sample)
+        self.step = _Step()
+        self.step.index = index + 1
+        self.step.timestep = t
+        self.latent_hw = new_hw
+        b = sample.shape[0]
+        self.step.cfg = b % 2 == 0 and torch.equal(sample[: b // 2], sample[b // 2 :])
+
+    def _on_output(self, module: nn.Module, args: tuple, output: Any) -> None:
+        if not self.step.cfg:
+            self.importance = None
+            return
+        eps = output[0] if isinstance(output, tuple) else getattr(output, "sample", output)
+        self.importance = importance_map(eps.detach(), self.channels)
+
+    def _seeded_generator(self, sample: torch.Tensor) -> torch.Generator:
+        seed = self.settings.seed
+        if seed is None:  # the initial latents are a fingerprint of the pipeline's seed
+            head = sample.detach().flatten()[:4096].float().cpu().numpy().tobytes()
+            seed = int.from_bytes(hashlib.sha256(head).digest()[:8], "little") >> 1
+        return torch.Generator(device="cpu").manual_seed(seed)
+
+    def _warn_once(self, key: str, message: str) -> None:
+        if key not in self._warned:
+            self._warned.add(key)
+            warnings.warn(message, stacklevel=3)
+
+    # -- per block ---------------------------------------------------------------
+    def _block_hook(self, state: dict[str, Merge | None]):
+        def hook(module: nn.Module, args: tuple, kwargs: dict) -> None:
+            x = args[0] if args else kwargs["hidden_states"]
+            state["merge"] = self._matching(x) if x.ndim == 3 else None
+
+        return hook
+
+    def _matching(self, x: torch.Tensor) -> Merge | None:
+        s = self.settings
+        b, n, _ = x.shape
+        if self.latent_hw is None:
+            return None
+        grid = token_grid(n, self.latent_hw, self.patch)
+        if grid is None:
+            self._warn_once(f"grid{n}", f"tomerge: {n} tokens fit no grid; block not merged")
+            return None
+        level, h, w = grid
+        if level > s.max_downsample:
+            return None
+        r = tokens_removed(n, s.ratio)
+        if r == 0:
+            return None
+        partition, average = self._partition(n, h, w, b)
+        merge = match_tokens(x, partition, r, average=average)
+        self.stats["merged_calls"] += 1
+        self.stats["tokens_in"] += n
+        self.stats["tokens_kept"] += merge.n_kept
+        return merge
+
+    def _partition(self, n: int, h: int, w: int, batch: int) -> tuple[Partition, bool]:
+        """Drawn once per step and token grid, shared by all blocks of that resolution."""
+        key = (n, batch)
+        if key not in self.step.partitions:
+            partition, average = self._draw_partition(h, w, batch)
+            kind = "importance" if partition.forced is not None else "grid"
+            self.stats["partitions"][kind if average else "grid_prune"] += 1
+            self.step.partitions[key] = partition, average
+        return self.step.partitions[key]
+
+    def _draw_partition(self, h: int, w: int, batch: int) -> tuple[Partition, bool]:
+        s = self.settings
+        step = self.step.index
+        gen = self.generator if s.use_rand else None
+        if s.mode == "importance" and step >= s.importance_start:
+            if self.importance is not None and batch % self.importance.shape[0] == 0:
+                imp = resize_importance(self.importance, h, w)
+                return importance_partition(imp, s.ratio, gen, s.dst_choice), True
+            if not self.step.cfg or self.importance is None:
+                self._no_cfg()
+        # the random grid needs the CFG halves to share it (tomesd: off for odd batches)
+        return grid_partition(h, w, gen if batch % 2 == 0 else None, s.sx, s.sy), (
+            s.mode == "tome" or step >= s.prune_steps
+        )
+
+    def _no_cfg(self) -> None:
+        msg = (
+            "tomerge: importance mode needs classifier-free guidance (guidance_scale > 1): "
+            "the map is |eps_cond - eps_uncond| of the previous step"
+        )
+        if self.settings.no_cfg == "error":
+            raise ValueError(msg + "; use mode='tome' or a guidance scale above 1")
+        self._warn_once("nocfg", msg + "; falling back to random-grid merging (mode='tome')")
+
+
+def _merge_input(state: dict[str, Merge | None]):
+    def hook(module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
+        merge = state["merge"]
+        if merge is None or kwargs.get("attention_mask") is not None:
+            state["active"] = None
+            return None
+        state["active"] = merge
+        if args:
+            return (merge.merge(args[0]), *args[1:]), kwargs
+        return args, {**kwargs, "hidden_states": merge.merge(kwargs["hidden_states"])}
+
+    return hook
+
+
+def _unmerge_output(state: dict[str, Merge | None]):
+    def hook(module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor | None:
+        merge = state.get("active")
+        if merge is None:
+            return None
+        state["active"] = None
+        return merge.unmerge(output)
+
+    return hook
