@@ -79,3 +79,13 @@ def test_atomic_write_leaves_old_file_when_writer_fails(tmp_path: Path) -> None:
         atomic_write(target, broken)
     assert target.read_text() == "old"
     assert [p.name for p in tmp_path.iterdir()] == ["f.txt"]
+
+
+def test_atomic_writes_get_the_usual_permissions(tmp_path: Path) -> None:
+    """Not mkstemp's 0600: what open() would give under the current umask."""
+    old = os.umask(0o022)
+    try:
+        path = write_text(tmp_path / "metrics.json", "{}")
+    finally:
+        os.umask(old)
+    assert path.stat().st_mode & 0o777 == 0o644
