@@ -24,17 +24,26 @@ logging.getLogger("torch.fx._symbolic_trace").setLevel(logging.ERROR)
 
 
 def patch_spconv_for_cpu() -> None:
-    """spconv's CPU build asks for a CUDA stream in the backward pass; without CUDA the
-    stream is irrelevant, so `get_current_stream` returns 0 (only when CUDA is absent)."""
-    global _PATCHED
-    if _PATCHED or torch.cuda.is_available():
-        return
-    import spconv.pytorch.hash as sp_hash
-    import spconv.pytorch.ops as sp_ops
+    """Make spconv's CPU build usable; does nothing when CUDA is present.
 
-    sp_ops.get_current_stream = lambda: 0
-    sp_hash.get_current_stream = lambda: 0
-    _PATCHED = True
+    - The backward pass asks for a CUDA stream; without CUDA it is irrelevant, so
+      `get_current_stream` returns 0.
+    - The native convolution returns wrong features for some inputs when torch runs more
+      than one intra-op thread (about 1 in 5 random submanifold convolutions with 2
+      threads, none with 1; tests/scorelidar/test_model.py): correctness first, so torch
+      is set to one thread whenever a sparse model is built on CPU.
+    """
+    global _PATCHED
+    if torch.cuda.is_available():
+        return
+    if not _PATCHED:
+        import spconv.pytorch.hash as sp_hash
+        import spconv.pytorch.ops as sp_ops
+
+        sp_ops.get_current_stream = lambda: 0
+        sp_hash.get_current_stream = lambda: 0
+        _PATCHED = True
+    torch.set_num_threads(1)
 
 
 def conv_algo():
