@@ -205,7 +205,7 @@ def _report(args, meta, proj_rows, rows, storage) -> None:  # noqa: ANN001
         ["setting", "stored soft labels (bytes)", "projector (bytes)", "projector / stored (%)"],
         [list(r.values()) for r in storage],
     )
-    _plot(table)
+    _plot(table, args.name)
     write_results(
         "hello",
         args.name,
@@ -221,7 +221,13 @@ def _report(args, meta, proj_rows, rows, storage) -> None:  # noqa: ANN001
                 "digits. Teacher-online bytes = the teacher's weights (fp32); stored = fp16 "
                 "logits + int16 augmentation parameters for every image and epoch.",
             ),
-            ("Projectors", proj_md),
+            (
+                "Projectors",
+                "Distillation epochs: "
+                + ", ".join(f"{k} {v['epochs']}" for k, v in recipes.ENCODERS.items())
+                + "\n\n"
+                + proj_md,
+            ),
             ("Students", main_md),
             ("Storage at scale (computed from the formulas, fp32 factors)", storage_md),
         ],
@@ -229,7 +235,7 @@ def _report(args, meta, proj_rows, rows, storage) -> None:  # noqa: ANN001
     )
 
 
-def _plot(table: list[list[Any]]) -> None:
+def _plot(table: list[list[Any]], name: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -249,7 +255,7 @@ def _plot(table: list[list[Any]]) -> None:
     fig.tight_layout()
     out = RESULTS / "hello"
     out.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out / "storage.png", dpi=120)
+    fig.savefig(out / f"{name}.png", dpi=120)
 
 
 if __name__ == "__main__":
