@@ -22,7 +22,8 @@ from hello_cli.labels import (
 )
 from hello_cli.pixels import timm_pixel_input
 from hello_cli.student import StudentConfig, train_student
-from hello_cli.teachers import check_classes, load_teacher, parse_kwargs
+from hello_cli.teachers import check_classes, load_teacher
+from shared.config import parse_json_object
 from shared.errors import InputError
 
 
@@ -73,7 +74,7 @@ def label_source(
         size = storage_bytes(proj.stored_tensors())  # the projector file's payload
         return OnlineLabels(proj.to(device), size), size
     t_model, t_names = load_teacher(
-        teacher, teacher_checkpoint, parse_kwargs(teacher_kwargs, "--teacher-kwargs")
+        teacher, teacher_checkpoint, parse_json_object(teacher_kwargs, "--teacher-kwargs")
     )
     check_classes(names, teacher=t_model, teacher_names=t_names)
     t_model = t_model.to(device)
@@ -137,7 +138,7 @@ def train_student_run(
     if val_names != names:
         raise InputError(f"--val-data {val_data}: its classes differ from the synthetic set's")
     torch.manual_seed(seed)
-    kwargs = parse_kwargs(student_kwargs, "--student-kwargs")
+    kwargs = parse_json_object(student_kwargs, "--student-kwargs")
     net = build_student(student, kwargs, len(names), size)
     model = timm_pixel_input(net, size).to(device)
     cfg = StudentConfig(

@@ -74,9 +74,10 @@ def _require() -> None:
 
 
 def _teacher(teacher: list[str], ckpts: list[str] | None, kwargs: str | None, device):  # noqa: ANN001, ANN202
-    from hello_cli.teachers import load_teacher, parse_kwargs
+    from hello_cli.teachers import load_teacher
+    from shared.config import parse_json_object
 
-    model, names = load_teacher(teacher, ckpts or [], parse_kwargs(kwargs, "--teacher-kwargs"))
+    model, names = load_teacher(teacher, ckpts or [], parse_json_object(kwargs, "--teacher-kwargs"))
     return model.to(device), names
 
 

@@ -4,7 +4,6 @@ name with foreign weights. Several checkpoints are averaged logit-wise ("weak te
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -26,18 +25,6 @@ class AveragedLogits(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.stack([m(x).float() for m in self.members]).mean(0)
-
-
-def parse_kwargs(text: str | None, flag: str) -> dict[str, Any]:
-    if not text:
-        return {}
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise InputError(f"{flag}: not valid JSON ({exc.msg})") from None
-    if not isinstance(value, dict):
-        raise InputError(f"{flag}: expected a JSON object")
-    return value
 
 
 def load_timm_classifier(

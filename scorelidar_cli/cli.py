@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated
 
@@ -146,12 +145,9 @@ def train_teacher_cmd(
     from scorelidar_cli.pipeline import MODEL_FILE, save_model
     from scorelidar_cli.training import TeacherConfig, train_teacher
     from shared import distributed
-    from shared.errors import InputError
+    from shared.config import parse_json_object
 
-    try:
-        overrides = json.loads(model_config) if model_config else None
-    except json.JSONDecodeError as exc:
-        raise InputError(f"--model-config: not JSON ({exc})") from None
+    overrides = parse_json_object(model_config, "--model-config")
     with command(ctx, TOOL, out, resume=resume, checkpoint_every=checkpoint_every) as run:
         dev = pick_device(device)
         distributed.init(dev)

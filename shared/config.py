@@ -7,11 +7,27 @@ the option's own type. Keys may use dashes or underscores (`batch-size` or `batc
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
 import typer
 import yaml
+
+from shared.errors import InputError
+
+
+def parse_json_object(text: str | None, flag: str) -> dict[str, Any]:
+    """The value of a JSON-object option such as --model-kwargs; {} when not given."""
+    if not text:
+        return {}
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise InputError(f"{flag}: not valid JSON ({exc.msg})") from None
+    if not isinstance(value, dict):
+        raise InputError(f"{flag}: expected a JSON object, e.g. '{{\"num_classes\": 10}}'")
+    return value
 
 
 def read_config_file(path: Path) -> dict[str, Any]:

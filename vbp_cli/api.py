@@ -9,10 +9,11 @@ from typing import Any
 import torch
 from torch import nn
 
+from shared.config import parse_json_object
 from shared.errors import InputError
 from shared.profiling import count_macs, count_params
 from shared.timm_data import example_input
-from vbp_cli.models import Architecture, build_model, parse_model_kwargs, save_model
+from vbp_cli.models import Architecture, build_model, save_model
 from vbp_cli.prune import (
     CRITERIA,
     check_stats_match,
@@ -177,7 +178,7 @@ def build_teacher(
             pretrained=bool(source.get("pretrained")),
             model_kwargs=source.get("model_kwargs") or None,
         )[0]
-    parsed = parse_model_kwargs(kwargs)
+    parsed = parse_json_object(kwargs, "--teacher-kwargs")
     if not parsed and saved_model_path(teacher) is None:
         parsed = source.get("model_kwargs") or {}
     return build_model(teacher, checkpoint=checkpoint, pretrained=pretrained, model_kwargs=parsed)[
@@ -304,7 +305,7 @@ def evaluate_model(
         model,
         checkpoint=checkpoint,
         pretrained=pretrained,
-        model_kwargs=parse_model_kwargs(model_kwargs),
+        model_kwargs=parse_json_object(model_kwargs, "--model-kwargs"),
     )
     teacher_net = None
     if teacher:
@@ -354,7 +355,7 @@ def benchmark_models(
         dense,
         checkpoint=checkpoint,
         pretrained=pretrained,
-        model_kwargs=parse_model_kwargs(model_kwargs),
+        model_kwargs=parse_json_object(model_kwargs, "--model-kwargs"),
     )
     pruned_net, _ = build_model(pruned)
     models = {"dense": dense_net.to(device).eval(), "pruned": pruned_net.to(device).eval()}

@@ -90,13 +90,14 @@ AmpOpt = Annotated[
 
 
 def _model(model: str, checkpoint: Path | None, pretrained: bool, model_kwargs: str | None):
-    from vbp_cli.models import build_model, parse_model_kwargs
+    from shared.config import parse_json_object
+    from vbp_cli.models import build_model
 
     return build_model(
         model,
         checkpoint=checkpoint,
         pretrained=pretrained,
-        model_kwargs=parse_model_kwargs(model_kwargs),
+        model_kwargs=parse_json_object(model_kwargs, "--model-kwargs"),
     )
 
 

@@ -7,7 +7,6 @@ standard timm modules with smaller fc1/fc2, no masks, nothing from vbp needed to
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,18 +33,6 @@ class Architecture:
             "model_kwargs": self.model_kwargs,
             "mlp_widths": self.mlp_widths,
         }
-
-
-def parse_model_kwargs(text: str | None) -> dict[str, Any]:
-    if not text:
-        return {}
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise InputError(f"--model-kwargs: not valid JSON ({exc.msg})") from None
-    if not isinstance(value, dict):
-        raise InputError("--model-kwargs: expected a JSON object, e.g. '{\"num_classes\": 10}'")
-    return value
 
 
 def saved_model_path(spec: str) -> Path | None:
