@@ -162,10 +162,8 @@ def run_phases(
                 check_finite(out["loss"], step)
                 opt.zero_grad(set_to_none=True)
                 out["loss"].backward()
-                if not ph.ddp_synced and distributed.world_size() > 1:
-                    for p in ph.params:
-                        if p.grad is not None:
-                            p.grad.copy_(distributed.all_reduce(p.grad, "mean"))
+                if not ph.ddp_synced:
+                    distributed.average_gradients(ph.params)
                 if clip > 0:
                     torch.nn.utils.clip_grad_norm_(ph.params, clip)
                 opt.step()
@@ -173,9 +171,7 @@ def run_phases(
                     aux_opt.zero_grad(set_to_none=True)
                     aux = distributed.unwrap(student).aux_loss()
                     aux.backward()
-                    for p in aux_params:  # DDP does not see the aux loss: average by hand
-                        if p.grad is not None and distributed.world_size() > 1:
-                            p.grad.copy_(distributed.all_reduce(p.grad, "mean"))
+                    distributed.average_gradients(aux_params)  # DDP does not see the aux loss
                     aux_opt.step()
                 logs = {k: float(v.detach()) for k, v in out.items()}
                 bar.advance(1, stage=ph.name, loss=logs["loss"])

@@ -18,7 +18,7 @@ import inspect
 import os
 import re
 import sys
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -341,6 +341,16 @@ def all_reduce(tensor: torch.Tensor, op: str = "sum") -> torch.Tensor:
     if op == "mean":
         out = out.div_(world) if out.is_floating_point() else out / world
     return out
+
+
+def average_gradients(params: Iterable[nn.Parameter]) -> None:
+    """Average ``.grad`` across ranks in place, for parameters trained outside DDP (a loss
+    DDP does not see). Every rank must pass the same parameters in the same order."""
+    if world_size() <= 1:
+        return
+    for p in params:
+        if p.grad is not None:
+            p.grad.copy_(all_reduce(p.grad, "mean"))
 
 
 def check_replicas(model: nn.Module, what: str = "model") -> None:
