@@ -114,8 +114,13 @@ def train_teacher(
             on_step(step, {"loss": losses[-1]})
         if save_state is not None:
             save_state(step, make_state)
+    return {"final_loss": _recent_mean(losses), "steps": config.steps}
+
+
+def _recent_mean(losses: list[float]) -> float:
+    """Mean of the last tenth of the logged losses (NaN when this run took no step)."""
     tail = losses[-max(1, len(losses) // 10) :]
-    return {"final_loss": float(np.mean(tail)) if tail else float("nan"), "steps": config.steps}
+    return float(np.mean(tail)) if tail else float("nan")
 
 
 @dataclass
@@ -300,5 +305,4 @@ def train_refiner(
             on_step(step, {"loss": losses[-1]})
         if save_state is not None:
             save_state(step, make_state)
-    tail = losses[-max(1, len(losses) // 10) :]
-    return {"final_chamfer": float(np.mean(tail)) if tail else float("nan"), "steps": config.steps}
+    return {"final_chamfer": _recent_mean(losses), "steps": config.steps}
