@@ -7,6 +7,7 @@ import json
 import subprocess
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -160,3 +161,75 @@ def test_console_script_help_and_bad_ratio() -> None:
     assert res.stderr.strip().splitlines()[-1].startswith("tomerge: error: --ratio 0.9")
     help_ = subprocess.run([tool_path("tomerge"), "--help"], capture_output=True, text=True)
     assert help_.returncode == 0 and "generate" in help_.stdout and "benchmark" in help_.stdout
+
+
+def _random_fid_inception(path: Path) -> Path:
+    """torch-fidelity's FID Inception v3 with random weights, saved in its file format (the
+    real weights are a download; the code path that reads the file is the same)."""
+    from torch_fidelity import feature_extractor_inceptionv3 as fe
+
+    real_load = fe.FeatureExtractorInceptionV3.load_state_dict
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(fe, "load_state_dict_from_url", lambda *a, **k: {})
+        mp.setattr(fe.FeatureExtractorInceptionV3, "load_state_dict", lambda *a, **k: None)
+        model = fe.FeatureExtractorInceptionV3("inception-v3-compat", ["2048"])
+    assert fe.FeatureExtractorInceptionV3.load_state_dict is real_load
+    torch.save(model.state_dict(), path)
+    return path
+
+
+def _random_clip_model(directory: Path) -> Path:
+    """A tiny transformers CLIPModel + processor (real CLIP vocabulary) saved to a folder."""
+    from transformers import (
+        CLIPConfig,
+        CLIPImageProcessor,
+        CLIPModel,
+        CLIPProcessor,
+        CLIPTextConfig,
+        CLIPVisionConfig,
+    )
+
+    from tomerge_cli import tiny
+
+    text = CLIPTextConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                          num_attention_heads=2, projection_dim=16)  # fmt: skip
+    vision = CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                              num_attention_heads=2, image_size=32, patch_size=8,
+                              projection_dim=16)  # fmt: skip
+    torch.manual_seed(0)
+    config = CLIPConfig(
+        text_config=text.to_dict(), vision_config=vision.to_dict(), projection_dim=16
+    )
+    model = CLIPModel(config)
+    processor = CLIPProcessor(
+        image_processor=CLIPImageProcessor(size={"shortest_edge": 32}, crop_size=32),
+        tokenizer=tiny.clip_tokenizer(directory / "tok"),
+    )
+    model.save_pretrained(directory)
+    processor.save_pretrained(directory)
+    return directory
+
+
+def test_evaluate_with_local_metric_weights_reports_fid_and_clip_score(
+    pipe_dir: Path, tmp_path: Path, capsys
+) -> None:
+    from shared.data import save_image
+
+    ref = tmp_path / "ref"
+    torch.manual_seed(0)
+    for i in range(3):
+        save_image(torch.rand(3, 16, 16), ref / f"{i}.png")
+    weights = _random_fid_inception(tmp_path / "inception.pth")
+    clip_dir = _random_clip_model(tmp_path / "clip")
+    code, stdout, err = tomerge(
+        "evaluate", "--pipeline", pipe_dir, "--prompt", "a red cube", "--prompt", "a dog",
+        "--prompt", "a tree", "--reference", ref, "--inception-weights", weights,
+        "--clip-model", clip_dir, "--out", tmp_path / "ev", "--json", *FAST, capsys=capsys,
+    )  # fmt: skip
+    assert code == 0, err
+    metrics = json.loads(stdout)
+    assert metrics["images"] == 3 and metrics["reference_images"] == 3
+    assert np.isfinite(metrics["fid"]) and metrics["fid"] >= 0
+    assert 0 <= metrics["clip_score"] <= 100
+    saved = json.loads((tmp_path / "ev" / "metrics.json").read_text())
+    assert saved["fid"] == metrics["fid"]
