@@ -277,7 +277,14 @@ def distill_cmd(
                 "student" if structural else "student-no-structural",
                 {"teacher": str(teacher), "steps": steps, "structural": structural},
             )
-        metrics = run.save_metrics(info | {"frames": len(pool), "model": str(run.path(MODEL_FILE))})
+        metrics = run.save_metrics(
+            info
+            | {
+                "frames": len(pool),
+                "world_size": distributed.world_size(),
+                "model": str(run.path(MODEL_FILE)),
+            }
+        )
         run.console.summary(metrics, "scorelidar distill")
         distributed.cleanup()
 
@@ -316,7 +323,7 @@ def train_refine_cmd(
         info = train_refine_run(
             run, model, data, sequences, steps, completion_steps, lr, up, seed, dev
         )
-        metrics = run.save_metrics(info)
+        metrics = run.save_metrics(info | {"world_size": distributed.world_size()})
         run.console.summary(metrics, "scorelidar train-refine")
         distributed.cleanup()
 

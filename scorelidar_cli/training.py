@@ -114,6 +114,7 @@ def train_teacher(
             on_step(step, {"loss": losses[-1]})
         if save_state is not None:
             save_state(step, make_state)
+    distributed.check_replicas(net, "teacher")
     return {"final_loss": _recent_mean(losses), "steps": config.steps}
 
 
@@ -244,6 +245,10 @@ def distill_student(
             on_step(step, logs)
         if save_state is not None:
             save_state(step, make_state)
+    from shared import distributed
+
+    distributed.check_replicas(d.student, "student")
+    distributed.check_replicas(d.fake, "fake score")
     tail = history[-max(1, len(history) // 10) :]
     summary = {k: float(np.mean([h[k] for h in tail])) for k in tail[0]} if tail else {}
     return d.student.eval(), {f"final_{k}": v for k, v in summary.items()}
@@ -305,4 +310,5 @@ def train_refiner(
             on_step(step, {"loss": losses[-1]})
         if save_state is not None:
             save_state(step, make_state)
+    distributed.check_replicas(refiner, "refiner")
     return {"final_chamfer": _recent_mean(losses), "steps": config.steps}

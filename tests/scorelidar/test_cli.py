@@ -250,3 +250,31 @@ def test_refinement_net_trains_and_multiplies_completion_points(root: Path) -> N
         "complete", str(scan), "--model", "student", "--refine", "student", "--out", "x", cwd=root
     )
     assert res.returncode == 2 and "refine.safetensors: no such file" in res.stderr
+
+
+def test_two_ranks_train_teacher_distill_and_refine_keep_replicas_identical(root: Path) -> None:
+    """torchrun with 2 CPU ranks (Gloo): each rank draws its own frames, DDP averages the
+    gradients; every command ends with a check that the ranks' models are identical (it
+    raises if some gradient skipped the averaging), and rank 0 alone writes the outputs."""
+    from tests.helpers import BIN
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    port = 29400 + os.getpid() % 500
+    commands = [
+        ["train-teacher", "--data", "sim", "--out", "ddp-teacher", "--preset", "tiny",
+         "--steps", "3", "--batch-size", "1"],
+        ["distill", "--teacher", "ddp-teacher", "--data", "sim", "--out", "ddp-student",
+         "--steps", "2"],
+        ["train-refine", "--model", "ddp-student", "--data", "sim", "--steps", "2",
+         "--completion-steps", "1", "--out", "ddp-refine"],
+    ]  # fmt: skip
+    for i, args in enumerate(commands):
+        res = subprocess.run(
+            [str(BIN / "torchrun"), "--nproc-per-node", "2", "--master-port", str(port + i),
+             tool_path("scorelidar"), *args, "--json"],
+            capture_output=True, text=True, cwd=root, env=env, timeout=300,
+        )  # fmt: skip
+        assert res.returncode == 0, (args[0], res.stderr[-3000:])
+        metrics = json.loads((root / args[args.index("--out") + 1] / "metrics.json").read_text())
+        assert metrics["world_size"] == 2, metrics
+        assert all(np.isfinite(v) for k, v in metrics.items() if k.startswith("final_"))
