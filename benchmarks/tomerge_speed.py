@@ -27,6 +27,7 @@ from benchmarks.common import RESULTS, markdown_table, write_results
 from shared.profiling import compare_speed
 
 SD15_UNET = {"cross_attention_dim": 768, "sample_size": 64}  # the rest is diffusers' default
+FULL_RES_BLOCKS = 5  # 2 in the first down block, 3 in the last up block
 
 
 class Step(nn.Module):
@@ -57,7 +58,11 @@ def shared_copy(base: nn.Module) -> nn.Module:
     return twin.eval()
 
 
-def variants(base: nn.Module, ratios: list[float], ours_tome: bool) -> dict[str, nn.Module]:
+def variants(
+    base: nn.Module, ratios: list[float], ours_tome: bool, layers: dict[str, bool]
+) -> dict[str, nn.Module]:
+    """The models to time; `layers` (merge_crossattn, merge_mlp) is given to every
+    merging method alike."""
     import tomesd
 
     import tomerge_cli
@@ -65,16 +70,16 @@ def variants(base: nn.Module, ratios: list[float], ours_tome: bool) -> dict[str,
     out = {"unmerged": base}
     for ratio in ratios:
         m = shared_copy(base)
-        tomesd.apply_patch(m, ratio=ratio)
+        tomesd.apply_patch(m, ratio=ratio, **layers)
         out[f"tomesd {ratio}"] = m
         if ours_tome:
             m = shared_copy(base)
-            tomerge_cli.apply_patch(m, ratio=ratio, mode="tome")
+            tomerge_cli.apply_patch(m, ratio=ratio, mode="tome", **layers)
             out[f"tomerge tome {ratio}"] = m
         m = shared_copy(base)
         # steady state: importance merging from the second call (warm-up makes the map)
         tomerge_cli.apply_patch(
-            m, ratio=ratio, mode="importance", prune_steps=0, importance_start=1
+            m, ratio=ratio, mode="importance", prune_steps=0, importance_start=1, **layers
         )
         out[f"tomerge importance {ratio}"] = m
     return out
@@ -126,6 +131,36 @@ def bookkeeping_ms(n: int, c: int, ratio: float, repeats: int) -> dict[str, floa
     return out
 
 
+def layer_ms(n: int, ratio: float, repeats: int) -> dict[str, tuple[float, float]]:
+    """ms of each layer of one SD 1.5 full-resolution transformer block (C=320, 8 heads,
+    B=2) on all N tokens and on the N - r kept ones: what merging a layer can save."""
+    from diffusers.models.attention import BasicTransformerBlock
+
+    block = BasicTransformerBlock(320, 8, 40, cross_attention_dim=768).eval()
+    ctx = torch.randn(2, 77, 768)
+    kept = n - int(n * ratio)
+    calls = {
+        "attn1 (self-attention)": lambda x: block.attn1(x),
+        "attn2 (cross-attention)": lambda x: block.attn2(x, encoder_hidden_states=ctx),
+        "ff (MLP)": lambda x: block.ff(x),
+    }
+    out = {}
+    with torch.inference_mode():
+        for name, fn in calls.items():
+            pair = []
+            for tokens in (n, kept):
+                x = torch.randn(2, tokens, 320)
+                fn(x)
+                times = []
+                for _ in range(repeats):
+                    t = time.perf_counter()
+                    fn(x)
+                    times.append((time.perf_counter() - t) * 1e3)
+                pair.append(statistics.median(times))
+            out[name] = (pair[0], pair[1])
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="256x256, ratio 0.5, 2 repeats")
@@ -136,6 +171,13 @@ def main() -> None:
         "--attention", choices=["sdpa", "math", "both"], default="both", help="backends to time"
     )
     parser.add_argument("--ours-tome", action="store_true", help="also time our ToMe baseline")
+    parser.add_argument("--name", default=None, help="results file name (default from options)")
+    parser.add_argument(
+        "--merge-mlp", action="store_true", help="every method also merges the MLP (ff)"
+    )
+    parser.add_argument(
+        "--merge-crossattn", action="store_true", help="every method also merges attn2's queries"
+    )
     args = parser.parse_args()
     size = args.size or (256 if args.quick else 512)
     ratios = args.ratios or ([0.5] if args.quick else [0.5, 0.7])
@@ -148,7 +190,8 @@ def main() -> None:
     latent = size // 8
     sample = torch.randn(1, 4, latent, latent).repeat(2, 1, 1, 1)  # CFG: identical halves
     emb = torch.randn(2, 77, 768)
-    models = variants(base, ratios, args.ours_tome or args.quick)
+    layers = {"merge_crossattn": args.merge_crossattn, "merge_mlp": args.merge_mlp}
+    models = variants(base, ratios, args.ours_tome or args.quick, layers)
     rows, data = [], {"size": size, "ratios": ratios, "repeats": repeats, "runs": {}}
     for backend in backends:
         steps = {name: Step(m, backend == "math") for name, m in models.items()}
@@ -170,10 +213,19 @@ def main() -> None:
     book = {ratio: bookkeeping_ms(n, 320, ratio, repeats=5) for ratio in ratios}
     data["bookkeeping_ms"] = {str(k): v for k, v in book.items()}
     book_rows = [(ratio, name, ms) for ratio, d in book.items() for name, ms in d.items()]
+    costs = {ratio: layer_ms(n, ratio, repeats=3) for ratio in ratios}
+    data["layer_ms"] = {str(k): v for k, v in costs.items()}
+    data["layers"] = layers
+    cost_rows = [
+        (ratio, name, full, kept, full - kept)
+        for ratio, d in costs.items()
+        for name, (full, kept) in d.items()
+    ]
     sections = [
         (
             f"UNet step, {size}x{size} (latent {latent}x{latent}, {n} tokens at full "
-            "resolution), CFG batch 2, float32",
+            "resolution), CFG batch 2, float32; layers merged: "
+            + ", ".join(["attn1"] + [k.removeprefix("merge_") for k, on in layers.items() if on]),
             markdown_table(
                 ["attention", "variant", "s / step", "s / image-step", "speed-up"], rows
             ),
@@ -182,10 +234,18 @@ def main() -> None:
             f"Merge bookkeeping per full-resolution attention call (N={n}, C=320, B=2)",
             markdown_table(["ratio", "what", "ms"], book_rows),
         ),
+        (
+            f"SDPA cost of each layer of one full-resolution block (SD 1.5 has {FULL_RES_BLOCKS}), "
+            "ms: what merging it can save before bookkeeping",
+            markdown_table(["ratio", "layer", f"N={n}", "N - r", "saved"], cost_rows),
+        ),
     ]
     name = "speed-quick" if args.quick else "speed"
+    if args.merge_crossattn or args.merge_mlp:
+        name += "-" + "+".join(k.removeprefix("merge_") for k, on in layers.items() if on)
     if args.attention != "both":
         name += f"-{args.attention}"
+    name = args.name or name
     path = write_results(
         "tomerge",
         name,
