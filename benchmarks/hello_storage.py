@@ -24,7 +24,7 @@ import torch
 
 from benchmarks.common import RESULTS, markdown_table, write_results
 from hello_cli import recipes
-from hello_cli.augment import AugConfig
+from hello_cli.augment import AugConfig, apply_aug, plan_epoch
 from hello_cli.data_io import load_real
 from hello_cli.distill import DistillConfig, agreement, distill_projector
 from hello_cli.encoders import DEFAULT_TEMPLATES, EncoderSpec
@@ -41,18 +41,23 @@ def log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
-def make_projector(name: str, teacher, x, y, xv, yv, names) -> tuple[Any, dict[str, Any]]:  # noqa: ANN001
+def make_projector(
+    name: str, teacher, x, y, xv, yv, names, distill_aug: str
+) -> tuple[Any, dict[str, Any]]:  # noqa: ANN001
     cfg = recipes.ENCODERS[name]
+    cutmix = distill_aug == "cutmix"
     spec = EncoderSpec.parse(cfg["encoder"], cfg["weights"], 0, cfg["image_size"])
     start = time.perf_counter()
     proj = build_projector(spec, names, DEFAULT_TEMPLATES, real_images=x, real_labels=y)
     zero_shot = agreement(proj, teacher, xv, yv)
     trainable = proj.add_lora(cfg["rank"], cfg["head_rank"])
     dcfg = DistillConfig(epochs=cfg["epochs"], batch_size=64, lr=cfg["lr"], ce_weight=0.1)
-    distill_projector(proj, teacher, x, y, dcfg, aug=AugConfig(out_size=recipes.IMAGE_SIZE))
+    aug = AugConfig(out_size=recipes.IMAGE_SIZE, cutmix=cutmix)
+    distill_projector(proj, teacher, x, y, dcfg, aug=aug)
     after = agreement(proj, teacher, xv, yv)
     info = {
         "encoder": name,
+        "distill_aug": distill_aug,
         "rank": cfg["rank"],
         "head_rank": cfg["head_rank"],
         "trainable_parameters": trainable,
@@ -64,7 +69,7 @@ def make_projector(name: str, teacher, x, y, xv, yv, names) -> tuple[Any, dict[s
         "teacher_top1": after["teacher_top1"],
         "seconds": round(time.perf_counter() - start, 1),
     }
-    log(f"projector {name}: {info}")
+    log(f"projector {name} ({distill_aug}): {info}")
     return proj, info
 
 
@@ -75,6 +80,22 @@ def synthesize(teacher, x, y, ipc: int, seed: int) -> tuple[torch.Tensor, torch.
         for c in range(int(y.max()) + 1)
     ]
     return torch.cat(imgs), torch.arange(len(imgs)).repeat_interleave(ipc)
+
+
+@torch.no_grad()
+def batch_agreement(
+    projector, teacher, images, aug: AugConfig, seed: int, epochs: int = 5
+) -> float:  # noqa: ANN001
+    """Top-1 agreement (%) of projector and teacher on the augmented batches a student sees
+    (crop, flip, CutMix of the synthetic images): the distribution the labels are used on,
+    unlike the clean real images of the projectors table."""
+    same = total = 0
+    for epoch in range(epochs):
+        for plan in plan_epoch(len(images), tuple(images.shape[-2:]), 32, aug, seed, epoch):
+            x = apply_aug(images, plan, aug.out_size)
+            same += int((projector(x).argmax(-1) == teacher(x).argmax(-1)).sum())
+            total += len(x)
+    return 100.0 * same / total
 
 
 def student_top1(images, labels, xv, yv, source, cfg: StudentConfig, plans=None) -> float:  # noqa: ANN001
@@ -98,6 +119,14 @@ def main() -> None:
     )
     parser.add_argument("--encoders", nargs="+", default=list(recipes.ENCODERS))
     parser.add_argument("--name", default="storage")
+    parser.add_argument(
+        "--distill-aug",
+        nargs="+",
+        choices=["plain", "cutmix"],
+        default=["plain"],
+        help="projector training images: crop + flip (plain) and/or also CutMix; one "
+        "projector per encoder and choice",
+    )
     args = parser.parse_args()
     torch.manual_seed(0)
     ckpt, meta = recipes.teacher_checkpoint()
@@ -107,8 +136,10 @@ def main() -> None:
     log(f"teacher {ckpt.name}: val top-1 {meta['val_top1']:.1f}%")
     projectors, proj_rows = {}, []
     for name in args.encoders:
-        projectors[name], info = make_projector(name, teacher, x, y, xv, yv, names)
-        proj_rows.append(info)
+        for distill_aug in args.distill_aug:
+            key = name if len(args.distill_aug) == 1 else f"{name}, {distill_aug}"
+            projectors[key], info = make_projector(name, teacher, x, y, xv, yv, names, distill_aug)
+            proj_rows.append(info)
     rows = []
     for ipc, epochs in zip(args.ipc, args.epochs, strict=True):
         for seed in args.seeds:
@@ -131,6 +162,10 @@ def main() -> None:
             sources["teacher online (RDED)"] = (OnlineLabels(teacher, 0), teacher_bytes, None)
             sources["stored soft labels (SRe2L/FKD)"] = (stored, stored.storage_bytes, stored.plan)
             sources["hard labels"] = (HardLabels(), 0, None)
+            on_batches = {
+                f"projector ({n})": batch_agreement(p, teacher, images, cfg.aug, seed)
+                for n, p in projectors.items()
+            }
             for label, (source, nbytes, plans) in sources.items():
                 start = time.perf_counter()
                 acc = student_top1(images, labels, xv, yv, source, copy.deepcopy(cfg), plans)
@@ -142,12 +177,13 @@ def main() -> None:
                     "student_top1": acc,
                     "label_bytes": nbytes,
                     "percent_of_stored": 100.0 * nbytes / stored.storage_bytes,
+                    "teacher_agreement_on_batches": on_batches.get(label),
                     "seconds": round(time.perf_counter() - start, 1),
                 }
                 rows.append(row)
                 log(str(row))
     storage = storage_rows(
-        projectors[args.encoders[-1]], classes=10, ipc=10, epochs=300, batch_size=32
+        list(projectors.values())[-1], classes=10, ipc=10, epochs=300, batch_size=32
     )
     _report(args, meta, proj_rows, rows, storage)
 
@@ -158,13 +194,16 @@ def _mean_rows(rows: list[dict[str, Any]]) -> list[list[Any]]:
         out.setdefault((r["ipc"], r["labels"]), []).append(r)
     table = []
     for (ipc, label), rs in out.items():
-        accs = [r["student_top1"] for r in rs]
+        accs = torch.tensor([r["student_top1"] for r in rs])
+        agree = [r["teacher_agreement_on_batches"] for r in rs]
         table.append(
             [
                 ipc,
                 label,
-                sum(accs) / len(accs),
+                accs.mean().item(),
+                accs.std().item() if len(accs) > 1 else "-",
                 len(accs),
+                "-" if agree[0] is None else sum(agree) / len(agree),
                 rs[0]["label_bytes"],
                 rs[0]["percent_of_stored"],
             ]
@@ -177,6 +216,7 @@ def _report(args, meta, proj_rows, rows, storage) -> None:  # noqa: ANN001
     proj_md = markdown_table(
         [
             "encoder",
+            "training images",
             "rank / head rank",
             "stored params",
             "bytes",
@@ -187,6 +227,7 @@ def _report(args, meta, proj_rows, rows, storage) -> None:  # noqa: ANN001
         [
             [
                 p["encoder"],
+                "crop + flip + CutMix" if p["distill_aug"] == "cutmix" else "crop + flip",
                 f"{p['rank']} / {p['head_rank']}",
                 p["trainable_parameters"],
                 p["storage_bytes"],
@@ -198,7 +239,16 @@ def _report(args, meta, proj_rows, rows, storage) -> None:  # noqa: ANN001
         ],
     )
     main_md = markdown_table(
-        ["IPC", "labels", "student top-1 (%)", "seeds", "label bytes", "% of stored labels"],
+        [
+            "IPC",
+            "labels",
+            "student top-1 (%)",
+            "std over seeds",
+            "seeds",
+            "agreement with teacher on student batches (%)",
+            "label bytes",
+            "% of stored labels",
+        ],
         table,
     )
     storage_md = markdown_table(
@@ -225,7 +275,7 @@ def _report(args, meta, proj_rows, rows, storage) -> None:  # noqa: ANN001
                 "Projectors",
                 "Distillation epochs: "
                 + ", ".join(f"{k} {v['epochs']}" for k, v in recipes.ENCODERS.items())
-                + "\n\n"
+                + "; training images: the real digits (train split)\n\n"
                 + proj_md,
             ),
             ("Students", main_md),
@@ -245,7 +295,7 @@ def _plot(table: list[list[Any]], name: str) -> None:
     fig, axes = plt.subplots(1, len(ipcs), figsize=(6 * len(ipcs), 4), squeeze=False)
     for ax, ipc in zip(axes[0], ipcs, strict=True):
         for r in (r for r in table if r[0] == ipc):
-            bytes_ = max(r[4], 1)
+            bytes_ = max(r[6], 1)
             ax.scatter(bytes_, r[2])
             ax.annotate(r[1], (bytes_, r[2]), fontsize=7)
         ax.set_xscale("log")

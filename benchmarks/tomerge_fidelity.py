@@ -28,7 +28,7 @@ from torch import nn
 from benchmarks.common import RESULTS, markdown_table, write_results
 
 REPO = Path(__file__).resolve().parent.parent
-SIZE = 16
+SIZE = 16  # default image side; --size 32 trains and samples at 32x32
 CLASSES = 10
 EMBED = 64
 # the vbp demo's / hello's digits classifier (cached, trained on builtin:digits)
@@ -43,12 +43,13 @@ CLASSIFIER = (
 class DigitsDiffusion(nn.Module):
     """UNet2DConditionModel with a class embedding as its one-token 'text' (class 10 = null)."""
 
-    def __init__(self) -> None:
+    def __init__(self, size: int = SIZE) -> None:
         super().__init__()
         from diffusers import UNet2DConditionModel
 
+        self.size = size
         self.unet = UNet2DConditionModel(
-            sample_size=SIZE,
+            sample_size=size,
             in_channels=1,
             out_channels=1,
             block_out_channels=(16, 32, 32),
@@ -65,15 +66,15 @@ class DigitsDiffusion(nn.Module):
         return self.unet(x, t, self.classes(y)[:, None]).sample
 
 
-def train(steps: int, batch: int, seed: int = 0) -> DigitsDiffusion:
+def train(steps: int, batch: int, size: int, seed: int = 0) -> DigitsDiffusion:
     from diffusers import DDPMScheduler
 
     from shared.data import load_digits_tensors
 
     torch.manual_seed(seed)
-    x, y = load_digits_tensors("train", SIZE, channels=1)
+    x, y = load_digits_tensors("train", size, channels=1)
     x = x * 2 - 1
-    model = DigitsDiffusion()
+    model = DigitsDiffusion(size)
     sched = DDPMScheduler(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2")
     opt = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=0.0)
     lr = torch.optim.lr_scheduler.OneCycleLR(opt, 2e-3, total_steps=steps, pct_start=0.05)
@@ -94,17 +95,18 @@ def train(steps: int, batch: int, seed: int = 0) -> DigitsDiffusion:
     return model.eval()
 
 
-def trained_model(steps: int, batch: int) -> tuple[DigitsDiffusion, float]:
+def trained_model(steps: int, batch: int, size: int) -> tuple[DigitsDiffusion, float]:
     from safetensors.torch import load_file, save_file
 
     cache = Path(os.environ.get("TOOLKIT_CACHE") or REPO / ".cache") / "tomerge"
-    path = cache / f"digits-unet-{steps}x{batch}.safetensors"
-    model = DigitsDiffusion().eval()
+    suffix = "" if size == SIZE else f"-{size}px"
+    path = cache / f"digits-unet-{steps}x{batch}{suffix}.safetensors"
+    model = DigitsDiffusion(size).eval()
     if path.exists():
         model.load_state_dict(load_file(path))
         return model, 0.0
     start = time.time()
-    model = train(steps, batch)
+    model = train(steps, batch, size)
     cache.mkdir(parents=True, exist_ok=True)
     save_file(model.state_dict(), path)
     return model, time.time() - start
@@ -119,7 +121,8 @@ def sample(
 
     sched = DDIMScheduler(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2")
     sched.set_timesteps(steps)
-    x = torch.randn(len(labels), 1, SIZE, SIZE, generator=torch.Generator().manual_seed(seed))
+    size = model.size
+    x = torch.randn(len(labels), 1, size, size, generator=torch.Generator().manual_seed(seed))
     null = torch.full_like(labels, CLASSES)
     for t in sched.timesteps:
         eps_u, eps_c = model(torch.cat([x, x]), t, torch.cat([null, labels])).chunk(2)
@@ -157,6 +160,13 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=25, help="DDIM steps")
     parser.add_argument("--guidance", type=float, default=3.0)
     parser.add_argument("--ratios", nargs="+", type=float, default=[0.3, 0.5, 0.7])
+    parser.add_argument("--size", type=int, default=SIZE, help="image side (16 or 32)")
+    parser.add_argument(
+        "--prune-steps",
+        type=int,
+        default=2,
+        help="apply_patch prune_steps (the paper's SD schedule: 2; importance from step 2)",
+    )
     args = parser.parse_args()
     train_steps = args.train_steps or (100 if args.quick else 500)
     per_class = args.per_class or (4 if args.quick else 20)
@@ -164,7 +174,7 @@ def main() -> None:
     import tomerge_cli
     from tomerge_cli.fidelity import psnr, ssim
 
-    model, train_s = trained_model(train_steps, args.batch)
+    model, train_s = trained_model(train_steps, args.batch, args.size)
     predict, cls_meta = classifier()
     labels = torch.arange(CLASSES).repeat_interleave(per_class)
     chunks = labels.split(50)
@@ -183,11 +193,13 @@ def main() -> None:
     rows = [("unmerged", "-", "inf", 1.0, base_acc, base_s)]
     grid = {"unmerged": base}
     data_rows = [{"method": "unmerged", "ratio": 0.0, "accuracy": base_acc, "seconds": base_s}]
-    real, _ = _real_digits()
-    real_acc = (predict(real) == _real_digits()[1]).float().mean().item() * 100
+    real, real_labels = _real_digits(args.size)
+    real_acc = (predict(real) == real_labels).float().mean().item() * 100
     for ratio in args.ratios:
         for mode in ("tome", "importance"):
-            tomerge_cli.apply_patch(model.unet, ratio=ratio, mode=mode)
+            tomerge_cli.apply_patch(
+                model.unet, ratio=ratio, mode=mode, prune_steps=args.prune_steps
+            )
             imgs, sec = run_all()
             tomerge_cli.remove_patch(model.unet)
             per_img_psnr = [psnr(imgs[i : i + 1], base[i : i + 1]) for i in range(len(imgs))]
@@ -206,11 +218,14 @@ def main() -> None:
     results["train_steps"] = train_steps
     results["train_seconds"] = train_s
     results["classifier_val_top1"] = cls_meta.get("val_top1")
-    results["classifier_on_real_val_at_32px"] = real_acc
+    results["classifier_on_real_val"] = real_acc
+    results["size"] = args.size
+    results["prune_steps"] = args.prune_steps
     sections = [
         (
             f"{len(labels)} samples ({per_class} per class), DDIM {args.steps} steps, "
-            f"guidance {args.guidance}; UNet trained {train_steps} steps x {args.batch}",
+            f"guidance {args.guidance}; UNet trained {train_steps} steps x {args.batch} at "
+            f"{args.size}x{args.size}; prune_steps {args.prune_steps}",
             markdown_table(
                 [
                     "method",
@@ -224,10 +239,15 @@ def main() -> None:
             )  # fmt: skip
             + f"\n\nThe classifier (reference ViT, val top-1 {cls_meta.get('val_top1'):.1f}% "
             f"at 16 px) scores {real_acc:.1f}% on the real validation digits resized the "
-            f"same way ({SIZE} px in, 16 px to the classifier). PSNR averages the per-image PSNR.",
+            f"same way ({args.size} px in, 16 px to the classifier). PSNR averages the "
+            "per-image PSNR.",
         )
     ]
     name = "fidelity-quick" if args.quick else "fidelity"
+    if args.size != SIZE:
+        name += f"-{args.size}px"
+    if args.prune_steps != 2:
+        name += f"-prune{args.prune_steps}"
     path = write_results(
         "tomerge", name, "tomerge fidelity: digits diffusion UNet, tome vs importance",
         sections, results,
@@ -236,10 +256,10 @@ def main() -> None:
     print(path.read_text())
 
 
-def _real_digits() -> tuple[torch.Tensor, torch.Tensor]:
+def _real_digits(size: int) -> tuple[torch.Tensor, torch.Tensor]:
     from shared.data import load_digits_tensors
 
-    return load_digits_tensors("val", SIZE, channels=1)
+    return load_digits_tensors("val", size, channels=1)
 
 
 def _save_grid(grid: dict[str, torch.Tensor], labels: torch.Tensor, path: Path) -> None:
