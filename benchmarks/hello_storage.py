@@ -41,23 +41,18 @@ def log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
-def make_projector(
-    name: str, teacher, x, y, xv, yv, names, distill_aug: str
-) -> tuple[Any, dict[str, Any]]:  # noqa: ANN001
+def make_projector(name: str, teacher, x, y, xv, yv, names) -> tuple[Any, dict[str, Any]]:  # noqa: ANN001
     cfg = recipes.ENCODERS[name]
-    cutmix = distill_aug == "cutmix"
     spec = EncoderSpec.parse(cfg["encoder"], cfg["weights"], 0, cfg["image_size"])
     start = time.perf_counter()
     proj = build_projector(spec, names, DEFAULT_TEMPLATES, real_images=x, real_labels=y)
     zero_shot = agreement(proj, teacher, xv, yv)
     trainable = proj.add_lora(cfg["rank"], cfg["head_rank"])
     dcfg = DistillConfig(epochs=cfg["epochs"], batch_size=64, lr=cfg["lr"], ce_weight=0.1)
-    aug = AugConfig(out_size=recipes.IMAGE_SIZE, cutmix=cutmix)
-    distill_projector(proj, teacher, x, y, dcfg, aug=aug)
+    distill_projector(proj, teacher, x, y, dcfg, aug=AugConfig(out_size=recipes.IMAGE_SIZE))
     after = agreement(proj, teacher, xv, yv)
     info = {
         "encoder": name,
-        "distill_aug": distill_aug,
         "rank": cfg["rank"],
         "head_rank": cfg["head_rank"],
         "trainable_parameters": trainable,
@@ -69,7 +64,7 @@ def make_projector(
         "teacher_top1": after["teacher_top1"],
         "seconds": round(time.perf_counter() - start, 1),
     }
-    log(f"projector {name} ({distill_aug}): {info}")
+    log(f"projector {name}: {info}")
     return proj, info
 
 
@@ -119,14 +114,6 @@ def main() -> None:
     )
     parser.add_argument("--encoders", nargs="+", default=list(recipes.ENCODERS))
     parser.add_argument("--name", default="storage")
-    parser.add_argument(
-        "--distill-aug",
-        nargs="+",
-        choices=["plain", "cutmix"],
-        default=["plain"],
-        help="projector training images: crop + flip (plain) and/or also CutMix; one "
-        "projector per encoder and choice",
-    )
     args = parser.parse_args()
     torch.manual_seed(0)
     ckpt, meta = recipes.teacher_checkpoint()
@@ -136,10 +123,8 @@ def main() -> None:
     log(f"teacher {ckpt.name}: val top-1 {meta['val_top1']:.1f}%")
     projectors, proj_rows = {}, []
     for name in args.encoders:
-        for distill_aug in args.distill_aug:
-            key = name if len(args.distill_aug) == 1 else f"{name}, {distill_aug}"
-            projectors[key], info = make_projector(name, teacher, x, y, xv, yv, names, distill_aug)
-            proj_rows.append(info)
+        projectors[name], info = make_projector(name, teacher, x, y, xv, yv, names)
+        proj_rows.append(info)
     rows = []
     for ipc, epochs in zip(args.ipc, args.epochs, strict=True):
         for seed in args.seeds:
@@ -216,7 +201,6 @@ def _report(args, meta, proj_rows, rows, storage) -> None:  # noqa: ANN001
     proj_md = markdown_table(
         [
             "encoder",
-            "training images",
             "rank / head rank",
             "stored params",
             "bytes",
@@ -227,7 +211,6 @@ def _report(args, meta, proj_rows, rows, storage) -> None:  # noqa: ANN001
         [
             [
                 p["encoder"],
-                "crop + flip + CutMix" if p["distill_aug"] == "cutmix" else "crop + flip",
                 f"{p['rank']} / {p['head_rank']}",
                 p["trainable_parameters"],
                 p["storage_bytes"],
@@ -275,7 +258,7 @@ def _report(args, meta, proj_rows, rows, storage) -> None:  # noqa: ANN001
                 "Projectors",
                 "Distillation epochs: "
                 + ", ".join(f"{k} {v['epochs']}" for k, v in recipes.ENCODERS.items())
-                + "; training images: the real digits (train split)\n\n"
+                + "; training images: the real digits (train split), random resized crop + flip\n\n"
                 + proj_md,
             ),
             ("Students", main_md),

@@ -196,13 +196,6 @@ def distill_cmd(
     ce_weight: Annotated[
         float, typer.Option(help="lambda in MSE(f, teacher) + lambda * CE.")
     ] = 0.1,
-    cutmix: Annotated[
-        bool,
-        typer.Option(
-            help="CutMix the real images as the student's batches are, so the projector also "
-            "learns the teacher's labels of mixed images (crop and flip always apply)."
-        ),
-    ] = False,
     teacher_checkpoint: TeacherCkptOpt = None,
     teacher_kwargs: TeacherKwargsOpt = None,
     image_size: ImageSizeOpt = 32,
@@ -250,7 +243,7 @@ def distill_cmd(
                 x.to(dev),
                 y.to(dev),
                 cfg,
-                aug=AugConfig(out_size=image_size, cutmix=cutmix),
+                aug=AugConfig(out_size=image_size),
                 on_step=lambda v: bar.advance(1, loss=v),
             )
         stored = save_projector(proj.cpu(), run.dir)

@@ -1,7 +1,6 @@
 """Training the projector's low-rank factors on real images against the teacher:
-loss = MSE(f(x), t(x)) + lambda * CE(f(x), y), on randomly cropped and flipped images (and,
-with `aug.cutmix`, CutMix'd as the student's batches are), the teacher's logits computed on
-the same augmented image."""
+loss = MSE(f(x), t(x)) + lambda * CE(f(x), y), on randomly cropped and flipped images, the
+teacher's logits computed on the same augmented image."""
 
 from __future__ import annotations
 
@@ -12,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from hello_cli.augment import AugConfig, apply_aug, mixed_targets, plan_epoch
+from hello_cli.augment import AugConfig, apply_aug, plan_epoch
 from shared.runs import check_finite
 
 
@@ -34,10 +33,9 @@ def centred(logits: torch.Tensor) -> torch.Tensor:
 def projector_loss(
     logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor, ce_weight: float
 ) -> torch.Tensor:
-    """MSE between per-image centred logits, + lambda * CE (labels: class indices or CutMix's
-    mixed one-hot targets). Logits mean the same thing up to a constant per image (softmax
-    ignores it); a cosine classifier without bias cannot match the teacher's offset, and
-    uncentred MSE would spend its gradient trying."""
+    """MSE between per-image centred logits, + lambda * CE. Logits mean the same thing up to
+    a constant per image (softmax ignores it); a cosine classifier without bias cannot
+    match the teacher's offset, and uncentred MSE would spend its gradient trying."""
     mse = F.mse_loss(centred(logits), centred(teacher_logits))
     return mse + ce_weight * F.cross_entropy(logits, labels)
 
@@ -49,13 +47,11 @@ def distill_projector(
     labels: torch.Tensor,
     cfg: DistillConfig,
     *,
-    aug: AugConfig | None = None,
+    aug: AugConfig,
     on_step: Callable[[float], None] | None = None,
 ) -> float:
     """Train the trainable parameters of `projector` (its factors) in place; returns the
-    final loss. `aug` defaults to crop + flip at the images' size, without CutMix."""
-    if aug is None:
-        aug = AugConfig(out_size=images.shape[-1], cutmix=False)
+    final loss."""
     # a low-rank update on every encoder layer compounds through the depth: a step size that
     # suits W's update distorts the features, so the encoder's factors get a smaller one
     encoder = [
@@ -72,6 +68,7 @@ def distill_projector(
     opt = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
     steps = cfg.epochs * -(-len(images) // cfg.batch_size)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(1, steps))
+    aug = AugConfig(aug.out_size, aug.crop_scale, aug.flip, cutmix=False)
     teacher.eval()
     # The encoder stays in eval mode: its BatchNorm statistics are part of the frozen base
     # (not stored), and labels are later generated in eval mode, so train in that mode too.
@@ -85,12 +82,7 @@ def distill_projector(
             x = apply_aug(images, plan, aug.out_size)
             with torch.no_grad():
                 target = teacher(x).float()
-            hard = (
-                mixed_targets(labels, plan, target.shape[-1], aug.out_size)
-                if aug.cutmix
-                else labels[plan.indices]
-            )
-            loss = projector_loss(projector(x), target, hard, cfg.ce_weight)
+            loss = projector_loss(projector(x), target, labels[plan.indices], cfg.ce_weight)
             step += 1
             check_finite(loss, step)
             opt.zero_grad(set_to_none=True)

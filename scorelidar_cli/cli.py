@@ -218,6 +218,16 @@ def distill_cmd(
     real_guidance: Annotated[
         float, typer.Option("--real-guidance", help="CFG weight of the teacher's score.")
     ] = 1.0,
+    sampler_steps: Annotated[
+        int,
+        typer.Option(
+            "--sampler-steps",
+            min=1,
+            help="1: train the one-step sample from x_T (the paper). K > 1 (ours): run the "
+            "student's K-step sampler without gradient to a random one of its steps and train "
+            "the sample from there, so every step of a K-step completion is trained.",
+        ),
+    ] = 1,
     seed: SeedOpt = 0,
     device: DeviceOpt = "auto",
     resume: ResumeOpt = False,
@@ -258,6 +268,7 @@ def distill_cmd(
             key_fraction=key_fraction,
             structural=structural,
             real_guidance=real_guidance,
+            sampler_steps=sampler_steps,
             seed=seed,
         )
         with run.console.progress_bar("distill", steps) as bar:
@@ -275,7 +286,12 @@ def distill_cmd(
                 run.path(MODEL_FILE),
                 student,
                 "student" if structural else "student-no-structural",
-                {"teacher": str(teacher), "steps": steps, "structural": structural},
+                {
+                    "teacher": str(teacher),
+                    "steps": steps,
+                    "structural": structural,
+                    "sampler_steps": sampler_steps,
+                },
             )
         metrics = run.save_metrics(
             info

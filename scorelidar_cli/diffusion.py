@@ -110,6 +110,31 @@ def sample(
     on_step: Callable[[int], None] | None = None,
 ) -> torch.Tensor:
     """Complete the scan: `steps` DPM-Solver++ steps from x_init + sigma_T eps."""
+    points, _ = partial_sample(
+        net, x_init, batch, cond, cond_batch, steps, steps, schedule, guidance, algorithm,
+        generator, on_step,
+    )  # fmt: skip
+    return points
+
+
+@torch.no_grad()
+def partial_sample(
+    net: Denoiser,
+    x_init: torch.Tensor,
+    batch: torch.Tensor,
+    cond: torch.Tensor,
+    cond_batch: torch.Tensor,
+    steps: int,
+    stop_before: int,
+    schedule: Schedule | None = None,
+    guidance: float = 1.0,
+    algorithm: str = "sde-dpmsolver++",
+    generator: torch.Generator | None = None,
+    on_step: Callable[[int], None] | None = None,
+) -> tuple[torch.Tensor, int]:
+    """The points of a `steps`-step sampler before its step `stop_before` and that step's
+    timestep; `stop_before = steps` runs it to the end (timestep 0, the completion) and
+    `stop_before = 0` gives the start x_init + sigma_T eps."""
     schedule = schedule or Schedule()
     scheduler = make_scheduler(schedule, algorithm)
     scheduler.set_timesteps(steps, device=x_init.device)
@@ -117,7 +142,7 @@ def sample(
     x_t = start_points(x_init, schedule, generator)
     abar = torch.as_tensor(scheduler.alphas_cumprod, dtype=torch.float64)
     offset = (x_t - x_init) * float(abar[scheduler.timesteps[0]].sqrt())  # solver variable
-    for i, t in enumerate(scheduler.timesteps):
+    for i, t in enumerate(scheduler.timesteps[:stop_before]):
         alpha = float(abar[int(t)].sqrt())
         points = x_init + offset / alpha
         tt = torch.full((bsz,), int(t), dtype=torch.long, device=x_init.device)
@@ -125,4 +150,7 @@ def sample(
         offset = scheduler.step(eps, t, offset, generator=generator).prev_sample
         if on_step is not None:
             on_step(i)
-    return x_init + offset  # alpha' = 1 after the final (sigma = 0) step
+    if stop_before >= steps:
+        return x_init + offset, 0  # alpha' = 1 after the final (sigma = 0) step
+    t = int(scheduler.timesteps[stop_before])
+    return x_init + offset / float(abar[t].sqrt()), t

@@ -22,17 +22,20 @@ Denoiser = Callable[..., torch.Tensor]
 
 def student_sample(
     student: Denoiser,
-    x_start: torch.Tensor,
+    x_t: torch.Tensor,
     batch: torch.Tensor,
     cond: torch.Tensor,
     cond_batch: torch.Tensor,
     schedule: Schedule,
+    t: int | None = None,
 ) -> torch.Tensor:
-    """One-step student sample x_hat = x_T - sigma_T eps_G(x_T, T) (differentiable)."""
+    """The student's sample from x_t at timestep t (default T, the one-step sample
+    x_hat = x_T - sigma_T eps_G(x_T, T)): its x_0 estimate, differentiable."""
+    t = schedule.steps - 1 if t is None else t
     bsz = int(batch.max()) + 1
-    t = torch.full((bsz,), schedule.steps - 1, dtype=torch.long, device=x_start.device)
-    eps = student(x_start, batch, t, cond, cond_batch)
-    return x_start - float(schedule.sigmas()[-1]) * eps
+    tt = torch.full((bsz,), t, dtype=torch.long, device=x_t.device)
+    eps = student(x_t, batch, tt, cond, cond_batch)
+    return x_t - float(schedule.sigmas()[t]) * eps
 
 
 def vsd_gradient(

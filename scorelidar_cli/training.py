@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from scorelidar_cli.diffusion import Schedule, add_noise, lidiff_loss, start_points
+from scorelidar_cli.diffusion import Schedule, add_noise, lidiff_loss, partial_sample
 from scorelidar_cli.distill import distillation_term, fake_score_loss, student_sample
 from scorelidar_cli.model import CompletionUNet
 from scorelidar_cli.pipeline import FramePool
@@ -136,6 +136,10 @@ class DistillConfig:
     key_fraction: float = 1 / 30
     structural: bool = True
     real_guidance: float = 1.0
+    # 1: the paper's one-step student sample at t = T. K > 1: run the student's own K-step
+    # sampler (no grad) to a random one of its K steps and train the sample from there, so
+    # every step a K-step completion takes is trained on the inputs it really sees
+    sampler_steps: int = 1
     t_min: int = 20
     t_max: int = 980
     seed: int = 0
@@ -166,8 +170,12 @@ class Distiller:
         rng = _rank_rng(config.seed, step)
         b = pool.batch(_frames(rng, pool, config.batch_size), self.teacher.config, rng, self.device)
         gen = torch.Generator().manual_seed(int(rng.integers(2**62)))
-        x_start = start_points(b.x_init.cpu(), schedule, gen).to(self.device)
-        x_hat = student_sample(self.student_ddp, x_start, b.batch, b.cond, b.cond_batch, schedule)
+        k = int(rng.integers(config.sampler_steps)) if config.sampler_steps > 1 else 0
+        x_t, t_k = partial_sample(
+            self.student, b.x_init, b.batch, b.cond, b.cond_batch, config.sampler_steps, k,
+            schedule, generator=gen,
+        )  # fmt: skip
+        x_hat = student_sample(self.student_ddp, x_t, b.batch, b.cond, b.cond_batch, schedule, t_k)
 
         t = torch.randint(config.t_min, config.t_max + 1, (b.size,), generator=gen).to(self.device)
         noise = torch.randn(x_hat.shape, generator=gen).to(self.device)

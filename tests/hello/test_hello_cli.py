@@ -64,7 +64,6 @@ def test_pipeline_projector_synthesize_students(capsys, workdir: Path, teacher_f
         "1",
         "--batch-size",
         "128",
-        "--cutmix",
         "--out",
         str(w / "p"),
         "--json",
@@ -73,7 +72,6 @@ def test_pipeline_projector_synthesize_students(capsys, workdir: Path, teacher_f
     assert dist["storage_bytes"] == 4 * dist["trainable_parameters"] > 0
     assert 0 <= dist["agreement"] <= 100
     assert (w / "p" / "config.yaml").exists() and (w / "p" / "metrics.json").exists()
-    assert "cutmix: true" in (w / "p" / "config.yaml").read_text()
     code, syn, err = hello(
         capsys,
         "synthesize",
