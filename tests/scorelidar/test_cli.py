@@ -160,6 +160,17 @@ def test_no_structural_ablation_is_recorded(root: Path) -> None:
     assert meta["status"] == "ok"
 
 
+def test_distill_along_the_students_own_sampler(root: Path) -> None:
+    res = ok_json(
+        scorelidar(
+            "distill", "--teacher", "teacher", "--data", "sim", "--sequences", "00",
+            "--out", "k4", "--steps", "3", "--sampler-steps", "4", "--json", cwd=root,
+        )
+    )  # fmt: skip
+    assert np.isfinite(res["final_loss"])
+    assert "sampler_steps: 4" in (root / "k4" / "config.yaml").read_text()
+
+
 @pytest.mark.parametrize(
     ("points", "message"),
     [

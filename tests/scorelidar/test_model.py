@@ -7,10 +7,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from scorelidar_cli.diffusion import Schedule, sample
+from scorelidar_cli.diffusion import Schedule, make_scheduler, partial_sample, sample
 from scorelidar_cli.distill import (
     distillation_term,
     public_code_term,
+    student_sample,
     vsd_gradient,
 )
 from scorelidar_cli.model import PRESETS, build_model, conv_algo, patch_spconv_for_cpu
@@ -116,6 +117,49 @@ def test_sampler_with_an_exact_denoiser_reaches_the_target() -> None:
         out = sample(exact, x_init, batch, target, batch, steps, schedule, generator=g)
         errs[steps] = torch.cdist(out, target).min(1).values.mean().item()
     assert errs[30] < 0.01 < errs[4]
+
+
+def test_partial_sample_stops_where_the_full_sampler_passes() -> None:
+    """`partial_sample` is the sampler cut short: 0 steps give the start x_init + sigma_T eps,
+    all steps give `sample`'s completion, and a student sample from a cut point is that
+    point's x_0 estimate x_t - sigma_t eps."""
+    schedule = Schedule()
+    sig = schedule.sigmas()
+    target = torch.randn(50, 3, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+
+    def exact(x, batch, t, cond, cond_batch, drop=None):
+        s = float(sig[int(t[0])])
+        w = torch.softmax(-(torch.cdist(x, target) ** 2) / (2 * s * s), 1)
+        return (x - w @ target) / s
+
+    x_init, batch = target + 0.2, torch.zeros(50, dtype=torch.long)
+
+    def run(stop: int, steps: int = 8):
+        g = torch.Generator().manual_seed(3)
+        return partial_sample(exact, x_init, batch, target, batch, steps, stop, generator=g)
+
+    start, t0 = run(0)
+    noise = torch.randn(
+        x_init.shape, generator=torch.Generator().manual_seed(3), dtype=torch.float64
+    )
+    assert t0 == schedule.steps - 1
+    torch.testing.assert_close(start, x_init + float(sig[-1]) * noise)
+    full = sample(
+        exact, x_init, batch, target, batch, 8, generator=torch.Generator().manual_seed(3)
+    )
+    end, t_end = run(8)
+    assert t_end == 0 and torch.equal(end, full)
+    scheduler = make_scheduler(schedule)
+    scheduler.set_timesteps(8)
+    mid, t_mid = run(4)
+    assert t_mid == int(scheduler.timesteps[4]) and 0 < t_mid < t0
+    err = {k: torch.cdist(v, target).min(1).values.mean().item() for k, v in
+           {"start": start, "mid": mid, "end": end}.items()}  # fmt: skip
+    assert err["end"] < err["mid"] < err["start"]
+    x0 = student_sample(exact, mid, batch, target, batch, schedule, t_mid)
+    torch.testing.assert_close(
+        x0, mid - float(sig[t_mid]) * exact(mid, batch, torch.tensor([t_mid]), 0, 0)
+    )
 
 
 # -- the distillation gradient on a toy distribution ---------------------------------------
