@@ -17,9 +17,15 @@ import json
 from pathlib import Path
 
 from benchmarks.common import RESULTS, markdown_table, write_results
-from scorelidar_cli.zoo import reference_models, run_tool
+from scorelidar_cli.zoo import RECIPES, reference_models, run_tool
 
 KITTI = Path(__file__).resolve().parents[2] / "shared" / "data" / "kitti_000123.ply"
+STUDENT_LABELS = {
+    "student": "student",
+    "student-paper": "student, paper's one-step training",
+    "student-no-structural": "student w/o structural",
+    "student-no-vsd": "student w/o distillation term",
+}
 COLS = ["cd", "jsd", "precision", "recall", "fscore", "iou_0.5m", "iou_0.2m", "iou_0.1m"]
 
 
@@ -98,10 +104,10 @@ def main() -> int:
 
     root, stages = reference_models(args.recipe)
     held = root / "heldout"
-    runs = [
-        ("teacher", "teacher", [50, 8]),
-        ("student", "student", [8, 4]),
-        ("student w/o structural", "student-no-structural", [8]),
+    runs = [("teacher", "teacher", [50, 8])] + [
+        (STUDENT_LABELS.get(stage, stage), stage, [8, 4] if stage == "student" else [8])
+        for stage in RECIPES[args.recipe]
+        if stage.startswith("student")
     ]
     speed = interleaved_speed(root, held, args.repeats, args.guidance, args.solver)
     rows = []
