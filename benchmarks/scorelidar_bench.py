@@ -1,13 +1,14 @@
 """ScoreLiDAR on this machine: LiDiff-style teacher vs distilled student, in one run.
 
-    python -m benchmarks.scorelidar_bench [--recipe bench-v1] [--frames 8]
+    python -m benchmarks.scorelidar_bench [--recipe bench-v3] [--frames 16]
 
 Simulated scenes (SemanticKITTI layout, ground truth accumulated from the poses) train a
-small teacher and two students (with and without the structural loss) through the real
-commands, cached under $TOOLKIT_CACHE/scorelidar/<recipe>; held-out scenes (other seeds)
-are completed by: teacher at 50 and 8 steps, student at 8 and 4 steps, student without
-structural loss at 8 steps. Then the real KITTI scan (../shared/data/kitti_000123.ply, no
-ground truth) is completed by teacher and student: time, points, input kept within 5 cm.
+small teacher and the recipe's students (the main one and its ablations, see
+scorelidar_cli/zoo.py) through the real commands, cached under
+$TOOLKIT_CACHE/scorelidar/<recipe>; held-out scenes (other seeds) are completed by: teacher
+at 50 and 8 steps, the student at 8 and 4 steps, every other student at 8 steps. Then the
+real KITTI scan (../shared/data/kitti_000123.ply, no ground truth) is completed by teacher
+and student: time, points, input kept within 5 cm.
 """
 
 from __future__ import annotations
@@ -94,8 +95,8 @@ def plot(rows: list[dict], path: Path) -> None:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--recipe", default="bench-v1")
-    ap.add_argument("--frames", type=int, default=8, help="held-out frames to evaluate")
+    ap.add_argument("--recipe", default="bench-v3")
+    ap.add_argument("--frames", type=int, default=16, help="held-out frames to evaluate")
     ap.add_argument("--guidance", type=float, default=1.0)
     ap.add_argument("--solver", default="sde")
     ap.add_argument("--repeats", type=int, default=3, help="interleaved timing rounds")
