@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from hello_cli.encoders import EncoderSpec
-from hello_cli.lora import add_lora, lora_state_dict
+from hello_cli.lora import FACTOR_NAMES, add_lora, lora_state_dict
 from shared.errors import InputError
 
 FILE_NAME = "projector.safetensors"
@@ -84,6 +84,15 @@ class Projector(nn.Module):
         # the temperature trains too: a frozen one fixes how far apart the logits can be
         self.log_logit_scale.requires_grad_(rank > 0 or head_rank > 0)
         self.config.rank, self.config.head_rank, self.config.lora_include = rank, head_rank, include
+        return sum(p.numel() for p in self.parameters() if p.requires_grad)
+
+    def train_factors(self) -> int:
+        """Make the factors a loaded projector already has (and its temperature) trainable
+        again, to go on distilling it; returns the trainable parameter count."""
+        for name, p in self.named_parameters():
+            if name.rsplit(".", 1)[-1] in FACTOR_NAMES:
+                p.requires_grad_(True)
+        self.log_logit_scale.requires_grad_(True)
         return sum(p.numel() for p in self.parameters() if p.requires_grad)
 
     def stored_tensors(self) -> dict[str, torch.Tensor]:

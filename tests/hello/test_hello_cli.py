@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from hello_cli.cli import app
 from shared.cli import run_app
@@ -90,6 +91,25 @@ def test_pipeline_projector_synthesize_students(capsys, workdir: Path, teacher_f
     assert code == 0, err
     assert syn["images"] == 10 and syn["image_size"] == 32
     assert json.loads((w / "s" / "images" / "classes.json").read_text())["class_names"][0] == "zero"
+    # go on distilling the projector, now also on the student's batches of the synthetic set
+    again = ["distill", "--projector", str(w / "p"), "--teacher", str(teacher_file)]
+    again += ["--data", "builtin:digits", "--epochs", "1", "--batch-size", "128"]
+    code, cont, err = hello(
+        capsys, *again, "--synthetic", str(w / "s" / "images"), "--out", str(w / "p2"), "--json"
+    )
+    assert code == 0, err
+    assert cont["trainable_parameters"] == dist["trainable_parameters"]
+    assert cont["storage_bytes"] == dist["storage_bytes"]
+    from hello_cli.projector import load_projector
+
+    before, after = (
+        load_projector(w / "p").stored_tensors(),
+        load_projector(w / "p2").stored_tensors(),
+    )
+    assert before.keys() == after.keys()
+    assert any(not torch.equal(before[k], after[k]) for k in before)
+    code, _, err = hello(capsys, *again, "--rank", "2", "--out", str(w / "p3"))
+    assert code == 2 and "already has factors" in err and not (w / "p3").exists()
     results = {}
     for labels in ("projector", "stored", "hard"):
         code, res, err = hello(

@@ -227,6 +227,45 @@ def test_projector_distillation_sees_the_teachers_augmented_image() -> None:
     assert not any(torch.allclose(s, plain[: len(s)], atol=1e-3) for s in teacher.seen)
 
 
+def test_projector_distillation_also_fits_the_teacher_on_augmented_synthetic_batches() -> None:
+    """With a synthetic set, every step adds one batch of it, augmented as the student will
+    see it (CutMix included), and teacher and projector see the same pixels; a zero weight
+    leaves the training exactly as without the set."""
+    from hello_cli.distill import DistillConfig, distill_projector
+
+    images, labels = torch.rand(6, 3, 24, 24), torch.tensor([0, 1, 2, 0, 1, 2])
+    synthetic = torch.zeros(5, 3, 32, 32)
+    synthetic[:, 0] = 1.0  # red images: their batches are told apart from the real ones
+    teacher, projector = _Recorder(), _Recorder()
+    cfg = DistillConfig(epochs=2, batch_size=4, seed=3)
+    aug = AugConfig(out_size=16)
+    distill_projector(projector, teacher, images, labels, cfg, aug=aug, synthetic=synthetic)
+    assert len(teacher.seen) == len(projector.seen) == 8  # 4 real + 4 synthetic batches
+    for t, p in zip(teacher.seen, projector.seen, strict=True):
+        assert torch.equal(t, p)
+    red = [bool((b[:, 0] > 0.99).all() and (b[:, 1:] < 0.01).all()) for b in teacher.seen]
+    assert red == [False, True] * 4
+    # the 5 synthetic images cycle in batches of 4 and 1, at the student's output size
+    assert [tuple(b.shape) for b in teacher.seen[1::2]] == [(4, 3, 16, 16), (1, 3, 16, 16)] * 2
+
+    runs = []
+    for kwargs in ({}, {"synthetic": torch.rand(5, 3, 32, 32)}):
+        torch.manual_seed(0)
+        student = _Recorder()
+        weight = 0.0 if kwargs else 1.0
+        distill_projector(
+            student,
+            _Recorder(),
+            images,
+            labels,
+            DistillConfig(epochs=2, batch_size=4, synthetic_weight=weight),
+            aug=aug,
+            **kwargs,
+        )
+        runs.append(student.net[1].weight.detach().clone())
+    assert torch.equal(runs[0], runs[1])
+
+
 def test_stored_labels_replay_the_teacher_on_the_same_augmentations() -> None:
     from hello_cli.labels import StoredLabels, compute_stored_labels
 
