@@ -59,7 +59,11 @@ def shared_copy(base: nn.Module) -> nn.Module:
 
 
 def variants(
-    base: nn.Module, ratios: list[float], ours_tome: bool, layers: dict[str, bool]
+    base: nn.Module,
+    ratios: list[float],
+    ours_tome: bool,
+    layers: dict[str, bool],
+    bound_tokens: int | None = None,
 ) -> dict[str, nn.Module]:
     """The models to time; `layers` (merge_crossattn, merge_mlp) is given to every
     merging method alike."""
@@ -82,7 +86,46 @@ def variants(
             m, ratio=ratio, mode="importance", prune_steps=0, importance_start=1, **layers
         )
         out[f"tomerge importance {ratio}"] = m
+        if bound_tokens:
+            out[f"bound: merged layers on N - r tokens, no matching {ratio}"] = free_merge_copy(
+                base, ratio, layers, bound_tokens
+            )
     return out
+
+
+def free_merge_copy(base: nn.Module, ratio: float, layers: dict[str, bool], n: int) -> nn.Module:
+    """The bound no matching scheme can beat: the merged layers of every full-resolution
+    block see the first N - r tokens (a slice, no similarity, no averaging) and their output
+    is copied back to all N by one index_select, so only the cost of the layers on N - r
+    tokens remains. Its images are meaningless; only its time is."""
+    from tomerge_cli.patch import spatial_blocks
+
+    m = shared_copy(base)
+    names = ["attn1"] + [
+        n_ for n_, k in (("attn2", "merge_crossattn"), ("ff", "merge_mlp")) if layers[k]
+    ]
+
+    def squeeze(module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
+        x = args[0] if args else kwargs["hidden_states"]
+        module._squeezed = x.shape[1] == module._full_tokens
+        if not module._squeezed:
+            return None
+        x = x[:, : module._full_tokens - int(module._full_tokens * ratio)]
+        return ((x, *args[1:]), kwargs) if args else (args, {**kwargs, "hidden_states": x})
+
+    def spread(module: nn.Module, args: tuple, out: torch.Tensor) -> torch.Tensor | None:
+        if not module._squeezed:
+            return None
+        idx = torch.arange(module._full_tokens, device=out.device) % out.shape[1]
+        return out.index_select(1, idx)
+
+    for block in spatial_blocks(m):
+        for name in names:
+            layer = getattr(block, name)
+            layer._full_tokens = n
+            layer.register_forward_pre_hook(squeeze, with_kwargs=True)
+            layer.register_forward_hook(spread)
+    return m
 
 
 def bookkeeping_ms(n: int, c: int, ratio: float, repeats: int) -> dict[str, float]:
@@ -171,6 +214,11 @@ def main() -> None:
         "--attention", choices=["sdpa", "math", "both"], default="both", help="backends to time"
     )
     parser.add_argument("--ours-tome", action="store_true", help="also time our ToMe baseline")
+    parser.add_argument(
+        "--bound",
+        action="store_true",
+        help="also time the zero-cost merging bound (layers on N - r tokens, no matching)",
+    )
     parser.add_argument("--name", default=None, help="results file name (default from options)")
     parser.add_argument(
         "--merge-mlp", action="store_true", help="every method also merges the MLP (ff)"
@@ -191,7 +239,8 @@ def main() -> None:
     sample = torch.randn(1, 4, latent, latent).repeat(2, 1, 1, 1)  # CFG: identical halves
     emb = torch.randn(2, 77, 768)
     layers = {"merge_crossattn": args.merge_crossattn, "merge_mlp": args.merge_mlp}
-    models = variants(base, ratios, args.ours_tome or args.quick, layers)
+    bound = latent * latent if args.bound else None
+    models = variants(base, ratios, args.ours_tome or args.quick, layers, bound)
     rows, data = [], {"size": size, "ratios": ratios, "repeats": repeats, "runs": {}}
     for backend in backends:
         steps = {name: Step(m, backend == "math") for name, m in models.items()}
