@@ -138,7 +138,18 @@ def main() -> None:
         "EfficientNet projector on each synthetic set; 0: skip that row",
     )
     parser.add_argument("--name", default="storage")
+    parser.add_argument(
+        "--combine",
+        nargs="+",
+        default=None,
+        metavar="JSON",
+        help="train nothing: one report from the student rows of earlier results files of this "
+        "benchmark (e.g. IPCs or seeds run in parallel processes); their projectors must agree",
+    )
     args = parser.parse_args()
+    if args.combine:
+        combine(args)
+        return
     torch.manual_seed(0)
     ckpt, meta = recipes.teacher_checkpoint()
     teacher, _ = load_teacher([str(ckpt)])
@@ -209,6 +220,34 @@ def main() -> None:
     _report(args, meta, proj_rows, rows, storage)
 
 
+def combine(args: argparse.Namespace) -> None:
+    """Rebuild the report from several results files of runs with the same teacher and
+    projectors (both deterministic), listing the runs it is made of."""
+    import json
+    from pathlib import Path
+
+    runs = [json.loads(Path(f).read_text()) for f in args.combine]
+    proj_rows = runs[0]["projectors"]
+    keys = ("encoder", "storage_bytes", "distilled_agreement", "teacher_top1")
+    for f, run in zip(args.combine, runs, strict=True):
+        if [[p[k] for k in keys] for p in run["projectors"]] != [
+            [p[k] for k in keys] for p in proj_rows
+        ]:
+            raise SystemExit(f"{f}: its teacher or projectors differ from {args.combine[0]}'s")
+    rows = [r for run in runs for r in run["students"]]
+    seen = [(r["ipc"], r["seed"], r["labels"]) for r in rows]
+    if len(set(seen)) != len(seen):
+        raise SystemExit("the files share (IPC, seed, labels) rows: each run must be counted once")
+    by_ipc = {r["ipc"]: r["epochs"] for r in rows}
+    args.ipc, args.epochs = sorted(by_ipc), [by_ipc[i] for i in sorted(by_ipc)]
+    args.synthetic_epochs = runs[0].get("synthetic_epochs", args.synthetic_epochs)
+    meta = {"val_top1": proj_rows[0]["teacher_top1"]}
+    made_of = "\n".join(
+        f"- `{r['provenance']['command']}` ({r['provenance']['date']})" for r in runs
+    )
+    _report(args, meta, proj_rows, rows, runs[0]["storage"], made_of)
+
+
 def _mean_rows(rows: list[dict[str, Any]]) -> list[list[Any]]:
     out: dict[tuple[int, str], list[dict[str, Any]]] = {}
     for r in rows:
@@ -232,7 +271,7 @@ def _mean_rows(rows: list[dict[str, Any]]) -> list[list[Any]]:
     return table
 
 
-def _report(args, meta, proj_rows, rows, storage) -> None:  # noqa: ANN001
+def _report(args, meta, proj_rows, rows, storage, made_of: str | None = None) -> None:  # noqa: ANN001
     table = _mean_rows(rows)
     proj_md = markdown_table(
         [
@@ -300,10 +339,16 @@ def _report(args, meta, proj_rows, rows, storage) -> None:  # noqa: ANN001
                 "32 synthetic images augmented as the student sees them (crop, flip, CutMix; "
                 "`hello distill --synthetic`), once per synthetic set (IPC, seed)\n\n" + proj_md,
             ),
+            *([("Runs combined here", made_of)] if made_of else []),
             ("Students", main_md),
             ("Storage at scale (computed from the formulas, fp32 factors)", storage_md),
         ],
-        {"projectors": proj_rows, "students": rows, "storage": storage},
+        {
+            "projectors": proj_rows,
+            "students": rows,
+            "storage": storage,
+            "synthetic_epochs": args.synthetic_epochs,
+        },
     )
 
 

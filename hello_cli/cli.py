@@ -64,7 +64,12 @@ ImageSizeOpt = Annotated[
         help="Pixel size real images are loaded at; each model resizes to its own input.",
     ),
 ]
-ProjectorOpt = Annotated[Path, typer.Option("--projector", help="Directory from hello distill.")]
+ProjectorOpt = Annotated[
+    Path,
+    typer.Option(
+        "--projector", help="Projector directory (from hello build-projector or hello distill)."
+    ),
+]
 
 if TYPE_CHECKING:
     from hello_cli.projector import Projector
@@ -211,8 +216,10 @@ def distill_cmd(
         typer.Option(
             help="Synthetic set (from hello synthesize) the student will train on: each step "
             "also fits the teacher on a batch of it augmented as the student sees it (crop, "
-            "flip, CutMix). Not in the paper; on digits it lifts the projector's agreement "
-            "with the teacher on those batches from ~15% to ~40-50%.",
+            "flip, CutMix). Not in the paper; on digits it lifts the projector's top-1 "
+            "agreement with the teacher on those batches from ~15% to ~45-55%, and its "
+            "students to within 2 points of teacher-taught ones (on top of a distilled "
+            "projector, 22 epochs at batch 32).",
         ),
     ] = None,
     synthetic_weight: Annotated[
