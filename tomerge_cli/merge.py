@@ -16,6 +16,7 @@ output back to every token merged into it, (B, N - r, C) -> (B, N, C).
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -167,6 +168,22 @@ class Merge:
         return y.reshape(-1, c).index_select(0, self._slot).view(b, -1, c)
 
 
+@functools.cache
+def _cpu_has_bf16() -> bool:
+    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+def similarity_dtype(metric: torch.Tensor) -> torch.dtype:
+    """The dtype of the source x destination similarity product, the largest cost of the
+    matching. A float32 model on a CPU with native bfloat16 gets bfloat16 (5x faster here,
+    27 -> 5.5 ms at N=4096, C=320, B=2): only the choice of partners depends on it, the
+    merged values stay in the model's dtype (tomesd in a float16 pipeline matches in float16
+    likewise). Elsewhere the metric's own dtype."""
+    if metric.device.type == "cpu" and metric.dtype == torch.float32 and _cpu_has_bf16():
+        return torch.bfloat16
+    return metric.dtype
+
+
 def match_tokens(metric: torch.Tensor, partition: Partition, r: int, average: bool = True) -> Merge:
     """Merge the `r` source tokens most similar (cosine on `metric`, (B, N, C)) to a
     destination, forced sources first; `average=False` drops them instead (pruning)."""
@@ -175,11 +192,13 @@ def match_tokens(metric: torch.Tensor, partition: Partition, r: int, average: bo
     n_dst, n_src = dst.shape[1], src.shape[1]
     r = min(r, n_src)
     with torch.no_grad():
-        unit = F.normalize(metric, dim=-1)
+        unit = F.normalize(metric, dim=-1).to(similarity_dtype(metric))
         best, best_dst = (_take(unit, src) @ _take(unit, dst).transpose(1, 2)).max(dim=-1)
+        best = best.float()
         if partition.forced is not None:
             best = best.masked_fill(_expand(partition.forced, b), float("inf"))
-        order = best.argsort(dim=1, descending=True)
+        # stable: equal similarities (frequent in bfloat16) keep a fixed order
+        order = best.argsort(dim=1, descending=True, stable=True)
         merged_pos, kept_pos = order[:, :r], order[:, r:]
         merged = src.gather(1, merged_pos)
         kept = torch.cat([src.gather(1, kept_pos), dst], dim=1)

@@ -130,3 +130,12 @@ def test_token_grid_finds_the_downsample_level() -> None:
 def test_bad_ratio_is_refused(ratio: float) -> None:
     with pytest.raises(ValueError, match="ratio must be in"):
         check_ratio(ratio)
+
+
+def test_similarity_runs_in_bfloat16_only_for_float32_on_a_bf16_cpu() -> None:
+    from tomerge_cli.merge import similarity_dtype
+
+    native = torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    assert similarity_dtype(torch.zeros(1, 4, 8)) == (torch.bfloat16 if native else torch.float32)
+    assert similarity_dtype(torch.zeros(1, 4, 8, dtype=torch.float64)) == torch.float64
+    assert similarity_dtype(torch.zeros(1, 4, 8, dtype=torch.bfloat16)) == torch.bfloat16
