@@ -161,6 +161,7 @@ def main() -> None:
     parser.add_argument("--guidance", type=float, default=3.0)
     parser.add_argument("--ratios", nargs="+", type=float, default=[0.3, 0.5, 0.7])
     parser.add_argument("--size", type=int, default=SIZE, help="image side (16 or 32)")
+    parser.add_argument("--name", default=None, help="results file name (default from options)")
     parser.add_argument(
         "--prune-steps",
         type=int,
@@ -248,6 +249,7 @@ def main() -> None:
         name += f"-{args.size}px"
     if args.prune_steps != 2:
         name += f"-prune{args.prune_steps}"
+    name = args.name or name
     path = write_results(
         "tomerge", name, "tomerge fidelity: digits diffusion UNet, tome vs importance",
         sections, results,
