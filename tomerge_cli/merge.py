@@ -170,7 +170,10 @@ class Merge:
 
 @functools.cache
 def _cpu_has_bf16() -> bool:
-    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    try:  # oneDNN's own check; builds without oneDNN lack the op
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
 
 
 def similarity_dtype(metric: torch.Tensor) -> torch.dtype:

@@ -133,9 +133,9 @@ def test_bad_ratio_is_refused(ratio: float) -> None:
 
 
 def test_similarity_runs_in_bfloat16_only_for_float32_on_a_bf16_cpu() -> None:
-    from tomerge_cli.merge import similarity_dtype
+    from tomerge_cli.merge import _cpu_has_bf16, similarity_dtype
 
-    native = torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    native = _cpu_has_bf16()
     assert similarity_dtype(torch.zeros(1, 4, 8)) == (torch.bfloat16 if native else torch.float32)
     assert similarity_dtype(torch.zeros(1, 4, 8, dtype=torch.float64)) == torch.float64
     assert similarity_dtype(torch.zeros(1, 4, 8, dtype=torch.bfloat16)) == torch.bfloat16
