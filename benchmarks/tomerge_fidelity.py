@@ -69,7 +69,7 @@ class DigitsDiffusion(nn.Module):
 def train(steps: int, batch: int, size: int, seed: int = 0) -> DigitsDiffusion:
     from diffusers import DDPMScheduler
 
-    from shared.data import load_digits_tensors
+    from shared.builtin_data import load_digits_tensors
 
     torch.manual_seed(seed)
     x, y = load_digits_tensors("train", size, channels=1)
@@ -259,13 +259,13 @@ def main() -> None:
 
 
 def _real_digits(size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    from shared.data import load_digits_tensors
+    from shared.builtin_data import load_digits_tensors
 
     return load_digits_tensors("val", size, channels=1)
 
 
 def _save_grid(grid: dict[str, torch.Tensor], labels: torch.Tensor, path: Path) -> None:
-    from shared.data import save_image
+    from shared.images import save_image
     from tomerge_cli.fidelity import image_grid
 
     first = [int((labels == c).nonzero()[0]) for c in range(CLASSES)]

@@ -20,7 +20,7 @@ from torch import nn
 
 from benchmarks.common import RESULTS, markdown_table, write_results
 from shared.classify import FitConfig, evaluate_classifier, fit_classifier
-from shared.data import make_loader
+from shared.loaders import make_loader
 from shared.profiling import count_macs, count_params
 from shared.reference import load_reference, reference_classifier
 from shared.timm_data import classification_data, example_input

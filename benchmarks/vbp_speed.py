@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from benchmarks.common import RESULTS, markdown_table, write_results
-from shared.data import PhotoImages
+from shared.builtin_data import PhotoImages
 from shared.profiling import compare_speed, count_macs, count_params
 from vbp_cli.mlps import find_mlps
 from vbp_cli.prune import prune_mlp, prune_model

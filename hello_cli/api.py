@@ -129,7 +129,7 @@ def train_student_run(
     from shared import distributed
     from shared.checkpoints import save_checkpoint
     from shared.classify import evaluate_classifier
-    from shared.data import make_loader, shard
+    from shared.loaders import make_loader, shard
 
     distributed.init(device)
     images, y, names = load_synthetic(synthetic)

@@ -20,11 +20,12 @@ def load_real(
     spec: str, split: str, image_size: int
 ) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
     """(images (N, 3, S, S) in [0, 1], labels (N,), class names) of a --data split."""
-    from shared.data import load_digits_tensors, resolve_classification
+    from shared.builtin_data import load_digits_tensors
+    from shared.classification import resolve_classification
 
     if spec == "builtin:digits":
         x, y = load_digits_tensors(split, image_size, channels=3)
-        from shared.data import DIGITS_CLASS_NAMES
+        from shared.builtin_data import DIGITS_CLASS_NAMES
 
         return x, y, list(DIGITS_CLASS_NAMES)
     data = resolve_classification(spec, split, image_size, channels=3)
@@ -42,7 +43,7 @@ def read_class_names(source: str) -> list[str]:
         if not names:
             raise InputError(f"--classes {path}: no class names in the file")
         return names
-    from shared.data import resolve_classification
+    from shared.classification import resolve_classification
 
     return resolve_classification(source, "val", 8).class_names
 
@@ -55,7 +56,7 @@ def save_synthetic(
     images: torch.Tensor, labels: torch.Tensor, class_names: Sequence[str], directory: Path
 ) -> list[Path]:
     """Write images as DIR/<index>_<class>/<k>.png and the ordered names to classes.json."""
-    from shared.data import save_image
+    from shared.images import save_image
     from shared.io import write_json
 
     paths, counts = [], [0] * len(class_names)
@@ -69,7 +70,7 @@ def save_synthetic(
 
 def load_synthetic(directory: str | Path) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
     """The images, labels and class names written by `save_synthetic`."""
-    from shared.data import load_image
+    from shared.images import load_image
 
     root = Path(directory)
     meta = root / CLASSES_FILE

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from hello_cli.pixels import PixelInput, timm_pixel_input
-from shared.data import DIGITS_CLASS_NAMES
+from shared.builtin_data import DIGITS_CLASS_NAMES
 from shared.errors import InputError
 
 

@@ -528,7 +528,7 @@ def compress_cmd(
 
         from kdic_cli.codec_io import compress_image
         from kdic_cli.metrics import bpp
-        from shared.data import load_image
+        from shared.images import load_image
         from shared.io import write_bytes
 
         x = load_image(image)
@@ -571,7 +571,7 @@ def decompress_cmd(
 
         from kdic_cli.codec_io import ContainerError, decompress_bytes
         from kdic_cli.metrics import bpp, psnr
-        from shared.data import load_image, save_image
+        from shared.images import load_image, save_image
 
         if not file.is_file():
             raise InputError(f"{file}: no such file")

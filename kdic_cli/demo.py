@@ -24,7 +24,7 @@ def _train(model, steps: int, loss_fn, params, seed: int = 0, lr: float = 2e-3) 
     import torch
 
     from kdic_cli.distill import make_optimizers
-    from shared.data import PhotoCrops
+    from shared.builtin_data import PhotoCrops
 
     ds = PhotoCrops("train", crop_size=64, n_crops_per_epoch=4 * steps, seed=seed)
     net, _ = make_optimizers([(n, p) for n, p in params], lr, 1e-2)
@@ -47,7 +47,7 @@ def build_codecs(cache: Path, lmbda: float = 0.0483):
     from kdic_cli.models import load_model, make_spec, new_model, save_model
     from kdic_cli.stages import partition
     from kdic_cli.student import build_student
-    from shared.data import PhotoCrops
+    from shared.builtin_data import PhotoCrops
 
     t_path, s_path = cache / "teacher.safetensors", cache / "student.safetensors"
     if t_path.exists() and s_path.exists():
@@ -94,8 +94,8 @@ def main() -> int:
 
     from kdic_cli.codec_io import compress_image, decompress_bytes
     from kdic_cli.metrics import bpp, psnr
+    from shared.builtin_data import PhotoImages
     from shared.console import get_console
-    from shared.data import PhotoImages
     from shared.profiling import count_macs
 
     torch.set_num_threads(max(1, min(4, os.cpu_count() or 1)))

@@ -23,7 +23,7 @@ class FolderCrops(Dataset):
     """Random square crops of a folder of images; item i depends on (seed, epoch, i)."""
 
     def __init__(self, root: str | Path, crop_size: int, n_crops: int, seed: int = 0) -> None:
-        from shared.data import ImageFiles
+        from shared.images import ImageFiles
 
         self.files = ImageFiles(root)
         self.crop, self.n, self.seed, self.epoch = crop_size, n_crops, seed, 0
@@ -54,7 +54,7 @@ class FolderCrops(Dataset):
 
 def train_dataset(data: str, crop: int, seed: int) -> Dataset:
     if data == PHOTOS:
-        from shared.data import PhotoCrops
+        from shared.builtin_data import PhotoCrops
 
         return PhotoCrops("train", crop_size=crop, n_crops_per_epoch=1024, seed=seed)
     if data.startswith("builtin:"):
@@ -65,13 +65,13 @@ def train_dataset(data: str, crop: int, seed: int) -> Dataset:
 def eval_images(data: str) -> list[tuple[str, Tensor]]:
     """Whole images for evaluation: the held-out builtin photos, or every image of a folder."""
     if data == PHOTOS:
-        from shared.data import PhotoImages
+        from shared.builtin_data import PhotoImages
 
         ds = PhotoImages("val")
         return [(n, ds[i]) for i, n in enumerate(ds.names)]
     if data.startswith("builtin:"):
         raise InputError(f"--data {data}: evaluate on builtin:photos or an image folder")
-    from shared.data import ImageFiles
+    from shared.images import ImageFiles
 
     files = ImageFiles(data)
     return [(p.name, files[i]) for i, p in enumerate(files.paths)]
@@ -84,7 +84,7 @@ class Batches:
         self.ds, self.bs, self.seed, self.workers = dataset, batch_size, seed, workers
 
     def from_step(self, step: int) -> Iterator[Tensor]:
-        from shared.data import make_loader, set_loader_epoch
+        from shared.loaders import make_loader, set_loader_epoch
 
         loader = make_loader(self.ds, self.bs, shuffle=True, seed=self.seed,
                              num_workers=self.workers, drop_last=True)  # fmt: skip

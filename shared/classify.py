@@ -82,7 +82,7 @@ def fit_classifier(
     description: str = "train",
 ) -> dict[str, float]:
     """Train `model` in place (it may be DDP-wrapped by the caller); returns final stats."""
-    from shared.data import epoch_batches
+    from shared.loaders import epoch_batches
 
     console = get_console()
     steps_per_epoch = len(train_loader)

@@ -17,7 +17,7 @@ import typer
 from shared import __version__
 from shared.config import config_callback, resolved_options
 from shared.console import Console, configure, get_console
-from shared.errors import ToolkitError
+from shared.errors import InputError, ToolkitError
 
 # -- common options (typer Annotated aliases, so every command spells them the same) ------
 ConfigOpt = Annotated[
@@ -113,11 +113,26 @@ def create_app(tool: str, help_text: str) -> typer.Typer:
 
 
 def run_app(app: typer.Typer, argv: list[str] | None = None) -> None:
-    """Console-script entry: expected errors become one line and an exit code."""
+    """Console-script entry: expected errors and usage errors become one line naming the
+    flag or file, and an exit code (2 for bad input); no traceback."""
+    import click
+
+    prog = app.info.name
     try:
-        app(args=argv, prog_name=app.info.name)
+        cmd = typer.main.get_command(app)
+        cmd.main(args=argv, prog_name=prog, standalone_mode=False)
     except ToolkitError as exc:
-        get_console().error(f"{app.info.name}: error: {exc}")
+        get_console().error(f"{prog}: error: {exc}")
+        sys.exit(exc.exit_code)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.Abort:
+        get_console().error(f"{prog}: interrupted")
+        sys.exit(130)
+    except click.ClickException as exc:
+        sub = f" {exc.ctx.info_name}" if getattr(exc, "ctx", None) and exc.ctx.parent else ""
+        message = " ".join(exc.format_message().split())
+        get_console().error(f"{prog}{sub}: error: {message} (see --help)")
         sys.exit(exc.exit_code)
 
 
@@ -129,6 +144,7 @@ def command(
     *,
     resume: bool = False,
     checkpoint_every: int = 0,
+    overwrite: bool = False,
 ) -> Iterator[Any]:
     """Set up a command from its context: console mode from --quiet/--json, and a `Run` for
     the output directory `out` (removed again on bad input), or a `NoOutput` without one."""
@@ -148,6 +164,7 @@ def command(
         options=resolved_options(ctx),
         resume=resume,
         checkpoint_every=checkpoint_every,
+        overwrite=overwrite,
     ) as run:
         yield run
 
@@ -160,6 +177,9 @@ class NoOutput:
 
     def save_metrics(self, metrics: dict[str, Any]) -> dict[str, Any]:
         return metrics
+
+    def path(self, name: str) -> Path:
+        raise InputError(f"this command needs --out to write {name}")
 
 
 def pick_device(spec: str, console: Console | None = None) -> Any:

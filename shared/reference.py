@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -21,8 +20,9 @@ from shared.checkpoints import load_checkpoint, save_checkpoint
 
 
 def cache_dir() -> Path:
-    root = os.environ.get("TOOLKIT_CACHE") or Path.home() / ".cache" / "efficient-learning-toolkit"
-    return Path(root) / "reference"
+    from shared.cache import cache_dir as root
+
+    return root("reference")
 
 
 def reference_classifier(
@@ -81,7 +81,7 @@ def _train(recipe: dict[str, Any]) -> tuple[nn.Module, float]:
 
     from shared.classify import FitConfig, evaluate_classifier, fit_classifier
     from shared.console import get_console
-    from shared.data import make_loader
+    from shared.loaders import make_loader
     from shared.timm_data import classification_data
 
     torch.manual_seed(recipe["seed"])

@@ -8,6 +8,7 @@ rerunning the same command with `--resume` continues from that state.
 
 from __future__ import annotations
 
+import os
 import shutil
 import signal
 import time
@@ -20,7 +21,7 @@ import torch
 
 from shared import __version__
 from shared.console import Console, get_console
-from shared.errors import InputError, NonFiniteLoss, Preempted
+from shared.errors import InputError, Preempted
 from shared.io import atomic_path, write_json, write_yaml
 
 STATE_FILE = "resume.pt"
@@ -39,8 +40,10 @@ class Run:
         options: dict[str, Any] | None = None,
         resume: bool = False,
         checkpoint_every: int = 0,
+        overwrite: bool = False,
     ) -> None:
         self.dir = Path(out)
+        self.overwrite = overwrite
         self.tool = tool
         self.command = command
         self.options = options or {}
@@ -56,12 +59,8 @@ class Run:
     def __enter__(self) -> Run:
         from shared.distributed import is_main
 
-        if self.dir.exists() and not self.dir.is_dir():
-            raise InputError(f"--out {self.dir}: exists and is not a directory")
-        if self.resume and not (self.dir / STATE_FILE).exists():
-            get_console().warn(f"--resume: no {STATE_FILE} in {self.dir}, starting fresh")
+        self._claim()
         self._before = set(self.dir.rglob("*")) if self._existed else set()
-        self.dir.mkdir(parents=True, exist_ok=True)
         self.main = is_main()
         if self.main:
             get_console().attach_log(self.dir / "log.txt")
@@ -93,6 +92,57 @@ class Run:
             status = "preempted" if isinstance(exc, Preempted) else "failed"
             write_json(self.dir / "metrics.json", self._header(status) | {"error": str(exc)})
 
+    def _claim(self) -> None:
+        """Make --out this run's own: new, empty, this command's to resume, or --overwrite.
+        Refusals happen before anything is written, so an earlier run is never touched."""
+        d = self.dir
+        if d.exists() and not d.is_dir():
+            raise InputError(f"--out {d}: exists and is not a directory")
+        if d.is_dir() and any(d.iterdir()):
+            if self.overwrite:
+                if self.resume:
+                    raise InputError("--resume and --overwrite: choose one")
+                if not os.access(d, os.W_OK | os.X_OK):
+                    raise InputError(f"--out {d}: not writable")
+                for child in d.iterdir():
+                    if child.is_dir() and not child.is_symlink():
+                        shutil.rmtree(child)
+                    else:
+                        child.unlink()
+            elif self.resume:
+                self._check_owner()
+            else:
+                raise InputError(
+                    f"--out {d}: not empty (an earlier run's folder); use --resume to continue "
+                    "it, --overwrite to replace it, or another folder"
+                )
+        elif self.resume:
+            get_console().warn(f"--resume: no {STATE_FILE} in {d}, starting fresh")
+        try:
+            d.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise InputError(f"--out {d}: cannot create it ({exc.strerror or exc})") from None
+        if not os.access(d, os.W_OK | os.X_OK):
+            raise InputError(f"--out {d}: not writable")
+
+    def _check_owner(self) -> None:
+        import yaml
+
+        cfg = self.dir / "config.yaml"
+        try:
+            written = yaml.safe_load(cfg.read_text(encoding="utf-8")) if cfg.exists() else None
+        except (OSError, yaml.YAMLError):
+            written = None
+        if not isinstance(written, dict):
+            raise InputError(f"--resume: {self.dir} holds no run of this toolkit (no config.yaml)")
+        if (written.get("tool"), written.get("command")) != (self.tool, self.command):
+            raise InputError(
+                f"--resume: {self.dir} holds a '{written.get('tool')} {written.get('command')}' "
+                f"run, not '{self.tool} {self.command}'"
+            )
+        if not (self.dir / STATE_FILE).exists():
+            raise InputError(f"--resume: no {STATE_FILE} in {self.dir} (the run saved no state)")
+
     def _remove_created(self) -> None:
         if not self._existed:
             shutil.rmtree(self.dir, ignore_errors=True)
@@ -106,6 +156,14 @@ class Run:
 
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
         self._signal = signal.Signals(signum).name
+
+    def request_stop(self, reason: str) -> None:
+        """Stop after the current step, saving state (signal handlers call this)."""
+        self._signal = reason
+
+    @property
+    def stop_reason(self) -> str | None:
+        return self._signal
 
     # -- outputs ---------------------------------------------------------------
     @property
@@ -165,6 +223,13 @@ class Run:
         due = self.checkpoint_every > 0 and step % self.checkpoint_every == 0
         if stop or due:
             self.save_state(make_state())
+        if stop and self._signal == "SIGINT":
+            from shared.train import Interrupted
+
+            raise Interrupted(
+                f"interrupted: state saved at step {step} to {self.dir / STATE_FILE}; rerun "
+                "the same command with --resume"
+            )
         if stop:
             raise Preempted(
                 f"{self._signal} received: state saved at step {step} to "
@@ -172,26 +237,4 @@ class Run:
             )
 
 
-def rng_state() -> dict[str, torch.Tensor]:
-    state = {"torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        for i, s in enumerate(torch.cuda.get_rng_state_all()):
-            state[f"cuda{i}"] = s
-    return state
-
-
-def set_rng_state(state: dict[str, torch.Tensor]) -> None:
-    torch.set_rng_state(state["torch"])
-    if torch.cuda.is_available():
-        cuda = [state[k] for k in sorted(state) if k.startswith("cuda")]
-        if len(cuda) == torch.cuda.device_count():
-            torch.cuda.set_rng_state_all(cuda)
-
-
-def check_finite(loss: torch.Tensor, step: int) -> None:
-    """A NaN/inf loss stops the run with one clear line instead of training on garbage."""
-    if not torch.isfinite(loss).all():
-        raise NonFiniteLoss(
-            f"loss is {loss.detach().float().item()} at step {step}: lower the learning rate, "
-            "check the data, or disable AMP"
-        )
+from shared.train import check_finite, rng_state, set_rng_state  # noqa: E402,F401

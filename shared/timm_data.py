@@ -7,7 +7,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from shared.data import DIGITS_SPEC, ClassificationData, resolve_classification
+from shared.builtin_data import DIGITS_SPEC
+from shared.classification import ClassificationData, resolve_classification
 
 
 def input_size(model: nn.Module) -> tuple[int, int, int]:

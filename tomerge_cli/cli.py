@@ -225,7 +225,7 @@ def generate_cmd(
         pipe = load_pipeline(pipeline, dev, _dtype(dtype))
         _patch_or_input_error(pipe, mode, ratio, options)
         sampling = Sampling(steps, guidance, height, width, frames)
-        from shared.data import save_image
+        from shared.images import save_image
 
         rows, seconds, files = [], [], []
         with warnings.catch_warnings(record=True) as caught:
@@ -305,7 +305,7 @@ def benchmark_cmd(
     mode=tome and mode=importance: seconds per image, speed-up, PSNR / SSIM (LPIPS when its
     weights load) to the unmerged image; with SDPA and math attention. Writes
     benchmark.md, benchmark.json and grid.png."""
-    from shared.data import save_image
+    from shared.images import save_image
     from shared.io import write_json, write_text
     from tomerge_cli.benchmark import compare_methods, markdown
     from tomerge_cli.pipelines import Sampling, load_pipeline, read_prompts, tomesd_support
@@ -419,8 +419,8 @@ def evaluate_cmd(
     metric weights are checked before anything is generated."""
     import torch
 
-    from shared.data import load_image
     from shared.errors import InputError
+    from shared.images import load_image
     from tomerge_cli.pipelines import Sampling, generate, load_pipeline, read_prompts
     from tomerge_cli.quality import clip_metric, fid_metric
 

@@ -224,7 +224,7 @@ def finetune_run(
     """Knowledge-distillation fine-tuning of a pruned model from its unpruned teacher."""
     from shared import distributed
     from shared.classify import FitConfig, evaluate_classifier, fit_classifier
-    from shared.data import make_loader, shard
+    from shared.loaders import make_loader, shard
     from shared.timm_data import classification_data
     from vbp_cli.models import load_model_with_arch
 
@@ -297,7 +297,7 @@ def evaluate_model(
     num_workers: int = 4,
 ) -> dict[str, Any]:
     from shared.classify import evaluate_classifier
-    from shared.data import make_loader
+    from shared.loaders import make_loader
     from shared.profiling import measure_latency, measure_throughput
     from shared.timm_data import classification_data
 

@@ -108,7 +108,7 @@ def _require() -> None:
 
 
 def resolve_workers(requested: int, data: str) -> int:
-    from shared.data import resolve_workers as resolve
+    from shared.loaders import resolve_workers as resolve
 
     return resolve(requested, data)
 
@@ -141,7 +141,7 @@ def collect_stats_cmd(
     import time
 
     from shared import distributed
-    from shared.data import make_loader, shard
+    from shared.loaders import make_loader, shard
     from shared.timm_data import classification_data
     from vbp_cli.stats import collect_stats
     from vbp_cli.statsfile import save_stats

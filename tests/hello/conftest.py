@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from shared.data import DIGITS_CLASS_NAMES
+from shared.builtin_data import DIGITS_CLASS_NAMES
 
 TEACHER_KWARGS = {
     "img_size": 16,

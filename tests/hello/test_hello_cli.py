@@ -195,7 +195,7 @@ def test_class_count_mismatch_is_refused_and_nothing_written(
 
 
 def test_class_name_order_mismatch_is_refused(capsys, tmp_path: Path) -> None:
-    from shared.data import DIGITS_CLASS_NAMES
+    from shared.builtin_data import DIGITS_CLASS_NAMES
 
     teacher = save_teacher(tmp_path / "t.safetensors", class_names=sorted(DIGITS_CLASS_NAMES))
     code, _, err = hello(

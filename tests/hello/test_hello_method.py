@@ -13,7 +13,7 @@ from hello_cli.augment import AugConfig, apply_aug, mixed_targets, plan_epoch
 from hello_cli.encoders import DEFAULT_TEMPLATES, EncoderSpec, build_open_clip, load_by_order
 from hello_cli.lora import add_lora, lora_state_dict, zero_lora_
 from hello_cli.projector import FILE_NAME, load_projector, save_projector
-from shared.data import DIGITS_CLASS_NAMES
+from shared.builtin_data import DIGITS_CLASS_NAMES
 from shared.errors import InputError
 
 

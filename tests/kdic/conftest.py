@@ -28,7 +28,7 @@ def tiny(name: str):
 @pytest.fixture
 def photo():
     """A real photo crop (3, 128, 192) in [0, 1]."""
-    from shared.data import PhotoImages
+    from shared.builtin_data import PhotoImages
 
     return PhotoImages("val")[0][:, :128, :192].contiguous()
 

@@ -74,7 +74,8 @@ def test_evaluate_compress_decompress(trained_codec, student, tmp_path) -> None:
     assert point["bpp"] > 0 and point["psnr"] > 10 and point["ms_ssim"] is not None
     assert (tmp_path / "rd.png").stat().st_size > 1000
 
-    from shared.data import PhotoImages, save_image
+    from shared.builtin_data import PhotoImages
+    from shared.images import save_image
 
     img = tmp_path / "photo.png"
     save_image(PhotoImages("val")[0], img)

@@ -44,7 +44,7 @@ def test_bpp_from_bytes_matches_likelihood_estimate(trained_codec) -> None:
     from kdic_cli.distill import bpp_from_likelihoods
     from kdic_cli.metrics import bpp
     from kdic_cli.models import load_model
-    from shared.data import PhotoImages
+    from shared.builtin_data import PhotoImages
 
     model, _ = load_model(trained_codec)
     x = PhotoImages("val")[0]

@@ -9,7 +9,7 @@ from tests.kdic.conftest import tiny
 
 
 def _calib() -> list[torch.Tensor]:
-    from shared.data import PhotoCrops
+    from shared.builtin_data import PhotoCrops
 
     ds = PhotoCrops("train", crop_size=64, n_crops_per_epoch=8)
     return [torch.stack([ds[i] for i in range(8)])]

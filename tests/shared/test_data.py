@@ -1,4 +1,5 @@
-"""shared.data: built-in offline datasets, image folders, single images, loaders."""
+"""The data modules of the shared layer: built-in offline datasets, image folders, single
+images, loaders."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from shared import data
+from shared import builtin_data, classification, images, loaders
 from shared.errors import InputError
 
 # --------------------------------------------------------------------------------------
@@ -17,7 +18,7 @@ from shared.errors import InputError
 
 
 def test_digits_split_sizes_fixed_and_disjoint() -> None:
-    arrays = data._digits_split_arrays()
+    arrays = builtin_data._digits_split_arrays()
     (xt, yt), (xv, yv) = arrays["train"], arrays["val"]
     assert (len(yt), len(yv)) == (1437, 360)
     # disjoint: no (image, label) pair of val appears in train
@@ -25,14 +26,14 @@ def test_digits_split_sizes_fixed_and_disjoint() -> None:
     val_keys = {x.tobytes() + bytes([int(y)]) for x, y in zip(xv, yv, strict=True)}
     assert not train_keys & val_keys
     # fixed: the same split on a second call, and stable first labels
-    again = data._digits_split_arrays.__wrapped__()
+    again = builtin_data._digits_split_arrays.__wrapped__()
     assert np.array_equal(again["val"][1], yv)
     assert np.array_equal(again["train"][0], xt)
 
 
 @pytest.mark.parametrize("channels", [1, 3])
 def test_digits_tensors_shape_dtype_range(channels: int) -> None:
-    x, y = data.load_digits_tensors("train", image_size=32, channels=channels)
+    x, y = builtin_data.load_digits_tensors("train", image_size=32, channels=channels)
     assert x.shape == (1437, channels, 32, 32)
     assert x.dtype == torch.float32 and y.dtype == torch.int64
     assert float(x.min()) >= 0.0 and float(x.max()) <= 1.0 and float(x.max()) > 0.9
@@ -44,41 +45,43 @@ def test_digits_tensors_shape_dtype_range(channels: int) -> None:
 
 
 def test_digits_dataset_items_and_normalisation() -> None:
-    ds = data.DigitsDataset("val", image_size=16, channels=3, mean=0.5, std=0.5)
+    ds = builtin_data.DigitsDataset("val", image_size=16, channels=3, mean=0.5, std=0.5)
     assert len(ds) == 360
     img, label = ds[0]
     assert img.shape == (3, 16, 16) and isinstance(label, int) and 0 <= label <= 9
     assert float(img.min()) >= -1.0 - 1e-6 and float(img.max()) <= 1.0 + 1e-6
-    raw, _ = data.load_digits_tensors("val", 16, 3)
+    raw, _ = builtin_data.load_digits_tensors("val", 16, 3)
     assert torch.allclose(img, (raw[0] - 0.5) / 0.5)
 
 
 def test_digits_bad_split_and_channels() -> None:
     with pytest.raises(InputError, match="split"):
-        data.load_digits_tensors("test")
+        builtin_data.load_digits_tensors("test")
     with pytest.raises(InputError, match="channels"):
-        data.load_digits_tensors("train", channels=2)
+        builtin_data.load_digits_tensors("train", channels=2)
 
 
 def test_resolve_classification_digits() -> None:
     flip = torch.nn.Identity()
-    cd = data.resolve_classification("builtin:digits", "train", 32, train_transform=flip)
+    cd = classification.resolve_classification("builtin:digits", "train", 32, train_transform=flip)
     assert cd.num_classes == 10 and cd.class_names[0] == "zero" and cd.class_names[9] == "nine"
     assert cd.spec == "builtin:digits" and len(cd.dataset) == 1437
     assert cd.dataset.transform is flip
-    assert data.resolve_classification("builtin:digits", "val", 32).dataset.transform is None
+    assert (
+        classification.resolve_classification("builtin:digits", "val", 32).dataset.transform is None
+    )
 
 
 def test_resolve_classification_bad_specs(tmp_path: Path) -> None:
     with pytest.raises(InputError, match="builtin:digits") as e:
-        data.resolve_classification("builtin:cifar", "train", 32)
+        classification.resolve_classification("builtin:cifar", "train", 32)
     assert "builtin:cifar" in str(e.value) and "\n" not in str(e.value)
     missing = tmp_path / "nope"
     with pytest.raises(InputError, match="builtin:digits") as e:
-        data.resolve_classification(str(missing), "train", 32)
+        classification.resolve_classification(str(missing), "train", 32)
     assert str(missing) in str(e.value)
     with pytest.raises(InputError, match="no class labels"):
-        data.resolve_classification("builtin:photos", "train", 32)
+        classification.resolve_classification("builtin:photos", "train", 32)
 
 
 # --------------------------------------------------------------------------------------
@@ -86,43 +89,45 @@ def test_resolve_classification_bad_specs(tmp_path: Path) -> None:
 
 
 def test_photo_splits_fixed_and_disjoint() -> None:
-    val = data.list_photos("val")
-    train = data.list_photos("train")
+    val = builtin_data.list_photos("val")
+    train = builtin_data.list_photos("train")
     assert val == ["chelsea", "coffee", "grace_hopper", "flower"]
     assert not set(val) & set(train)
     assert len(train) == 8 and "stereo_motorcycle_left" in train and "china" in train
-    assert sorted(data.list_photos("all")) == sorted(val + train)
+    assert sorted(builtin_data.list_photos("all")) == sorted(val + train)
     with pytest.raises(InputError, match="split"):
-        data.list_photos("test")
+        builtin_data.list_photos("test")
 
 
 def test_load_photo_rgb_uint8() -> None:
-    img = data.load_photo("chelsea")
+    img = builtin_data.load_photo("chelsea")
     assert img.mode == "RGB" and img.size == (451, 300)
     assert np.asarray(img).dtype == np.uint8
     with pytest.raises(InputError, match="unknown builtin photo"):
-        data.load_photo("lena")
+        builtin_data.load_photo("lena")
 
 
 def test_missing_photo_package_is_skipped_unless_none_left(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    real = data._photo_path
+    real = builtin_data._photo_path
     monkeypatch.setattr(
-        data, "_photo_path", lambda n: None if data._PHOTO_FILES[n][0] == "matplotlib" else real(n)
+        builtin_data,
+        "_photo_path",
+        lambda n: None if builtin_data._PHOTO_FILES[n][0] == "matplotlib" else real(n),
     )
-    assert data.list_photos("val") == ["chelsea", "coffee", "flower"]
+    assert builtin_data.list_photos("val") == ["chelsea", "coffee", "flower"]
     with pytest.raises(InputError, match="matplotlib"):
-        data.load_photo("grace_hopper")
-    monkeypatch.setattr(data, "_photo_path", lambda n: None)
+        builtin_data.load_photo("grace_hopper")
+    monkeypatch.setattr(builtin_data, "_photo_path", lambda n: None)
     with pytest.raises(InputError, match="no builtin:photos"):
-        data.list_photos("val")
+        builtin_data.list_photos("val")
 
 
 def test_photo_crops_deterministic_by_seed_and_index() -> None:
-    a = data.PhotoCrops("train", crop_size=64, n_crops_per_epoch=6, seed=3)
-    b = data.PhotoCrops("train", crop_size=64, n_crops_per_epoch=6, seed=3)
-    c = data.PhotoCrops("train", crop_size=64, n_crops_per_epoch=6, seed=4)
+    a = builtin_data.PhotoCrops("train", crop_size=64, n_crops_per_epoch=6, seed=3)
+    b = builtin_data.PhotoCrops("train", crop_size=64, n_crops_per_epoch=6, seed=3)
+    c = builtin_data.PhotoCrops("train", crop_size=64, n_crops_per_epoch=6, seed=4)
     assert len(a) == 6
     x = a[2]
     assert x.shape == (3, 64, 64) and x.dtype == torch.float32
@@ -138,13 +143,13 @@ def test_photo_crops_deterministic_by_seed_and_index() -> None:
 
 
 def test_photo_crops_larger_than_photo_are_padded() -> None:
-    crops = data.PhotoCrops("val", crop_size=700, n_crops_per_epoch=2, seed=0)
+    crops = builtin_data.PhotoCrops("val", crop_size=700, n_crops_per_epoch=2, seed=0)
     assert crops[0].shape == (3, 700, 700)
 
 
 def test_photo_images_whole() -> None:
-    ds = data.PhotoImages("val")
-    assert ds.names == data.list_photos("val") and len(ds) == 4
+    ds = builtin_data.PhotoImages("val")
+    assert ds.names == builtin_data.list_photos("val") and len(ds) == 4
     x = ds[0]
     assert x.shape == (3, 300, 451) and x.dtype == torch.float32
     assert float(x.min()) >= 0.0 and float(x.max()) <= 1.0
@@ -168,7 +173,7 @@ def _write_images(folder: Path, n_rgb: int = 2) -> None:
 def test_image_folder_imagenet_layout(tmp_path: Path) -> None:
     for cls in ("cat", "dog"):
         _write_images(tmp_path / cls)
-    cd = data.resolve_classification(str(tmp_path), "train", image_size=12, channels=3)
+    cd = classification.resolve_classification(str(tmp_path), "train", image_size=12, channels=3)
     assert cd.class_names == ["cat", "dog"] and cd.num_classes == 2
     assert len(cd.dataset) == 8
     labels = []
@@ -177,7 +182,7 @@ def test_image_folder_imagenet_layout(tmp_path: Path) -> None:
         assert x.shape == (3, 12, 12) and x.dtype == torch.float32
         labels.append(y)
     assert sorted(set(labels)) == [0, 1]
-    gray = data.resolve_classification(str(tmp_path), "val", image_size=12, channels=1)
+    gray = classification.resolve_classification(str(tmp_path), "val", image_size=12, channels=1)
     assert gray.dataset[0][0].shape == (1, 12, 12)
 
 
@@ -185,8 +190,8 @@ def test_image_folder_train_val_subfolders(tmp_path: Path) -> None:
     for split, n in (("train", 2), ("val", 1)):
         for cls in ("a", "b", "c"):
             _write_images(tmp_path / split / cls, n_rgb=n)
-    train = data.resolve_classification(str(tmp_path), "train", 8, mean=0.5, std=0.25)
-    val = data.resolve_classification(str(tmp_path), "val", 8)
+    train = classification.resolve_classification(str(tmp_path), "train", 8, mean=0.5, std=0.25)
+    val = classification.resolve_classification(str(tmp_path), "val", 8)
     assert (len(train.dataset), len(val.dataset)) == (12, 9)
     assert train.class_names == val.class_names == ["a", "b", "c"]
     x, _ = train.dataset[0]
@@ -196,14 +201,14 @@ def test_image_folder_train_val_subfolders(tmp_path: Path) -> None:
 def test_image_folder_not_imagenet_layout(tmp_path: Path) -> None:
     _write_images(tmp_path)  # flat: no class subfolders
     with pytest.raises(InputError, match="ImageNet layout") as e:
-        data.resolve_classification(str(tmp_path), "train", 8)
+        classification.resolve_classification(str(tmp_path), "train", 8)
     assert str(tmp_path) in str(e.value)
 
 
 def test_image_files_flat_folder_converts_to_rgb(tmp_path: Path) -> None:
     _write_images(tmp_path)
     (tmp_path / "notes.txt").write_text("not an image")
-    files = data.ImageFiles(tmp_path)
+    files = images.ImageFiles(tmp_path)
     assert files.names == ["alpha.png", "gray.png", "rgb0.png", "rgb1.png"]
     for i in range(len(files)):
         x = files[i]
@@ -214,56 +219,56 @@ def test_image_files_flat_folder_converts_to_rgb(tmp_path: Path) -> None:
 
 def test_image_files_errors(tmp_path: Path) -> None:
     with pytest.raises(InputError, match="not found"):
-        data.ImageFiles(tmp_path / "missing")
+        images.ImageFiles(tmp_path / "missing")
     (tmp_path / "empty").mkdir()
     with pytest.raises(InputError, match="no images"):
-        data.ImageFiles(tmp_path / "empty")
+        images.ImageFiles(tmp_path / "empty")
 
 
 def test_save_and_load_image_round_trip(tmp_path: Path) -> None:
     x = torch.rand(3, 10, 14)
-    out = data.save_image(x, tmp_path / "sub" / "img.png")
+    out = images.save_image(x, tmp_path / "sub" / "img.png")
     assert out.exists() and not [p for p in out.parent.iterdir() if p.name.startswith(".")]
-    y = data.load_image(out)
+    y = images.load_image(out)
     assert y.shape == (3, 10, 14)
     assert float((y - x).abs().max()) <= 0.5 / 255 + 1e-6
-    data.save_image(torch.zeros(1, 4, 4), out)  # overwrite, grayscale
-    assert data.load_image(out).shape == (3, 4, 4)
+    images.save_image(torch.zeros(1, 4, 4), out)  # overwrite, grayscale
+    assert images.load_image(out).shape == (3, 4, 4)
 
 
 def test_load_image_errors_name_the_path(tmp_path: Path) -> None:
     missing = tmp_path / "missing.png"
     with pytest.raises(InputError, match="not found") as e:
-        data.load_image(missing)
+        images.load_image(missing)
     assert str(missing) in str(e.value)
 
     text = tmp_path / "text.png"
     text.write_text("hello, not a png")
     with pytest.raises(InputError) as e:
-        data.load_image(text)
+        images.load_image(text)
     assert str(text) in str(e.value) and "\n" not in str(e.value)
 
     tiny = tmp_path / "tiny.png"
     Image.fromarray(np.zeros((1, 1, 3), dtype=np.uint8)).save(tiny)
     with pytest.raises(InputError, match="too small") as e:
-        data.load_image(tiny)
+        images.load_image(tiny)
     assert str(tiny) in str(e.value)
 
     line = tmp_path / "line.png"
     Image.fromarray(np.zeros((1, 9, 3), dtype=np.uint8)).save(line)
     with pytest.raises(InputError, match="too small"):
-        data.load_image(line)
+        images.load_image(line)
 
 
 def test_load_image_16bit_gray_and_palette(tmp_path: Path) -> None:
     arr16 = (np.arange(12, dtype=np.uint16).reshape(3, 4) * 5000).astype(np.uint16)
     Image.fromarray(arr16).save(tmp_path / "g16.png")
-    x = data.load_image(tmp_path / "g16.png")
+    x = images.load_image(tmp_path / "g16.png")
     assert x.shape == (3, 3, 4)
     assert abs(float(x[0, 2, 3]) - 55000 / 65535) < 1e-3
     pal = Image.fromarray(np.full((5, 5, 3), 200, dtype=np.uint8)).convert("P")
     pal.save(tmp_path / "pal.png")
-    assert abs(float(data.load_image(tmp_path / "pal.png").mean()) - 200 / 255) < 0.02
+    assert abs(float(images.load_image(tmp_path / "pal.png").mean()) - 200 / 255) < 0.02
 
 
 # --------------------------------------------------------------------------------------
@@ -272,12 +277,12 @@ def test_load_image_16bit_gray_and_palette(tmp_path: Path) -> None:
 
 def test_make_loader_seeded_and_not_distributed() -> None:
     ds = torch.utils.data.TensorDataset(torch.arange(20))
-    a = [b[0].tolist() for b in data.make_loader(ds, 4, shuffle=True, seed=1)]
-    b = [b[0].tolist() for b in data.make_loader(ds, 4, shuffle=True, seed=1)]
-    c = [b[0].tolist() for b in data.make_loader(ds, 4, shuffle=True, seed=2)]
+    a = [b[0].tolist() for b in loaders.make_loader(ds, 4, shuffle=True, seed=1)]
+    b = [b[0].tolist() for b in loaders.make_loader(ds, 4, shuffle=True, seed=1)]
+    c = [b[0].tolist() for b in loaders.make_loader(ds, 4, shuffle=True, seed=2)]
     assert a == b and a != c
     assert sorted(sum(a, [])) == list(range(20))
-    ordered = data.make_loader(ds, 8, shuffle=False, drop_last=True)
+    ordered = loaders.make_loader(ds, 8, shuffle=False, drop_last=True)
     assert len(ordered) == 2
     assert ordered.sampler.num_replicas == 1
 
@@ -293,31 +298,31 @@ def test_epoch_batches_resume_mid_epoch_without_touching_skipped() -> None:
             touched.append(i)
             return i
 
-    loader = data.make_loader(Recording(), 3, shuffle=True, seed=5)
-    full = [b.tolist() for b in data.epoch_batches(loader, epoch=2)]
+    loader = loaders.make_loader(Recording(), 3, shuffle=True, seed=5)
+    full = [b.tolist() for b in loaders.epoch_batches(loader, epoch=2)]
     touched.clear()
-    tail = [b.tolist() for b in data.epoch_batches(loader, epoch=2, start_batch=2)]
+    tail = [b.tolist() for b in loaders.epoch_batches(loader, epoch=2, start_batch=2)]
     assert tail == full[2:]
     assert sorted(touched) == sorted(sum(full[2:], []))
-    assert [b.tolist() for b in data.epoch_batches(loader, epoch=3)] != full
+    assert [b.tolist() for b in loaders.epoch_batches(loader, epoch=3)] != full
 
 
 def test_make_loader_uses_distributed_sampler(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(data, "_distributed_world", lambda: (1, 2))
+    monkeypatch.setattr(loaders, "_distributed_world", lambda: (1, 2))
     ds = torch.utils.data.TensorDataset(torch.arange(10))
-    loader = data.make_loader(ds, 2, shuffle=True, seed=0)
+    loader = loaders.make_loader(ds, 2, shuffle=True, seed=0)
     assert isinstance(loader.sampler, torch.utils.data.DistributedSampler)
     assert loader.sampler.rank == 1 and loader.sampler.num_replicas == 2
     seen = sum((b[0].tolist() for b in loader), [])
     assert len(seen) == 5
-    data.set_loader_epoch(loader, 3)
+    loaders.set_loader_epoch(loader, 3)
     assert loader.sampler.epoch == 3
 
 
 def test_set_loader_epoch_reaches_photo_crops() -> None:
-    crops = data.PhotoCrops("val", crop_size=32, n_crops_per_epoch=4, seed=0)
-    loader = data.make_loader(crops, 2, shuffle=False)
+    crops = builtin_data.PhotoCrops("val", crop_size=32, n_crops_per_epoch=4, seed=0)
+    loader = loaders.make_loader(crops, 2, shuffle=False)
     first = next(iter(loader))
-    data.set_loader_epoch(loader, 1)
+    loaders.set_loader_epoch(loader, 1)
     assert crops.epoch == 1
     assert not torch.equal(first, next(iter(loader)))

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from shared.data import load_image
+from shared.images import load_image
 from tests.helpers import tool_path
 
 FAST = ["--steps", "3", "--height", "16", "--width", "16", "--quiet"]
@@ -131,7 +131,7 @@ def test_missing_pipeline_and_prompts_are_bad_input(tmp_path: Path, pipe_dir: Pa
 
 
 def test_evaluate_offline_names_the_weight_files(pipe_dir: Path, tmp_path: Path, capsys) -> None:
-    from shared.data import save_image
+    from shared.images import save_image
 
     ref = tmp_path / "ref"
     for i in range(2):
@@ -213,7 +213,7 @@ def _random_clip_model(directory: Path) -> Path:
 def test_evaluate_with_local_metric_weights_reports_fid_and_clip_score(
     pipe_dir: Path, tmp_path: Path, capsys
 ) -> None:
-    from shared.data import save_image
+    from shared.images import save_image
 
     ref = tmp_path / "ref"
     torch.manual_seed(0)
