@@ -115,8 +115,6 @@ def create_app(tool: str, help_text: str) -> typer.Typer:
 def run_app(app: typer.Typer, argv: list[str] | None = None) -> None:
     """Console-script entry: expected errors and usage errors become one line naming the
     flag or file, and an exit code (2 for bad input); no traceback."""
-    import click
-
     prog = app.info.name
     try:
         cmd = typer.main.get_command(app)
@@ -124,14 +122,21 @@ def run_app(app: typer.Typer, argv: list[str] | None = None) -> None:
     except ToolkitError as exc:
         get_console().error(f"{prog}: error: {exc}")
         sys.exit(exc.exit_code)
-    except click.exceptions.Exit as exc:
+    except typer.Exit as exc:
         sys.exit(exc.exit_code)
-    except click.Abort:
+    except (typer.Abort, KeyboardInterrupt):
         get_console().error(f"{prog}: interrupted")
         sys.exit(130)
-    except click.ClickException as exc:
-        sub = f" {exc.ctx.info_name}" if getattr(exc, "ctx", None) and exc.ctx.parent else ""
+    except Exception as exc:
+        # click's usage errors (typer vendors its own click: matched by shape, not class)
+        if not (hasattr(exc, "format_message") and hasattr(exc, "exit_code")):
+            raise
+        ctx = getattr(exc, "ctx", None)
+        sub = f" {ctx.info_name}" if ctx is not None and ctx.parent is not None else ""
         message = " ".join(exc.format_message().split())
+        if type(exc).__name__ == "NoArgsIsHelpError" and ctx is not None:
+            typer.echo(ctx.get_help())
+            sys.exit(0)
         get_console().error(f"{prog}{sub}: error: {message} (see --help)")
         sys.exit(exc.exit_code)
 

@@ -24,7 +24,6 @@ from dataclasses import MISSING, dataclass, field
 from pathlib import Path
 from typing import Annotated, Any
 
-import click
 import typer
 
 from shared.errors import InputError
@@ -119,10 +118,10 @@ def _param_for(f: dataclasses.Field[Any], hint: Any) -> inspect.Parameter:
     spec = option_spec(f)
     assert spec is not None
     base, optional = _unwrap_optional(hint)
-    kwargs: dict[str, Any] = {"help": spec.help, "hidden": spec.hidden}
+    help_text = spec.help
     if spec.choices:
-        kwargs["click_type"] = click.Choice(list(spec.choices))
-        hint = str | None if optional else str
+        help_text = f"{help_text} One of: {', '.join(spec.choices)}.".strip()
+    kwargs: dict[str, Any] = {"help": help_text, "hidden": spec.hidden}
     if spec.argument:
         info = typer.Argument(**{k: v for k, v in kwargs.items() if k != "hidden"})
     else:
