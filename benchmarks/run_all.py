@@ -6,21 +6,18 @@ import runpy
 import sys
 import time
 
-BENCHMARKS = [
-    "benchmarks.vbp_ablation",
-    "benchmarks.vbp_speed",
-    "benchmarks.kdic_rd",
-    "benchmarks.tomerge_speed",
-    "benchmarks.tomerge_fidelity",
-    "benchmarks.hello_storage",
-    "benchmarks.scorelidar_bench",
-]
+
+def benchmarks() -> list[str]:
+    """Every registered tool's benchmark modules (shared/registry.py)."""
+    from shared.registry import tools
+
+    return [m for spec in tools().values() for m in spec.benchmarks]
 
 
 def main() -> int:
     only = sys.argv[1:]
     failed = []
-    for name in BENCHMARKS:
+    for name in benchmarks():
         if only and not any(o in name for o in only):
             continue
         print(f"== {name}", flush=True)

@@ -1,16 +1,15 @@
-"""Training and evaluating image classifiers: the loop vbp fine-tuning, reference models and
-label-distillation students share.
+"""Training and evaluating image classifiers: the loop vbp fine-tuning and reference models
+share.
 
 `fit_classifier` trains with cross-entropy and, when a teacher is given, logit knowledge
 distillation: loss = (1 - a) * CE(y) + a * T^2 * KL(softmax(t/T) || softmax(s/T)).
-AdamW with linear warm-up and cosine decay, AMP on CUDA, DDP under torchrun/srun, and,
-inside a `Run`, periodic checkpoints, `--resume` and clean exit on SIGTERM/SIGUSR1.
+AdamW with linear warm-up and cosine decay, on the toolkit's one training loop
+(`shared.train.Trainer`): AMP on CUDA, DDP under torchrun/srun, and, inside a `Run`,
+periodic checkpoints, exact `--resume` and a clean exit on SIGTERM/SIGUSR1.
 """
 
 from __future__ import annotations
 
-import math
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,7 +21,15 @@ from torch.utils.data import DataLoader
 from shared import distributed
 from shared.console import get_console
 from shared.device import autocast
-from shared.runs import Run, check_finite, rng_state, set_rng_state
+from shared.train import StepBatches, Trainer, cosine_with_warmup
+
+__all__ = [
+    "FitConfig",
+    "cosine_with_warmup",
+    "evaluate_classifier",
+    "fit_classifier",
+    "kd_loss",
+]
 
 
 def kd_loss(
@@ -61,16 +68,6 @@ class FitConfig:
     label_smoothing: float = 0.0
 
 
-def cosine_with_warmup(total_steps: int, warmup_steps: int) -> Callable[[int], float]:
-    def factor(step: int) -> float:
-        if step < warmup_steps:
-            return (step + 1) / max(1, warmup_steps)
-        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
-        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
-
-    return factor
-
-
 def fit_classifier(
     model: nn.Module,
     train_loader: DataLoader,
@@ -78,87 +75,42 @@ def fit_classifier(
     *,
     device: torch.device,
     teacher: nn.Module | None = None,
-    run: Run | None = None,
+    run: Any | None = None,
     description: str = "train",
 ) -> dict[str, float]:
-    """Train `model` in place (it may be DDP-wrapped by the caller); returns final stats."""
-    from shared.loaders import epoch_batches
-
-    console = get_console()
-    steps_per_epoch = len(train_loader)
-    total = max(1, int(round(cfg.epochs * steps_per_epoch)))
+    """Train `model` in place (it may be DDP-wrapped by the caller) for `cfg.epochs` epochs
+    of `train_loader` (an epoch-seeded loader from shared.loaders); returns the trainer's
+    summary: {"steps", "final_loss", "final_lr"}. `run` (a shared.runs.Run, or None from
+    Python) gives checkpoints, --resume and preemption handling."""
+    total = max(1, int(round(cfg.epochs * len(train_loader))))
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, cosine_with_warmup(total, int(cfg.warmup_fraction * total))
     )
-    use_scaler = device.type == "cuda" and cfg.amp and not torch.cuda.is_bf16_supported()
-    scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
-    step = 0
-    state = run.load_state() if run is not None else None
-    if state is not None:
-        distributed.unwrap(model).load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
-        scaler.load_state_dict(state["scaler"])
-        set_rng_state(state["rng"])
-        step = int(state["step"])
-        console.info(f"resumed at step {step} of {total}")
+    trainer = Trainer(total, run=run, device=device, amp=cfg.amp, description=description)
+    trainer.track(model=model, optimizer=opt, scheduler=sched)
+    batches = StepBatches(train_loader)  # the batch of a step depends on the step only
     if teacher is not None:
         teacher.eval()
+    alpha = cfg.kd_alpha if teacher is not None else 0.0
 
-    def snapshot(at: int) -> dict[str, Any]:
-        return {
-            "model": distributed.unwrap(model).state_dict(),
-            "optimizer": opt.state_dict(),
-            "scheduler": sched.state_dict(),
-            "scaler": scaler.state_dict(),
-            "rng": rng_state(),
-            "step": at,
-        }
+    def step(s: int) -> dict[str, Any]:
+        images, labels = batches(s)
+        images = images.to(device, non_blocking=True)
+        labels = labels.to(device, non_blocking=True)
+        with trainer.autocast():
+            logits = model(images)
+            t_logits = None
+            if teacher is not None:
+                with torch.no_grad():
+                    t_logits = teacher(images)
+            if isinstance(logits, tuple):  # distilled DeiT in train mode
+                logits = sum(logits) / len(logits)
+            loss = kd_loss(logits, t_logits, labels, alpha, cfg.kd_temperature)
+        trainer.optimize(loss, opt, clip=cfg.grad_clip, scheduler=sched)
+        return {"loss": loss, "lr": sched.get_last_lr()[0]}
 
-    model.train()
-    last_loss = float("nan")
-    with console.progress_bar(description, total) as bar:
-        bar.advance(step)
-        while step < total:
-            epoch = step // steps_per_epoch
-            batches = epoch_batches(train_loader, epoch, step - epoch * steps_per_epoch)
-            for images, labels in batches:
-                images = images.to(device, non_blocking=True)
-                labels = labels.to(device, non_blocking=True)
-                with autocast(device, enabled=cfg.amp):
-                    logits = model(images)
-                    t_logits = None
-                    if teacher is not None:
-                        with torch.no_grad():
-                            t_logits = teacher(images)
-                    if isinstance(logits, tuple):  # distilled DeiT in train mode
-                        logits = sum(logits) / len(logits)
-                    loss = kd_loss(
-                        logits,
-                        t_logits,
-                        labels,
-                        cfg.kd_alpha if teacher is not None else 0.0,
-                        cfg.kd_temperature,
-                    )
-                check_finite(loss, step + 1)
-                opt.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                if cfg.grad_clip > 0:
-                    scaler.unscale_(opt)
-                    nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-                scaler.step(opt)
-                scaler.update()
-                sched.step()
-                step += 1
-                last_loss = float(loss.detach())
-                bar.advance(1, loss=last_loss, lr=sched.get_last_lr()[0])
-                if run is not None:
-                    run.step_done(step, lambda s=step: snapshot(s))
-                if step >= total:
-                    break
-    model.eval()
-    return {"steps": step, "final_loss": last_loss}
+    return trainer.fit(step)
 
 
 @torch.no_grad()

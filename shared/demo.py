@@ -1,6 +1,7 @@
 """`make demo`: each tool's main job on built-in offline data, with a short summary each.
 
-Tools add their job to `JOBS` as they land; `doctor` of every tool runs first.
+The tools and their demo modules come from the tool registry (shared/registry.py); `doctor`
+of every tool runs first.
 """
 
 from __future__ import annotations
@@ -10,30 +11,6 @@ import sys
 import time
 from pathlib import Path
 
-TOOLS = ("vbp", "tomerge", "kdic", "scorelidar", "hello")
-
-# (title, argv) run in order: each tool's main job on built-in data. "python" means this
-# interpreter; other first words are console scripts installed beside it.
-JOBS: list[tuple[str, list[str]]] = [
-    ("vbp: prune a digits ViT by 50%", ["python", "-m", "vbp_cli.demo"]),
-    (
-        "tomerge: a tiny offline pipeline with and without token merging",
-        ["python", "-m", "tomerge_cli.demo"],
-    ),
-    (
-        "kdic: compress a photo with a small codec and its distilled student",
-        ["python", "-m", "kdic_cli.demo"],
-    ),
-    (
-        "hello: distil digits to IPC 10, projector vs hard labels",
-        ["python", "-m", "hello_cli.demo"],
-    ),
-    (
-        "scorelidar: complete a simulated LiDAR scan, teacher vs distilled student",
-        ["python", "-m", "scorelidar_cli.demo"],
-    ),
-]
-
 
 def _tool(name: str) -> str:
     return sys.executable if name == "python" else str(Path(sys.executable).parent / name)
@@ -41,10 +18,17 @@ def _tool(name: str) -> str:
 
 def main() -> int:
     from shared.console import get_console
+    from shared.registry import tools
 
     console = get_console()
+    registered = tools()
+    jobs = [
+        (spec.demo_title or spec.name, ["python", "-m", spec.demo])
+        for spec in registered.values()
+        if spec.demo
+    ]
     rows = []
-    for tool in TOOLS:
+    for tool in registered:
         start = time.perf_counter()
         res = subprocess.run([_tool(tool), "doctor"], check=False)
         rows.append(
@@ -54,7 +38,7 @@ def main() -> int:
                 time.perf_counter() - start,
             )
         )
-    for title, argv in JOBS:
+    for title, argv in jobs:
         console.info(f"\n== {title}: {' '.join(argv)}")
         start = time.perf_counter()
         res = subprocess.run([_tool(argv[0]), *argv[1:]], check=False)

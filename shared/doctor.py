@@ -50,9 +50,12 @@ def doctor_report(tool: str, device_spec: str = "auto") -> dict[str, Any]:
     from shared.distributed import detect_env
     from shared.errors import ToolkitError
 
+    spec = (device_spec or "auto").strip().lower()
+    if spec not in ("auto", "cpu", "mps", "cuda") and not spec.startswith("cuda:"):
+        select_device(spec)  # raises InputError (exit 2): not a device name at all
     try:
-        choice = str(select_device(device_spec))
-    except ToolkitError as exc:
+        choice = str(select_device(spec))
+    except ToolkitError as exc:  # a real device this machine lacks: report, do not fail
         choice = f"unavailable: {exc}"
     try:
         env = detect_env()

@@ -142,6 +142,17 @@ class Run:
             )
         if not (self.dir / STATE_FILE).exists():
             raise InputError(f"--resume: no {STATE_FILE} in {self.dir} (the run saved no state)")
+        from shared.console import _plain
+        from shared.train import VOLATILE_OPTIONS
+
+        mine = _plain({k: v for k, v in self.options.items() if k not in VOLATILE_OPTIONS})
+        changed = sorted(k for k in mine if k in written and written[k] != mine[k])
+        if changed:
+            shown = ", ".join(f"--{k.replace('_', '-')}" for k in changed[:4])
+            raise InputError(
+                f"--resume: {self.dir} was written with other options ({shown}); rerun with "
+                "the same options to resume, or use --overwrite to start again"
+            )
 
     def _remove_created(self) -> None:
         if not self._existed:

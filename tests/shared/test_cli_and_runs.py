@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import REPO, tool_path
+from tests.helpers import REPO, run_cli, tool_path
 
 TOY = [sys.executable, "-m", "tests.shared.toy_app"]
 
@@ -30,7 +30,9 @@ def test_train_writes_config_metrics_log_and_json(tmp_path: Path) -> None:
     assert res.returncode == 0, res.stderr
     metrics = json.loads(res.stdout)  # stdout is exactly one JSON object
     assert metrics["status"] == "ok" and metrics["steps"] == 10
-    assert json.loads((out / "metrics.json").read_text())["loss"] == metrics["loss"]
+    assert json.loads((out / "metrics.json").read_text())["final_loss"] == metrics["final_loss"]
+    log = [json.loads(line) for line in (out / "train.jsonl").read_text().splitlines()]
+    assert log[-1]["step"] == 10 and all("loss" in row for row in log)
     cfg = (out / "config.yaml").read_text()
     assert "steps: 10" in cfg and "device: cpu" in cfg
     assert "device: cpu" in (out / "log.txt").read_text()
@@ -66,13 +68,71 @@ def test_bad_input_exits_2_with_one_line_and_leaves_nothing(tmp_path: Path) -> N
     assert not out.exists(), "a run stopped by bad input must not leave its output directory"
 
 
-def test_bad_input_in_existing_dir_removes_only_new_files(tmp_path: Path) -> None:
+def test_bad_input_in_existing_empty_dir_leaves_it_empty(tmp_path: Path) -> None:
     out = tmp_path / "run"
     out.mkdir()
-    (out / "keep.txt").write_text("mine")
     res = run_toy("train", "--out", str(out), "--data", str(tmp_path / "nope"))
     assert res.returncode == 2
-    assert sorted(p.name for p in out.iterdir()) == ["keep.txt"]
+    assert list(out.iterdir()) == []
+
+
+def _snapshot(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
+def test_a_second_run_into_a_used_folder_is_refused_and_changes_nothing(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    assert run_toy("train", "--out", str(out), "--steps", "3").returncode == 0
+    before = _snapshot(out)
+    res = run_toy("train", "--out", str(out), "--steps", "4", "--lr", "0.01")
+    assert res.returncode == 2
+    assert res.stderr.strip().splitlines()[-1].startswith(f"toy: error: --out {out}: not empty")
+    assert _snapshot(out) == before, "a refused run must not touch the earlier run's files"
+
+
+def test_overwrite_replaces_the_earlier_run(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    assert run_toy("train", "--out", str(out), "--steps", "3").returncode == 0
+    (out / "stale.txt").write_text("from before")
+    res = run_toy("train", "--out", str(out), "--steps", "4", "--overwrite", "--json")
+    assert res.returncode == 0, res.stderr
+    assert not (out / "stale.txt").exists()
+    assert json.loads((out / "metrics.json").read_text())["steps"] == 4
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["--lr", "nan"], "--lr: must be a finite number"),
+        (["--lr", "-1"], "--lr: must be > 0"),
+        (["--lr", "0"], "--lr: must be > 0"),
+        (["--steps", "-3"], "--steps: must be >= 0"),
+        (["--bogus"], "No such option: --bogus"),
+        (["--steps", "many"], "Invalid value for '--steps'"),
+    ],
+)
+def test_bad_values_exit_2_with_one_line_before_any_work(
+    tmp_path: Path, args: list[str], needle: str
+) -> None:
+    out = tmp_path / "run"
+    res = run_toy("train", "--out", str(out), *args)
+    assert res.returncode == 2
+    lines = [line for line in res.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and needle in lines[0], res.stderr
+    assert not out.exists()
+
+
+def test_unwritable_out_exits_2(tmp_path: Path) -> None:
+    if os.geteuid() == 0:
+        target = Path("/proc/toolkit-test/run")  # not creatable even for root
+    else:
+        ro = tmp_path / "ro"
+        ro.mkdir()
+        ro.chmod(0o500)
+        target = ro / "run"
+    res = run_toy("train", "--out", str(target))
+    assert res.returncode == 2 and "cannot create" in res.stderr
+    assert "Traceback" not in res.stderr
 
 
 def test_nan_loss_exits_2_with_clear_line(tmp_path: Path) -> None:
@@ -125,15 +185,62 @@ def test_sigterm_saves_state_and_resume_reaches_same_result(tmp_path: Path) -> N
     status = json.loads((out / "metrics.json").read_text())
     assert status["status"] == "preempted"
 
+    # resuming with other options, or as another command, is refused and changes nothing
+    before = _snapshot(out)
+    res = run_toy("train", "--out", str(out), "--steps", "31", "--sleep", "0.1", "--resume")
+    assert res.returncode == 2 and "other options (--steps)" in res.stderr, res.stderr
+    assert _snapshot(out) == before
+
     res = run_toy(
-        "train", "--out", str(out), "--steps", "30", "--json", "--resume", "--checkpoint-every", "7"
-    )
+        "train", "--out", str(out), "--steps", "30", "--sleep", "0.1", "--json", "--resume",
+        "--checkpoint-every", "7",
+    )  # fmt: skip
     assert res.returncode == 0, res.stderr
     assert json.loads(res.stdout)["weights"] == expected
 
 
+def test_ctrl_c_saves_state_exits_130_and_resume_finishes(tmp_path: Path) -> None:
+    ref = run_toy("train", "--out", str(tmp_path / "ref"), "--steps", "25", "--json")
+    expected = json.loads(ref.stdout)["weights"]
+    out = tmp_path / "run"
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    args = ["train", "--out", str(out), "--steps", "25", "--sleep", "0.1"]
+    proc = subprocess.Popen(
+        [*TOY, *args], cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    deadline = time.time() + 60
+    while not (out / "train.jsonl").exists() and time.time() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "interrupted: state saved" in err and "Traceback" not in err
+    res = run_toy(*args, "--resume", "--json")
+    assert res.returncode == 0, res.stderr
+    assert json.loads(res.stdout)["weights"] == expected
+
+
+def test_registry_lists_every_tool_with_its_app_demo_and_benchmarks() -> None:
+    from shared.registry import load_app, tools
+
+    found = tools()
+    assert set(found) == {"vbp", "tomerge", "kdic", "scorelidar", "hello"}
+    for name, spec in found.items():
+        assert load_app(name).info.name == name
+        assert spec.demo and spec.benchmarks
+        for module in spec.benchmarks:
+            assert (REPO / (module.replace(".", "/") + ".py")).is_file(), module
+
+
+def test_doctor_refuses_a_device_name_that_does_not_exist() -> None:
+    res = run_cli("vbp", "doctor", "--device", "bogus")
+    assert res.code == 2 and "--device 'bogus'" in res.stderr
+
+
 def test_version_and_help_of_every_tool() -> None:
-    for tool in ("vbp", "tomerge", "kdic", "scorelidar", "hello"):
+    from shared.registry import tools
+
+    for tool in tools():
         res = subprocess.run([tool_path(tool), "--help"], capture_output=True, text=True)
         assert res.returncode == 0 and "doctor" in res.stdout, tool
         ver = subprocess.run([tool_path(tool), "--version"], capture_output=True, text=True)
@@ -141,6 +248,7 @@ def test_version_and_help_of_every_tool() -> None:
 
 
 @pytest.mark.parametrize("tool", ["vbp", "tomerge", "kdic", "scorelidar", "hello"])
+@pytest.mark.slow
 def test_doctor_json(tool: str) -> None:
     res = subprocess.run([tool_path(tool), "doctor", "--json"], capture_output=True, text=True)
     assert res.returncode == 0, res.stderr

@@ -124,29 +124,6 @@ def test_missing_photo_package_is_skipped_unless_none_left(
         builtin_data.list_photos("val")
 
 
-def test_photo_crops_deterministic_by_seed_and_index() -> None:
-    a = builtin_data.PhotoCrops("train", crop_size=64, n_crops_per_epoch=6, seed=3)
-    b = builtin_data.PhotoCrops("train", crop_size=64, n_crops_per_epoch=6, seed=3)
-    c = builtin_data.PhotoCrops("train", crop_size=64, n_crops_per_epoch=6, seed=4)
-    assert len(a) == 6
-    x = a[2]
-    assert x.shape == (3, 64, 64) and x.dtype == torch.float32
-    assert float(x.min()) >= 0.0 and float(x.max()) <= 1.0
-    assert torch.equal(a[2], b[2])  # same seed and index, other instance
-    assert torch.equal(a[5], a[5])
-    assert not torch.equal(a[2], a[3])
-    assert any(not torch.equal(a[i], c[i]) for i in range(6))
-    a.set_epoch(1)
-    assert any(not torch.equal(a[i], b[i]) for i in range(6))
-    with pytest.raises(IndexError):
-        a[6]
-
-
-def test_photo_crops_larger_than_photo_are_padded() -> None:
-    crops = builtin_data.PhotoCrops("val", crop_size=700, n_crops_per_epoch=2, seed=0)
-    assert crops[0].shape == (3, 700, 700)
-
-
 def test_photo_images_whole() -> None:
     ds = builtin_data.PhotoImages("val")
     assert ds.names == builtin_data.list_photos("val") and len(ds) == 4
@@ -317,12 +294,3 @@ def test_make_loader_uses_distributed_sampler(monkeypatch: pytest.MonkeyPatch) -
     assert len(seen) == 5
     loaders.set_loader_epoch(loader, 3)
     assert loader.sampler.epoch == 3
-
-
-def test_set_loader_epoch_reaches_photo_crops() -> None:
-    crops = builtin_data.PhotoCrops("val", crop_size=32, n_crops_per_epoch=4, seed=0)
-    loader = loaders.make_loader(crops, 2, shuffle=False)
-    first = next(iter(loader))
-    loaders.set_loader_epoch(loader, 1)
-    assert crops.epoch == 1
-    assert not torch.equal(first, next(iter(loader)))

@@ -382,7 +382,9 @@ def test_two_processes_slurm_env(tmp_path: Path) -> None:
 
 # --- example sbatch scripts -----------------------------------------------------------------
 
-_TOOLS = ("vbp", "tomerge", "kdic", "scorelidar", "hello")
+from shared.registry import tools  # noqa: E402
+
+_TOOLS = tuple(tools())
 
 
 def test_slurm_examples_exist() -> None:
