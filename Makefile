@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed-stamp
 export HF_HUB_OFFLINE ?= 1
 export PYTHONUNBUFFERED := 1
 
-.PHONY: install demo test test-fast bench lint clean
+.PHONY: install demo test test-fast gpu-check references bench lint clean
 
 # Re-runs only when the dependency files change (the stamp is newer otherwise).
 $(STAMP): pyproject.toml constraints.txt
@@ -22,8 +22,15 @@ demo: install
 test: install
 	$(BIN)/python -m pytest
 
+# Everything but the subprocess, torchrun and training tests: under 2 minutes on 2 cores.
 test-fast: install
 	$(BIN)/python -m pytest -m "not slow"
+
+# On a GPU machine: the CUDA tests (AMP step, NCCL, synchronised timing) and one short job
+# per tool on the GPU. Fails, instead of skipping, where no CUDA device is present.
+gpu-check: install
+	@$(BIN)/python -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 'gpu-check: no CUDA device on this machine')"
+	$(BIN)/python -m pytest -m gpu -v -rs tests/gpu
 
 bench: install
 	$(BIN)/python -m benchmarks.run_all

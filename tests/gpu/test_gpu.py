@@ -1,0 +1,105 @@
+"""Checks that need CUDA (`make gpu-check`); skipped with the reason where none is present.
+
+They cover what CPU tests cannot: the trainer's AMP step on a GPU, NCCL reductions over two
+GPUs, and latency timing that waits for the GPU (an unsynchronised timer measures only the
+kernel launch)."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.helpers import REPO
+
+pytestmark = pytest.mark.gpu
+
+
+def test_trainer_amp_step_updates_weights_in_reduced_precision() -> None:
+    from shared.train import Trainer
+
+    dev = torch.device("cuda")
+    model = torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.ReLU(), torch.nn.Linear(64, 1))
+    model.to(dev)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    trainer = Trainer(3, device=dev, amp=True).track(model=model, opt=opt)
+    before = [p.detach().clone() for p in model.parameters()]
+    dtypes: list[torch.dtype] = []
+
+    def step(s: int) -> dict:
+        x = torch.randn(32, 64, device=dev)
+        with trainer.autocast():
+            y = model(x)
+            dtypes.append(y.dtype)
+            loss = y.float().pow(2).mean()
+        trainer.optimize(loss, opt)
+        return {"loss": loss}
+
+    result = trainer.fit(step)
+    assert result["steps"] == 3 and torch.isfinite(torch.tensor(result["final_loss"]))
+    assert set(dtypes) <= {torch.bfloat16, torch.float16}
+    assert all(p.dtype == torch.float32 for p in model.parameters())  # master weights
+    assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
+
+
+def test_latency_timing_waits_for_the_gpu() -> None:
+    from shared.profiling import measure_latency
+
+    cycles = 50_000_000  # ~25-50 ms of GPU time on current GPUs
+
+    class Sleeper(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            torch.cuda._sleep(cycles)
+            return x
+
+    x = torch.zeros(1, device="cuda")
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    torch.cuda._sleep(cycles)
+    end.record()
+    torch.cuda.synchronize()
+    kernel_ms = start.elapsed_time(end)
+    ms = measure_latency(Sleeper(), x, warmup=1, iters=3, device="cuda")["median_ms"]
+    assert ms >= 0.8 * kernel_ms, (ms, kernel_ms)
+
+
+_NCCL_WORKER = """
+import json, sys, torch
+from shared import distributed as D
+env = D.init("cuda")
+dev = torch.device("cuda", env.local_rank)
+t = torch.tensor([float(env.rank + 1)], device=dev)
+s = D.all_reduce(t.clone(), "sum").item()
+m = D.all_reduce(t.clone(), "mean").item()
+backend = torch.distributed.get_backend()
+D.cleanup()
+print(json.dumps({"rank": env.rank, "sum": s, "mean": m, "backend": backend}))
+"""
+
+
+@pytest.mark.skipif(
+    not torch.cuda.is_available() or torch.cuda.device_count() < 2, reason="needs 2 CUDA GPUs"
+)
+def test_nccl_two_rank_reduction(tmp_path: Path) -> None:
+    script = tmp_path / "worker.py"
+    script.write_text(_NCCL_WORKER)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    res = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
+         "--master-port", str(port), str(script)],
+        cwd=REPO, capture_output=True, text=True, timeout=180,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr[-2000:]
+    import json
+
+    rows = [json.loads(line) for line in res.stdout.splitlines() if line.startswith("{")]
+    assert sorted(r["rank"] for r in rows) == [0, 1]
+    assert all(r["backend"] == "nccl" and r["sum"] == 3.0 and r["mean"] == 1.5 for r in rows)
