@@ -7,8 +7,10 @@ spec), so loading one never runs code. Foreign PyTorch files are read with
 
 from __future__ import annotations
 
+import argparse
 import json
 import pickle
+import re
 from pathlib import Path
 from typing import Any
 
@@ -52,7 +54,13 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
         raise InputError(f"{path}: not a readable safetensors checkpoint ({exc})") from None
     if raw is None:
         raise InputError(f"{path}: a safetensors file without toolkit metadata")
-    return json.loads(raw)
+    try:
+        meta = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise InputError(f"{path}: damaged toolkit metadata (not JSON: {exc.msg})") from None
+    if not isinstance(meta, dict):
+        raise InputError(f"{path}: damaged toolkit metadata (not a JSON object)")
+    return meta
 
 
 def load_checkpoint(
@@ -70,31 +78,54 @@ def load_checkpoint(
     return tensors, meta
 
 
-def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+def load_state_dict(path: str | Path, *, ema: bool = True) -> dict[str, torch.Tensor]:
     """Weights from a foreign file: `.safetensors`, or a PyTorch `.pth/.pt/.bin` read with
     `weights_only=True`. Common wrappers (`state_dict`, `model`, `module.` prefixes) are
-    unwrapped."""
+    unwrapped; a timm `train.py` checkpoint gives its EMA weights when it has them and `ema`
+    is true (timm's own default), else its raw weights."""
     path = _existing(path)
     if path.suffix == ".safetensors":
         try:
             return load_file(str(path))
         except (SafetensorError, OSError, ValueError) as exc:
             raise InputError(f"{path}: corrupt safetensors file ({exc})") from None
+    return _unwrap_state_dict(safe_torch_load(path), path, ema=ema)
+
+
+# Classes that plain training scripts pickle beside their tensors and that carry no code:
+# timm's train.py stores its argparse.Namespace of arguments (timm allow-lists it the same way).
+_SAFE_GLOBALS = (argparse.Namespace,)
+
+
+def safe_torch_load(path: str | Path) -> Any:
+    """`torch.load` that never runs code: the one loader for every foreign PyTorch file
+    (weights, metric networks, encoders). A file that needs code to unpickle is refused
+    naming what it wanted; random bytes are reported as not a PyTorch file."""
+    path = _existing(path)
     try:
-        obj = torch.load(str(path), map_location="cpu", weights_only=True)
+        with torch.serialization.safe_globals(list(_SAFE_GLOBALS)):
+            return torch.load(str(path), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else "unsafe pickle"
-        raise InputError(
-            f"{path}: refused, it needs arbitrary code to unpickle ({first}); "
-            "re-save its state_dict, or convert it to .safetensors"
-        ) from None
-    except (RuntimeError, EOFError, OSError, ValueError) as exc:
-        raise InputError(f"{path}: not a readable PyTorch file ({exc})") from None
-    return _unwrap_state_dict(obj, path)
+        text = str(exc)
+        # a global the safe unpickler will not import = code it would have to run; anything
+        # else (unknown opcodes, bad keys) = bytes that are no pickle at all
+        wanted = re.search(r"GLOBAL ([\w.]+)", text)
+        if wanted is not None or re.search(r"Unsupported (global|class)", text):
+            what = f" ({wanted.group(1)})" if wanted else ""
+            raise InputError(
+                f"{path}: refused, loading it would run code{what}; re-save its state_dict "
+                "with torch.save, or convert it to .safetensors"
+            ) from None
+        raise InputError(f"{path}: not a PyTorch file (unreadable pickle)") from None
+    except (RuntimeError, EOFError, OSError, ValueError, AttributeError, ImportError) as exc:
+        first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
+        raise InputError(f"{path}: not a readable PyTorch file ({first})") from None
 
 
-def _unwrap_state_dict(obj: Any, path: Path) -> dict[str, torch.Tensor]:
-    for key in ("state_dict", "model_state_dict", "model", "state_dict_ema", "model_ema"):
+def _unwrap_state_dict(obj: Any, path: Path, ema: bool = True) -> dict[str, torch.Tensor]:
+    raw = ("state_dict", "model_state_dict", "model")
+    averaged = ("state_dict_ema", "model_ema")
+    for key in (*averaged, *raw) if ema else (*raw, *averaged):
         if isinstance(obj, dict) and key in obj and isinstance(obj[key], dict):
             obj = obj[key]
             break

@@ -61,7 +61,7 @@ def test_pickle_that_runs_code_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "evil.pth"
     with open(path, "wb") as f:
         pickle.dump({"state_dict": {"w": Evil()}}, f)
-    with pytest.raises(InputError, match="refused, it needs arbitrary code"):
+    with pytest.raises(InputError, match="refused, loading it would run code"):
         load_state_dict(path)
 
 
@@ -89,3 +89,42 @@ def test_atomic_writes_get_the_usual_permissions(tmp_path: Path) -> None:
     finally:
         os.umask(old)
     assert path.stat().st_mode & 0o777 == 0o644
+
+
+def test_random_bytes_are_not_called_unsafe_and_get_no_advice_to_disable_safety(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "noise.pth"
+    path.write_bytes(bytes(range(256)) * 3)
+    with pytest.raises(InputError) as err:
+        load_state_dict(path)
+    message = str(err.value)
+    assert "not a PyTorch file" in message and "\n" not in message
+    assert "trust" not in message and "weights_only=False" not in message
+
+
+def test_timm_train_checkpoint_loads_with_its_namespace_and_prefers_ema(tmp_path: Path) -> None:
+    import argparse
+
+    path = tmp_path / "checkpoint-9.pth.tar"
+    torch.save(
+        {
+            "epoch": 9,
+            "arch": "vit_tiny",
+            "state_dict": {"w": torch.ones(2)},
+            "state_dict_ema": {"w": torch.zeros(2)},
+            "args": argparse.Namespace(lr=0.1, model="vit_tiny"),
+        },
+        path,
+    )
+    assert torch.equal(load_state_dict(path)["w"], torch.zeros(2))  # EMA, timm's default
+    assert torch.equal(load_state_dict(path, ema=False)["w"], torch.ones(2))
+
+
+def test_damaged_metadata_is_one_line_not_a_traceback(tmp_path: Path) -> None:
+    from safetensors.torch import save_file
+
+    path = tmp_path / "m.safetensors"
+    save_file({"w": torch.ones(1)}, str(path), metadata={"toolkit": "{not json"})
+    with pytest.raises(InputError, match="damaged toolkit metadata"):
+        read_metadata(path)
