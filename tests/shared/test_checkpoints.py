@@ -58,11 +58,22 @@ class Evil:
 
 
 def test_pickle_that_runs_code_is_refused(tmp_path: Path) -> None:
+    marker = tmp_path / "pwned"
+
+    class Trap:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
     path = tmp_path / "evil.pth"
-    with open(path, "wb") as f:
-        pickle.dump({"state_dict": {"w": Evil()}}, f)
-    with pytest.raises(InputError, match="refused, loading it would run code"):
+    torch.save({"state_dict": {"w": Trap()}}, path)
+    with pytest.raises(InputError, match=r"refused, loading it would run code \(posix.system\)"):
         load_state_dict(path)
+    plain = tmp_path / "evil.pkl"  # a plain pickle (protocol 4), not torch.save's format
+    with open(plain, "wb") as f:
+        pickle.dump({"state_dict": {"w": Trap()}}, f)
+    with pytest.raises(InputError, match="not a PyTorch file"):
+        load_state_dict(plain)
+    assert not marker.exists()
 
 
 def test_atomic_write_leaves_old_file_when_writer_fails(tmp_path: Path) -> None:
