@@ -116,6 +116,7 @@ def run_app(app: typer.Typer, argv: list[str] | None = None) -> None:
     """Console-script entry: expected errors and usage errors become one line naming the
     flag or file, and an exit code (2 for bad input); no traceback."""
     prog = app.info.name
+    _route_library_output()
     try:
         cmd = typer.main.get_command(app)
         cmd.main(args=argv, prog_name=prog, standalone_mode=False)
@@ -139,6 +140,25 @@ def run_app(app: typer.Typer, argv: list[str] | None = None) -> None:
             sys.exit(0)
         get_console().error(f"{prog}{sub}: error: {message} (see --help)")
         sys.exit(exc.exit_code)
+
+
+def _route_library_output() -> None:
+    """Third-party warnings become one line through our console (logged; hidden by --quiet),
+    each shown once, instead of multi-line blocks between our own messages; the progress bars
+    and advice blocks of hub libraries are switched off (ours report progress)."""
+    import os
+    import warnings
+
+    def show(message, category, filename, lineno, file=None, line=None) -> None:  # noqa: ANN001
+        text = " ".join(str(message).split())
+        get_console().library_warning(f"{category.__name__}: {text[:300]}")
+
+    warnings.showwarning = show
+    warnings.simplefilter("once")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+    os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 
 @contextmanager

@@ -108,6 +108,12 @@ class Console:
         if self.main:
             self.err.print(f"warning: {message}", style="yellow", markup=False)
 
+    def library_warning(self, message: str) -> None:
+        """A third-party warning: one line in the log, on screen unless --quiet."""
+        self._to_log("WARN", message)
+        if self.main and not self.quiet:
+            self.err.print(f"warning: {message}", style="yellow", markup=False)
+
     def error(self, message: str) -> None:
         self._to_log("ERROR", message)
         print(message, file=sys.stderr, flush=True)

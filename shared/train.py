@@ -167,6 +167,9 @@ class Trainer:
         self.scaler = torch.amp.GradScaler("cuda", enabled=fp16)
         self._objects: dict[str, Any] = {}
         self._models: dict[str, nn.Module] = {}
+        # logs of the last tenth of the steps: saved with the state, so a resumed run reports
+        # the same final metrics as an uninterrupted one
+        self._history: list[dict[str, float]] = []
 
     # -- what the trainer owns -------------------------------------------------------
     def track(self, **objects: Stateful) -> Trainer:
@@ -224,6 +227,7 @@ class Trainer:
             "objects": objects,
             "scaler": self.scaler.state_dict(),
             "rng": rng_state(),
+            "history": [dict(h) for h in self._history],
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -253,6 +257,7 @@ class Trainer:
             target.load_state_dict(state["objects"][name])
         self.scaler.load_state_dict(state["scaler"])
         set_rng_state(state["rng"])
+        self._history = [dict(h) for h in state.get("history", [])]
         self.step = self.start_step = int(state["step"])
         self.resumed = True
 
@@ -274,7 +279,7 @@ class Trainer:
             if state is not None:
                 self.load_state_dict(state)
                 console.info(f"resumed at step {self.step} of {self.total}")
-        history: list[dict[str, float]] = []
+        history = self._history
         window = max(1, self.total // 10)
         for model in self._models.values():
             model.train()

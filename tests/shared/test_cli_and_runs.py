@@ -151,6 +151,7 @@ def test_sigterm_saves_state_and_resume_reaches_same_result(tmp_path: Path) -> N
     ref = run_toy("train", "--out", str(tmp_path / "ref"), "--steps", "30", "--json")
     assert ref.returncode == 0, ref.stderr
     expected = json.loads(ref.stdout)["weights"]
+    assert ref.returncode == 0
 
     out = tmp_path / "killed"
     env = {**os.environ, "PYTHONPATH": str(REPO)}
@@ -196,7 +197,10 @@ def test_sigterm_saves_state_and_resume_reaches_same_result(tmp_path: Path) -> N
         "--checkpoint-every", "7",
     )  # fmt: skip
     assert res.returncode == 0, res.stderr
-    assert json.loads(res.stdout)["weights"] == expected
+    resumed = json.loads(res.stdout)
+    assert resumed["weights"] == expected
+    # the summary covers the same steps as the uninterrupted run's
+    assert resumed["final_loss"] == json.loads(ref.stdout)["final_loss"]
 
 
 def test_ctrl_c_saves_state_exits_130_and_resume_finishes(tmp_path: Path) -> None:
@@ -282,3 +286,28 @@ def test_help_is_fast() -> None:
     code = "import sys; import vbp_cli.cli; print('torch' in sys.modules, 'timm' in sys.modules)"
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert res.stdout.strip() == "False False"
+
+
+def test_library_warnings_are_one_line_and_quiet_hides_them(capsys: pytest.CaptureFixture) -> None:
+    import warnings
+
+    from shared.cli import create_app, run_app
+    from shared.errors import InputError
+    from shared.options import tool_command
+
+    app = create_app("warny", "test app")
+
+    @tool_command(app, "go", out="none", device=False)
+    def go(inv) -> None:  # noqa: ANN001
+        warnings.warn("a library's\nmulti-line\n  advice block", UserWarning, stacklevel=1)
+        raise InputError("--x: bad")
+
+    for quiet in (False, True):
+        with pytest.raises(SystemExit) as exit_:
+            run_app(app, ["go", *(["--quiet"] if quiet else [])])
+        assert exit_.value.code == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        expected = ["warny: error: --x: bad"]
+        if not quiet:
+            expected.insert(0, "warning: UserWarning: a library's multi-line advice block")
+        assert err == expected
