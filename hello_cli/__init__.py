@@ -4,7 +4,7 @@ image-to-label projector instead of gigabytes of stored teacher outputs.
     from hello_cli import build_projector, load_projector, save_projector
     proj = build_projector(EncoderSpec.parse("openclip:TinyCLIP-RN"), names, templates)
     proj.add_lora(rank=4, head_rank=4)               # only the factors train
-    distill_projector(proj, teacher, images, labels, DistillConfig())
+    distill_projector(proj, teacher, images, labels, DistillConfig(), aug=AugConfig())
     save_projector(proj, "runs/projector")           # stores only the low-rank factors
 
 Imports are lazy so that `hello --help` does not load torch.

@@ -9,6 +9,7 @@ run see the same batches.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -118,3 +119,30 @@ def mixed_targets(
     onehot = torch.nn.functional.one_hot(y, num_classes).float()
     lam = plan.mix_weight(out_size)
     return lam * onehot + (1.0 - lam) * onehot[plan.mix_perm]
+
+
+class StepPlans:
+    """The batch of a global training step from per-epoch plans (`plans(epoch)`): step s
+    (1-based) takes local batch (s - 1) mod per_epoch of epoch (s - 1) // per_epoch, so a
+    step's data depends on the step only and a resumed run sees exactly the batches the
+    uninterrupted one would have. Under DDP each of `world` ranks takes every world-th batch
+    of the shared plan (local batch i is plan entry i * world + rank)."""
+
+    def __init__(
+        self, plans: Callable[[int], list[BatchAug]], *, world: int = 1, rank: int = 0
+    ) -> None:
+        self.plans = plans
+        self.world, self.rank = world, rank
+        self._epoch = 0
+        self._cached = plans(0)
+        self.per_epoch = len(self._cached) // world
+        if self.per_epoch < 1:
+            raise ValueError("an epoch has fewer batches than there are processes")
+
+    def __call__(self, step: int) -> tuple[int, int, BatchAug]:
+        """(epoch, index in the epoch's plan, the batch's plan) of `step`."""
+        epoch, local = divmod(step - 1, self.per_epoch)
+        if epoch != self._epoch:
+            self._epoch, self._cached = epoch, self.plans(epoch)
+        index = local * self.world + self.rank
+        return epoch, index, self._cached[index]

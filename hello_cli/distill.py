@@ -9,16 +9,14 @@ those images, and a projector fitted on real images alone agrees with the teache
 
 from __future__ import annotations
 
-import itertools
-from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from hello_cli.augment import AugConfig, apply_aug, plan_epoch
-from shared.runs import check_finite
+from hello_cli.augment import AugConfig, StepPlans, apply_aug, plan_epoch
 
 
 @dataclass
@@ -47,6 +45,24 @@ def projector_loss(
     return mse + ce_weight * F.cross_entropy(logits, labels)
 
 
+class TrainableTensors:
+    """The trainable tensors of a module (a projector's factors and temperature) as a
+    stateful object for the trainer's resume state. Not an nn.Module on purpose: the trainer
+    puts the modules it tracks in train mode, and the projector's encoder must stay in eval
+    mode (its BatchNorm statistics are part of the frozen base)."""
+
+    def __init__(self, module: nn.Module) -> None:
+        self.params = {n: p for n, p in module.named_parameters() if p.requires_grad}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {n: p.detach().clone() for n, p in self.params.items()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        with torch.no_grad():
+            for name, p in self.params.items():
+                p.copy_(state[name])
+
+
 def distill_projector(
     projector: nn.Module,
     teacher: nn.Module,
@@ -57,14 +73,18 @@ def distill_projector(
     aug: AugConfig,
     synthetic: torch.Tensor | None = None,
     synthetic_aug: AugConfig | None = None,
-    on_step: Callable[[float], None] | None = None,
-) -> float:
+    run: Any | None = None,
+    device: torch.device | str | None = None,
+) -> dict[str, float]:
     """Train the trainable parameters of `projector` (its factors) in place; returns the
-    final loss. With `synthetic` images, every step adds `cfg.synthetic_weight` x the
-    centred MSE to the teacher on one batch of them augmented by `synthetic_aug` (default:
-    the student's crop, flip and CutMix); no CE there, since on those batches the teacher's
-    top-1 is often not the image's class and the teacher is what the student will be
-    taught to imitate."""
+    trainer's summary ({"steps", "final_loss"}). With `synthetic` images, every step adds
+    `cfg.synthetic_weight` x the centred MSE to the teacher on one batch of them augmented by
+    `synthetic_aug` (default: the student's crop, flip and CutMix); no CE there, since on
+    those batches the teacher's top-1 is often not the image's class and the teacher is what
+    the student will be taught to imitate. `run` (a shared.runs.Run) gives checkpoints,
+    preemption and exact --resume."""
+    from shared.train import Trainer
+
     # a low-rank update on every encoder layer compounds through the depth: a step size that
     # suits W's update distorts the features, so the encoder's factors get a smaller one
     encoder = [
@@ -79,59 +99,51 @@ def distill_projector(
     if encoder:
         groups.append({"params": encoder, "lr": cfg.lr * cfg.encoder_lr_scale})
     opt = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    steps = cfg.epochs * -(-len(images) // cfg.batch_size)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(1, steps))
+    hw = tuple(images.shape[-2:])
     aug = AugConfig(aug.out_size, aug.crop_scale, aug.flip, cutmix=False)
-    synth_batches = _synthetic_batches(synthetic, synthetic_aug or AugConfig(aug.out_size), cfg)
+    real = StepPlans(lambda e: plan_epoch(len(images), hw, cfg.batch_size, aug, cfg.seed, e))
+    steps = cfg.epochs * real.per_epoch
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(1, steps))
+    synthetic_aug = synthetic_aug or AugConfig(aug.out_size)
+    synth = _synthetic_plans(synthetic, synthetic_aug, cfg)
     teacher.eval()
     # The encoder stays in eval mode: its BatchNorm statistics are part of the frozen base
     # (not stored), and labels are later generated in eval mode, so train in that mode too.
     projector.eval()
-    loss = torch.zeros(())
-    step = 0
-    for epoch in range(cfg.epochs):
-        for plan in plan_epoch(
-            len(images), tuple(images.shape[-2:]), cfg.batch_size, aug, cfg.seed, epoch
-        ):
-            x = apply_aug(images, plan, aug.out_size)
+    trainer = Trainer(steps, run=run, device=device or images.device, description="distill")
+    trainer.track(projector=TrainableTensors(projector), opt=opt, sched=sched)
+
+    def step_fn(step: int) -> dict[str, torch.Tensor]:
+        _, _, plan = real(step)
+        x = apply_aug(images, plan, aug.out_size)
+        with trainer.autocast():
             with torch.no_grad():
                 target = teacher(x).float()
             loss = projector_loss(projector(x), target, labels[plan.indices], cfg.ce_weight)
-            if synth_batches is not None:
-                xs = next(synth_batches)
+            if synth is not None:
+                # the synthetic stream has its own epochs; its batch too is the step's
+                xs = apply_aug(synthetic, synth(step)[2], synthetic_aug.out_size)  # type: ignore[arg-type]
                 with torch.no_grad():
                     ts = teacher(xs).float()
                 loss = loss + cfg.synthetic_weight * F.mse_loss(centred(projector(xs)), centred(ts))
-            step += 1
-            check_finite(loss, step)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            if on_step is not None:
-                on_step(loss.item())
-    return loss.item()
+        trainer.optimize(loss, opt, scheduler=sched)
+        return {"loss": loss}
+
+    return trainer.fit(step_fn)
 
 
-def _synthetic_batches(
+def _synthetic_plans(
     images: torch.Tensor | None, aug: AugConfig, cfg: DistillConfig
-) -> Iterator[torch.Tensor] | None:
-    """Endless augmented batches of the synthetic set, on a seed stream apart from the
+) -> StepPlans | None:
+    """Augmented batches of the synthetic set by step, on a seed stream apart from the
     student's (the projector must not have seen the student's exact batches)."""
     if images is None:
         return None
     if len(images) == 0:
         raise ValueError("the synthetic set is empty")
     bs = min(cfg.batch_size, len(images))
-
-    def batches() -> Iterator[torch.Tensor]:
-        for epoch in itertools.count():
-            for plan in plan_epoch(
-                len(images), tuple(images.shape[-2:]), bs, aug, cfg.seed + 7919, epoch
-            ):
-                yield apply_aug(images, plan, aug.out_size)
-
-    return batches()
+    hw = tuple(images.shape[-2:])
+    return StepPlans(lambda e: plan_epoch(len(images), hw, bs, aug, cfg.seed + 7919, e))
 
 
 @torch.no_grad()

@@ -215,5 +215,6 @@ def class_mean_head(
     raw = torch.cat([encoder(x).float() for x in images.split(batch)])
     mean = raw.mean(0)
     feats = F.normalize(raw - mean, dim=-1)
-    sums = torch.zeros(num_classes, feats.shape[1]).index_add_(0, labels, feats)
+    sums = torch.zeros(num_classes, feats.shape[1], device=feats.device)
+    sums.index_add_(0, labels.to(feats.device), feats)
     return F.normalize(sums, dim=-1).T.contiguous(), mean

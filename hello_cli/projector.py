@@ -123,9 +123,10 @@ def build_projector(
     head: torch.Tensor | None = None,
     feature_mean: torch.Tensor | None = None,
     logit_scale: float | None = None,
+    device: torch.device | str | None = None,
 ) -> Projector:
-    """The zero-LoRA projector: CLIP zero-shot head, or class means for a timm encoder
-    (from `real_images`/`real_labels`, or a given `head`)."""
+    """The zero-LoRA projector (on the CPU): CLIP zero-shot head, or class means for a timm
+    encoder (from `real_images`/`real_labels`, computed on `device`, or a given `head`)."""
     from hello_cli import encoders
 
     if spec.kind == "openclip":
@@ -136,9 +137,11 @@ def build_projector(
         if head is not None:
             w = head
         elif real_images is not None and real_labels is not None:
+            dev = torch.device(device or "cpu")
             w, feature_mean = encoders.class_mean_head(
-                encoder, real_images, real_labels, len(class_names)
+                encoder.to(dev), real_images.to(dev), real_labels.to(dev), len(class_names)
             )
+            encoder, w, feature_mean = encoder.cpu(), w.cpu(), feature_mean.cpu()
         else:
             raise InputError(f"timm:{spec.name} needs real images to build W from class means")
     if w.shape[1] != len(class_names):

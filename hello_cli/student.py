@@ -1,8 +1,8 @@
 """Training a student from scratch on augmented synthetic images with labels from any source
 (see labels.py): loss = MSE(student, labels) + beta * CE(student, hard), or
 T^2 * KL(labels/T || student/T) + beta * CE; hard labels alone give plain CE. AdamW with
-cosine decay; DDP (each rank takes every world-th batch of the shared epoch plan); resume
-state through a `Run`."""
+cosine decay; DDP (each rank takes every world-th batch of the shared epoch plan); on the
+toolkit's one training loop (shared.train.Trainer: checkpoints, exact resume, preemption)."""
 
 from __future__ import annotations
 
@@ -14,9 +14,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from hello_cli.augment import AugConfig, BatchAug, apply_aug, mixed_targets, plan_epoch
+from hello_cli.augment import (
+    AugConfig,
+    BatchAug,
+    StepPlans,
+    apply_aug,
+    mixed_targets,
+    plan_epoch,
+)
 from shared import distributed
-from shared.runs import Run, check_finite, rng_state, set_rng_state
 
 
 @dataclass
@@ -63,63 +69,38 @@ def train_student(
     cfg: StudentConfig,
     *,
     plans: Callable[[int], list[BatchAug]] | None = None,
-    run: Run | None = None,
-    on_step: Callable[[float], None] | None = None,
+    run: Any | None = None,
     device: torch.device | None = None,
+    description: str = "student",
 ) -> dict[str, Any]:
-    """Train `student` (possibly DDP-wrapped) in place on (images, labels) in [0, 1].
+    """Train `student` (possibly DDP-wrapped) in place on (images, labels) in [0, 1];
+    returns the trainer's summary ({"steps", "final_loss"}).
 
     `label_source(augmented_batch, epoch, batch_index)` gives the soft labels of exactly
     the batch the student sees; `plans(epoch)` the epoch's augmentation (default: drawn
-    from the seed; the stored-label source replays its own)."""
+    from the seed; the stored-label source replays its own). `run` (a shared.runs.Run)
+    gives checkpoints, preemption and exact --resume."""
+    from shared.train import Trainer
+
     device = device or torch.device("cpu")
     hw = tuple(images.shape[-2:])
     plans = plans or (lambda e: plan_epoch(len(images), hw, cfg.batch_size, cfg.aug, cfg.seed, e))
-    rank, world = distributed.rank(), distributed.world_size()
-    per_epoch = len(plans(0)) // world if world > 1 else len(plans(0))
-    total = cfg.epochs * per_epoch
+    batches = StepPlans(plans, world=distributed.world_size(), rank=distributed.rank())
+    total = cfg.epochs * batches.per_epoch
     opt = torch.optim.AdamW(student.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(1, total))
-    step = 0
-    state = run.load_state() if run is not None else None
-    if state is not None:
-        distributed.unwrap(student).load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
-        set_rng_state(state["rng"])
-        step = int(state["step"])
+    trainer = Trainer(total, run=run, device=device, description=description)
+    trainer.track(student=student, opt=opt, sched=sched)
 
-    def snapshot(at: int) -> dict[str, Any]:
-        return {
-            "model": distributed.unwrap(student).state_dict(),
-            "optimizer": opt.state_dict(),
-            "scheduler": sched.state_dict(),
-            "rng": rng_state(),
-            "step": at,
-        }
-
-    student.train()
-    loss = torch.zeros(())
-    while step < total:
-        epoch, first = divmod(step, per_epoch)
-        epoch_plans = plans(epoch)
-        for local in range(first, per_epoch):
-            b = local * world + rank  # this rank's share of the shared plan
-            plan = epoch_plans[b]
-            x = apply_aug(images, plan, cfg.aug.out_size).to(device)
-            soft = label_source(x, epoch, b)
-            hard = mixed_targets(labels, plan, num_classes, cfg.aug.out_size).to(device)
-            soft = soft.to(device) if soft is not None else None
+    def step_fn(step: int) -> dict[str, torch.Tensor]:
+        epoch, b, plan = batches(step)
+        x = apply_aug(images, plan, cfg.aug.out_size).to(device)
+        soft = label_source(x, epoch, b)
+        hard = mixed_targets(labels, plan, num_classes, cfg.aug.out_size).to(device)
+        soft = soft.to(device) if soft is not None else None
+        with trainer.autocast():
             loss = label_loss(student(x).float(), soft, hard, cfg)
-            step += 1
-            check_finite(loss, step)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            if on_step is not None:
-                on_step(loss.item())
-            if run is not None:
-                run.step_done(step, lambda s=step: snapshot(s))
-    student.eval()
-    return {"steps": step, "final_loss": loss.item()}
+        trainer.optimize(loss, opt, scheduler=sched)
+        return {"loss": loss}
+
+    return trainer.fit(step_fn)

@@ -1,5 +1,5 @@
-"""The `hello` commands end to end, in-process (the imports of open_clip and timm would cost
-~10 s per subprocess), on real digits with tiny random models."""
+"""The `hello` commands end to end, in-process through `run_cli` (the imports of open_clip and
+timm would cost ~10 s per subprocess), on real digits with tiny random models."""
 
 from __future__ import annotations
 
@@ -9,21 +9,16 @@ from pathlib import Path
 import pytest
 import torch
 
-from hello_cli.cli import app
-from shared.cli import run_app
 from tests.hello.conftest import STUDENT, save_teacher
+from tests.helpers import run_cli
 
 
-def hello(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, dict | None, str]:
-    """(exit code, the --json object or None, stderr)."""
-    try:
-        run_app(app, [*args])
-        code = 0
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    out, err = capsys.readouterr()
-    obj = json.loads(out.strip().splitlines()[-1]) if code == 0 and out.strip() else None
-    return code, obj, err
+def hello(capsys: pytest.CaptureFixture[str] | None, *args: str) -> tuple[int, dict | None, str]:
+    """(exit code, the --json object or None, stderr) of `hello args...`, in-process."""
+    res = run_cli("hello", *args)
+    out = res.stdout.strip()
+    obj = json.loads(out.splitlines()[-1]) if res.code == 0 and out.startswith("{") else None
+    return res.code, obj, res.stderr
 
 
 @pytest.fixture(scope="module")
@@ -31,6 +26,7 @@ def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("hello_cli")
 
 
+@pytest.mark.slow
 def test_pipeline_projector_synthesize_students(capsys, workdir: Path, teacher_file: Path) -> None:
     w = workdir
     code, built, err = hello(
@@ -158,6 +154,7 @@ def test_pipeline_projector_synthesize_students(capsys, workdir: Path, teacher_f
     assert rows[1]["stored_soft_labels_bytes"] > rows[0]["stored_soft_labels_bytes"]
 
 
+@pytest.mark.slow
 def test_class_count_mismatch_is_refused_and_nothing_written(
     capsys, workdir: Path, tmp_path: Path
 ) -> None:
@@ -263,3 +260,71 @@ def test_bad_inputs_give_one_line_and_exit_2(capsys, tmp_path: Path) -> None:
         errors = [line for line in err.splitlines() if line.startswith("hello: error:")]
         assert len(errors) == 1 and "Traceback" not in err, err
         assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["distill", "--lr", "0"], "--lr: must be > 0"),
+        (["distill", "--ce-weight", "nan"], "--ce-weight: must be a finite number"),
+        (["distill", "--synthetic-weight", "-1"], "--synthetic-weight: must be >= 0"),
+        (["distill", "--epochs", "0"], "--epochs: must be >= 1"),
+        (["synthesize", "--ipc", "0"], "--ipc: must be >= 1"),
+        (["synthesize", "--crop-min-scale", "1.5"], "--crop-min-scale: must be <= 1"),
+        (["train-student", "--loss", "l1"], "--loss: 'l1' is not one of mse, kl"),
+        (["train-student", "--beta", "inf"], "--beta: must be a finite number"),
+        (["evaluate", "--batch-size", "0"], "--batch-size: must be >= 1"),
+    ],
+)
+def test_declared_bounds_refuse_bad_numbers_before_any_work(
+    tmp_path: Path, args: list[str], message: str
+) -> None:
+    required = {
+        "distill": ["--projector", "p", "--teacher", "t", "--data", "builtin:digits"],
+        "synthesize": ["--teacher", "t", "--data", "builtin:digits"],
+        "train-student": ["--synthetic", "s", "--labels", "hard", "--student", "resnet18"]
+        + ["--val-data", "builtin:digits"],
+        "evaluate": ["--projector", "p", "--teacher", "t", "--data", "builtin:digits"],
+    }[args[0]]
+    out = tmp_path / "o"
+    code, _, err = hello(None, *args, *required, "--out", str(out))
+    assert code == 2, err
+    errors = [line for line in err.splitlines() if line.startswith("hello: error:")]
+    assert len(errors) == 1 and message in errors[0], err
+    assert not out.exists()
+
+
+def test_every_command_takes_device_and_training_commands_resume() -> None:
+    for command in ("build-projector", "distill", "synthesize", "train-student", "evaluate"):
+        res = run_cli("hello", command, "--help")
+        assert res.code == 0 and "--device" in res.stdout, command
+        has_resume = "--resume" in res.stdout and "--checkpoint-every" in res.stdout
+        assert has_resume == (command in ("distill", "train-student")), command
+
+
+@pytest.mark.slow
+def test_distill_resume_continues_the_same_run_and_refuses_other_options(
+    tmp_path: Path, teacher_file: Path, tiny_projector
+) -> None:
+    from hello_cli.projector import load_projector, save_projector
+
+    save_projector(tiny_projector, tmp_path / "p0")
+    args = ["distill", "--projector", str(tmp_path / "p0"), "--teacher", str(teacher_file)]
+    args += ["--data", "builtin:digits", "--rank", "1", "--head-rank", "2", "--epochs", "1"]
+    args += ["--batch-size", "512", "--device", "cpu", "--out", str(tmp_path / "p")]
+    code, first, err = hello(None, *args, "--checkpoint-every", "1", "--json")
+    assert code == 0, err
+    state = torch.load(tmp_path / "p" / "resume.pt", weights_only=False)
+    assert state["step"] == first["steps"] > 1 and state["command"] == "distill"
+    factors = load_projector(tmp_path / "p").stored_tensors()
+    # a finished run resumed: no step left, the same factors written again
+    code, again, err = hello(None, *args, "--resume", "--json")
+    assert code == 0, err
+    assert again["agreement"] == first["agreement"]
+    after = load_projector(tmp_path / "p").stored_tensors()
+    assert all(torch.equal(factors[k], after[k]) for k in factors)
+    # other options cannot continue this run
+    code, _, err = hello(None, *args, "--resume", "--lr", "0.5")
+    assert code == 2 and "other options" in err and "--lr" in err, err
+    code, _, err = hello(None, *args)  # a used folder without --resume/--overwrite
+    assert code == 2 and "not empty" in err

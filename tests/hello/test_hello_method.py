@@ -287,6 +287,13 @@ def test_stored_labels_replay_the_teacher_on_the_same_augmentations() -> None:
     assert stored.storage_bytes == stored_label_bytes(7, 3, 2, 3)
 
 
+def test_the_label_choices_of_the_cli_are_the_label_sources() -> None:
+    from hello_cli.api import LABEL_SOURCES
+    from hello_cli.labels import SOURCES
+
+    assert LABEL_SOURCES == SOURCES
+
+
 def test_class_mismatches_are_refused() -> None:
     from hello_cli.teachers import check_classes
 
@@ -302,6 +309,19 @@ def test_class_mismatches_are_refused() -> None:
     check_classes(names, teacher_names=names, projector_names=names)
 
 
+def _preempt_at(run, step: int):  # noqa: ANN001, ANN202
+    """A callback for the step's data source that does what SIGTERM does, at call `step`."""
+    calls = [0]
+
+    def hit() -> None:
+        calls[0] += 1
+        if calls[0] == step:
+            run._on_signal(15, None)
+
+    return hit, calls
+
+
+@pytest.mark.slow
 def test_student_training_resumes_exactly_after_preemption(tmp_path) -> None:
     from hello_cli.student import StudentConfig, train_student
     from shared.errors import Preempted
@@ -312,26 +332,96 @@ def test_student_training_resumes_exactly_after_preemption(tmp_path) -> None:
 
     def student() -> nn.Module:
         torch.manual_seed(7)
-        return nn.Sequential(nn.Flatten(), nn.Linear(3 * 16 * 16, 3))
-
-    def hard(x: torch.Tensor, epoch: int, batch: int) -> None:
-        return None
+        return nn.Sequential(nn.Flatten(), nn.Dropout(0.2), nn.Linear(3 * 16 * 16, 3))
 
     straight = student()
-    train_student(straight, images, labels, 3, hard, cfg)
+    stats = train_student(straight, images, labels, 3, lambda x, e, b: None, cfg)
+    assert stats["steps"] == 6
     resumed = student()
     with pytest.raises(Preempted), Run(tmp_path, tool="hello", command="t") as run:
+        hit, _ = _preempt_at(run, 3)
 
-        def stop_at_3(loss: float) -> None:
-            run.steps = getattr(run, "steps", 0) + 1
-            if run.steps == 3:
-                run._on_signal(15, None)  # what SIGTERM does
+        def hard(x: torch.Tensor, epoch: int, batch: int) -> None:
+            hit()
 
-        train_student(resumed, images, labels, 3, hard, cfg, run=run, on_step=stop_at_3)
-    assert not torch.equal(resumed[1].weight, straight[1].weight)
+        train_student(resumed, images, labels, 3, hard, cfg, run=run)
+    assert (tmp_path / "resume.pt").exists()
+    assert not torch.equal(resumed[2].weight, straight[2].weight)
+    torch.manual_seed(123)  # the global RNG (dropout) comes back from the resume state
     resumed = student()
+    seen: list[tuple[int, int]] = []
     with Run(tmp_path, tool="hello", command="t", resume=True) as run:
-        done: list[float] = []
-        stats = train_student(resumed, images, labels, 3, hard, cfg, run=run, on_step=done.append)
-    assert stats["steps"] == 6 and len(done) == 3  # continued from step 3, not from scratch
-    assert torch.equal(resumed[1].weight, straight[1].weight)
+        stats = train_student(
+            resumed, images, labels, 3, lambda x, e, b: seen.append((e, b)), cfg, run=run
+        )
+    # continued at step 4 (epoch 1, batch 1), not from scratch
+    assert stats["steps"] == 6 and seen == [(1, 1), (2, 0), (2, 1)]
+    assert torch.equal(resumed[2].weight, straight[2].weight)
+
+
+class _Counting(nn.Module):
+    """A fixed random linear teacher that calls `hook` on every forward."""
+
+    def __init__(self, hook=None) -> None:  # noqa: ANN001
+        super().__init__()
+        torch.manual_seed(11)
+        self.net = nn.Sequential(nn.Flatten(), nn.Linear(3 * 16 * 16, 3))
+        self.hook = hook
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.hook is not None:
+            self.hook()
+        return self.net(x)
+
+
+@pytest.mark.slow
+def test_projector_distillation_resumes_exactly_after_preemption(tmp_path) -> None:
+    """Stopped by SIGTERM mid-run and resumed, distillation (with its synthetic-batch stream,
+    which cycles on its own epochs) ends with exactly the factors of an uninterrupted run."""
+    from hello_cli.distill import DistillConfig, distill_projector
+    from shared.errors import Preempted
+    from shared.runs import Run
+
+    images, labels = torch.rand(10, 3, 24, 24), torch.arange(10) % 3
+    synthetic = torch.rand(7, 3, 24, 24)
+    cfg = DistillConfig(epochs=3, batch_size=4, seed=2)  # 3 real, 2 synthetic batches / epoch
+    aug = AugConfig(out_size=16)
+
+    class Projector(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            torch.manual_seed(5)
+            # an "encoder." parameter group, with its own learning rate, and a head
+            self.encoder = nn.Sequential(nn.Flatten(), nn.Linear(3 * 16 * 16, 8))
+            self.head = nn.Linear(8, 3)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.head(self.encoder(x))
+
+    projector = Projector
+
+    def run_distill(proj: nn.Module, teacher: nn.Module, run=None) -> dict:  # noqa: ANN001
+        return distill_projector(
+            proj, teacher, images, labels, cfg, aug=aug, synthetic=synthetic, run=run
+        )
+
+    straight = projector()
+    stats = run_distill(straight, _Counting())
+    assert stats["steps"] == 9 and stats["final_loss"] > 0
+    resumed = projector()
+    with pytest.raises(Preempted), Run(tmp_path, tool="hello", command="distill") as run:
+        hit, _ = _preempt_at(run, 2 * 4)  # two teacher calls per step: stop after step 4
+        run_distill(resumed, _Counting(hit), run=run)
+    assert not torch.equal(resumed.head.weight, straight.head.weight)
+    resumed = projector()
+    with Run(tmp_path, tool="hello", command="distill", resume=True) as run:
+        calls = [0]
+        stats = run_distill(resumed, _Counting(lambda: calls.__setitem__(0, calls[0] + 1)), run)
+    assert stats["steps"] == 9 and calls[0] == 2 * 5  # steps 5..9 only
+    for p, q in zip(resumed.parameters(), straight.parameters(), strict=True):
+        assert torch.equal(p, q)
+    # the resume state holds the trained tensors (not a frozen encoder's weights), and the
+    # projector stays in eval mode (its BatchNorm statistics belong to the frozen base)
+    state = torch.load(tmp_path / "resume.pt", weights_only=True)
+    assert set(state["objects"]["projector"]) == {n for n, _ in resumed.named_parameters()}
+    assert state["step"] == 4 and not resumed.training
