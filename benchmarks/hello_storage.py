@@ -24,7 +24,14 @@ from typing import Any
 
 import torch
 
-from benchmarks.common import RESULTS, markdown_table, write_results
+from benchmarks.common import (
+    RESULTS,
+    add_common_args,
+    check_tree,
+    markdown_table,
+    save_figure,
+    write_results,
+)
 from hello_cli import recipes
 from hello_cli.augment import AugConfig, apply_aug, plan_epoch
 from hello_cli.data_io import load_real
@@ -146,7 +153,9 @@ def main() -> None:
         help="train nothing: one report from the student rows of earlier results files of this "
         "benchmark (e.g. IPCs or seeds run in parallel processes); their projectors must agree",
     )
+    add_common_args(parser)
     args = parser.parse_args()
+    check_tree(args)
     if args.combine:
         combine(args)
         return
@@ -372,7 +381,7 @@ def _plot(table: list[list[Any]], name: str) -> None:
     fig.tight_layout()
     out = RESULTS / "hello"
     out.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out / f"{name}.png", dpi=120)
+    save_figure(fig, out / f"{name}.png")
 
 
 if __name__ == "__main__":

@@ -15,7 +15,10 @@ def benchmarks() -> list[str]:
 
 
 def main() -> int:
-    only = sys.argv[1:]
+    from benchmarks.common import ALLOW_DIRTY_FLAG, check_tree
+
+    check_tree()  # one refusal up front, not one per benchmark; the flag reaches each one
+    only = [a for a in sys.argv[1:] if a != ALLOW_DIRTY_FLAG]  # through sys.orig_argv
     failed = []
     for name in benchmarks():
         if only and not any(o in name for o in only):

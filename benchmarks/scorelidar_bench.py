@@ -17,7 +17,14 @@ import argparse
 import json
 from pathlib import Path
 
-from benchmarks.common import RESULTS, markdown_table, write_results
+from benchmarks.common import (
+    RESULTS,
+    add_common_args,
+    check_tree,
+    markdown_table,
+    save_figure,
+    write_results,
+)
 from scorelidar_cli.zoo import RECIPES, reference_models, run_tool
 
 KITTI = Path(__file__).resolve().parents[2] / "shared" / "data" / "kitti_000123.ply"
@@ -90,7 +97,7 @@ def plot(rows: list[dict], path: Path) -> None:
     ax.set_title("Teacher vs distilled student, held-out simulated scenes", fontsize=10)
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    save_figure(fig, path)
 
 
 def main() -> int:
@@ -100,7 +107,9 @@ def main() -> int:
     ap.add_argument("--guidance", type=float, default=1.0)
     ap.add_argument("--solver", default="sde")
     ap.add_argument("--repeats", type=int, default=3, help="interleaved timing rounds")
+    add_common_args(ap)
     args = ap.parse_args()
+    check_tree(args)
     extra = ["--guidance", str(args.guidance), "--solver", args.solver]
 
     root, stages = reference_models(args.recipe)

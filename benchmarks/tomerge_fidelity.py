@@ -25,7 +25,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from benchmarks.common import RESULTS, markdown_table, write_results
+from benchmarks.common import (
+    RESULTS,
+    add_common_args,
+    check_tree,
+    markdown_table,
+    save_text,
+    write_results,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 SIZE = 16  # default image side; --size 32 trains and samples at 32x32
@@ -168,7 +175,9 @@ def main() -> None:
         default=2,
         help="apply_patch prune_steps (the paper's SD schedule: 2; importance from step 2)",
     )
+    add_common_args(parser)
     args = parser.parse_args()
+    check_tree(args)
     train_steps = args.train_steps or (100 if args.quick else 500)
     per_class = args.per_class or (4 if args.quick else 20)
 
@@ -271,7 +280,7 @@ def _save_grid(grid: dict[str, torch.Tensor], labels: torch.Tensor, path: Path) 
     first = [int((labels == c).nonzero()[0]) for c in range(CLASSES)]
     rows = [[imgs[i].expand(3, -1, -1) for i in first] for imgs in grid.values()]
     save_image(image_grid(rows), path)
-    path.with_suffix(".txt").write_text("rows: " + ", ".join(grid) + "; columns: digits 0-9\n")
+    save_text(path.with_suffix(".txt"), "rows: " + ", ".join(grid) + "; columns: digits 0-9\n")
 
 
 if __name__ == "__main__":

@@ -23,7 +23,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from benchmarks.common import RESULTS, markdown_table, write_results
+from benchmarks.common import (
+    RESULTS,
+    add_common_args,
+    check_tree,
+    markdown_table,
+    save_figure,
+    write_results,
+)
 from shared.profiling import compare_speed
 
 SD15_UNET = {"cross_attention_dim": 768, "sample_size": 64}  # the rest is diffusers' default
@@ -226,7 +233,9 @@ def main() -> None:
     parser.add_argument(
         "--merge-crossattn", action="store_true", help="every method also merges attn2's queries"
     )
+    add_common_args(parser)
     args = parser.parse_args()
+    check_tree(args)
     size = args.size or (256 if args.quick else 512)
     ratios = args.ratios or ([0.5] if args.quick else [0.5, 0.7])
     repeats = args.repeats or (2 if args.quick else 3)
@@ -322,7 +331,7 @@ def _plot(rows: list[tuple], path: Any) -> None:
         ax.set_xlabel("speed-up over unmerged (UNet step)")
         ax.invert_yaxis()
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    save_figure(fig, path)
 
 
 if __name__ == "__main__":

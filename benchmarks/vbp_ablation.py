@@ -18,7 +18,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from benchmarks.common import RESULTS, markdown_table, write_results
+from benchmarks.common import (
+    RESULTS,
+    add_common_args,
+    check_tree,
+    markdown_table,
+    save_figure,
+    write_results,
+)
 from shared.classify import FitConfig, evaluate_classifier, fit_classifier
 from shared.loaders import make_loader
 from shared.profiling import count_macs, count_params
@@ -88,7 +95,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--finetune-epochs", type=float, default=3.0)
     parser.add_argument("--model", choices=sorted(PRESETS), default="deit-tiny-32")
+    add_common_args(parser)
     args = parser.parse_args()
+    check_tree(args)
     torch.manual_seed(0)
 
     recipe = PRESETS[args.model]
@@ -224,8 +233,7 @@ def _plot(rows: list[dict[str, Any]], methods: list[str], base: dict[str, Any], 
     ax.set_title(f"Pruning a ViT trained on digits ({name})")
     ax.legend(fontsize=7)
     fig.tight_layout()
-    (RESULTS / "vbp").mkdir(parents=True, exist_ok=True)
-    fig.savefig(RESULTS / "vbp" / f"ablation-{name}.png", dpi=120)
+    save_figure(fig, RESULTS / "vbp" / f"ablation-{name}.png")
 
 
 if __name__ == "__main__":

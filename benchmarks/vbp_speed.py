@@ -20,7 +20,7 @@ import timm
 import torch
 import torch.nn.functional as F
 
-from benchmarks.common import RESULTS, markdown_table, write_results
+from benchmarks.common import RESULTS, add_common_args, check_tree, markdown_table, write_results
 from shared.builtin_data import PhotoImages
 from shared.profiling import compare_speed, count_macs, count_params
 from vbp_cli.mlps import find_mlps
@@ -93,7 +93,9 @@ def main() -> None:
     )
     parser.add_argument("--batch-sizes", nargs="+", type=int, default=[1, 32])
     parser.add_argument("--repeats", type=int, default=5)
+    add_common_args(parser)
     args = parser.parse_args()
+    check_tree(args)
     torch.manual_seed(0)
 
     all_rows: list[dict[str, Any]] = []
