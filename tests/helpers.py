@@ -13,6 +13,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED_DATA = REPO.parent / "shared" / "data"
+KITTI_SCAN = REPO / "data" / "kitti_000123.ply"  # shipped, CC BY-NC-SA 3.0 (data/README.md)
 BIN = Path(sys.executable).parent
 
 
