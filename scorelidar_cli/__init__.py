@@ -7,6 +7,9 @@ few-step student distilled with variational score distillation and a structural 
 
     from scorelidar_cli import distillation_term, structural_loss   # in your own loop
 
+    from scorelidar_cli import DistillOptions, distill_model           # what `distill` runs
+    student, metrics = distill_model(DistillOptions(teacher="runs/teacher", data="sim"))
+
 Imports are lazy so that `scorelidar --help` does not load torch.
 """
 
@@ -34,6 +37,18 @@ _EXPORTS = {
     "write_scan": ("scorelidar_cli.io", "write_scan"),
     "open_dataset": ("scorelidar_cli.dataset", "open_dataset"),
     "simulate_sequence": ("scorelidar_cli.simulate", "simulate_sequence"),
+    "SimulateOptions": ("scorelidar_cli.api", "SimulateOptions"),
+    "TrainTeacherOptions": ("scorelidar_cli.api", "TrainTeacherOptions"),
+    "DistillOptions": ("scorelidar_cli.api", "DistillOptions"),
+    "TrainRefineOptions": ("scorelidar_cli.api", "TrainRefineOptions"),
+    "CompleteOptions": ("scorelidar_cli.api", "CompleteOptions"),
+    "EvaluateOptions": ("scorelidar_cli.api", "EvaluateOptions"),
+    "simulate_scenes": ("scorelidar_cli.api", "simulate_scenes"),
+    "train_teacher_model": ("scorelidar_cli.api", "train_teacher_model"),
+    "distill_model": ("scorelidar_cli.api", "distill_model"),
+    "train_refine_model": ("scorelidar_cli.api", "train_refine_model"),
+    "complete_files": ("scorelidar_cli.api", "complete_files"),
+    "evaluate_models": ("scorelidar_cli.api", "evaluate_models"),
 }
 __all__ = sorted(_EXPORTS)
 

@@ -6,11 +6,13 @@ degenerate scans raise InputError with one line naming the file.
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import numpy as np
 
 from shared.errors import InputError
+from shared.io import write_bytes, write_text
 
 SCAN_SUFFIXES = (".bin", ".ply", ".npy", ".pcd")
 _PLY_TYPES = {
@@ -76,7 +78,8 @@ def read_kitti_bin(path: str | Path) -> np.ndarray:
 def write_kitti_bin(path: str | Path, points: np.ndarray, intensity: np.ndarray | None = None):
     pts = np.asarray(points, dtype=np.float32)[:, :3]
     inten = np.zeros(len(pts), np.float32) if intensity is None else intensity
-    np.concatenate([pts, np.asarray(inten, np.float32)[:, None]], axis=1).tofile(path)
+    data = np.concatenate([pts, np.asarray(inten, np.float32)[:, None]], axis=1)
+    write_bytes(path, np.ascontiguousarray(data).tobytes())
 
 
 def read_labels(path: str | Path, count: int | None = None) -> np.ndarray:
@@ -90,7 +93,7 @@ def read_labels(path: str | Path, count: int | None = None) -> np.ndarray:
 
 def write_labels(path: str | Path, semantic: np.ndarray, instance: np.ndarray | None = None):
     inst = np.zeros(len(semantic), np.uint32) if instance is None else instance.astype(np.uint32)
-    ((inst << 16) | semantic.astype(np.uint32)).astype(np.uint32).tofile(path)
+    write_bytes(path, ((inst << 16) | semantic.astype(np.uint32)).astype(np.uint32).tobytes())
 
 
 def read_poses(path: str | Path) -> np.ndarray:
@@ -108,7 +111,9 @@ def read_poses(path: str | Path) -> np.ndarray:
 
 
 def write_poses(path: str | Path, poses: np.ndarray) -> None:
-    np.savetxt(path, np.asarray(poses)[:, :3, :].reshape(len(poses), 12), fmt="%.9e")
+    buf = io.StringIO()
+    np.savetxt(buf, np.asarray(poses)[:, :3, :].reshape(len(poses), 12), fmt="%.9e")
+    write_text(path, buf.getvalue())
 
 
 def read_calib(path: str | Path) -> dict[str, np.ndarray]:
@@ -133,7 +138,16 @@ def write_calib(path: str | Path, tr: np.ndarray) -> None:
     p0 = "P0: " + " ".join(["7.18856e+02", "0", "6.071928e+02", "0", "0", "7.18856e+02"])
     p0 += " 1.852157e+02 0 0 0 1 0"
     line = "Tr: " + " ".join(f"{v:.9e}" for v in np.asarray(tr)[:3, :].ravel())
-    Path(path).write_text(p0 + "\n" + line + "\n")
+    write_text(path, p0 + "\n" + line + "\n")
+
+
+def _body(pts: np.ndarray, binary: bool) -> bytes:
+    """The vertex data of a PLY/PCD file: little-endian float32, or one text line per point."""
+    if binary:
+        return pts.astype("<f4").tobytes()
+    buf = io.BytesIO()
+    np.savetxt(buf, pts, fmt="%.6f")
+    return buf.getvalue()
 
 
 # -- PLY ---------------------------------------------------------------------------------------
@@ -199,12 +213,7 @@ def write_ply(path: str | Path, points: np.ndarray, binary: bool = True) -> None
         f"ply\nformat {fmt} 1.0\ncomment written by scorelidar\nelement vertex {len(pts)}\n"
         "property float x\nproperty float y\nproperty float z\nend_header\n"
     )
-    with open(path, "wb") as f:
-        f.write(header.encode("ascii"))
-        if binary:
-            f.write(pts.astype("<f4").tobytes())
-        else:
-            np.savetxt(f, pts, fmt="%.6f")
+    write_bytes(path, header.encode("ascii") + _body(pts, binary))
 
 
 # -- NPY and PCD ---------------------------------------------------------------------------------
@@ -278,12 +287,7 @@ def write_pcd(path: str | Path, points: np.ndarray, binary: bool = True) -> None
         f"WIDTH {len(pts)}\nHEIGHT 1\nVIEWPOINT 0 0 0 1 0 0 0\nPOINTS {len(pts)}\n"
         f"DATA {'binary' if binary else 'ascii'}\n"
     )
-    with open(path, "wb") as f:
-        f.write(header.encode("ascii"))
-        if binary:
-            f.write(pts.astype("<f4").tobytes())
-        else:
-            np.savetxt(f, pts, fmt="%.6f")
+    write_bytes(path, header.encode("ascii") + _body(pts, binary))
 
 
 def write_scan(path: str | Path, points: np.ndarray) -> None:
@@ -294,7 +298,9 @@ def write_scan(path: str | Path, points: np.ndarray) -> None:
     elif suffix == ".pcd":
         write_pcd(path, points)
     elif suffix == ".npy":
-        np.save(path, np.asarray(points, np.float32))
+        buf = io.BytesIO()
+        np.save(buf, np.asarray(points, np.float32))
+        write_bytes(path, buf.getvalue())
     elif suffix == ".bin":
         write_kitti_bin(path, points)
     else:

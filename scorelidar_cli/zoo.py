@@ -67,10 +67,9 @@ RECIPES: dict[str, dict[str, list[str]]] = {
 
 
 def cache_root() -> Path:
-    import os
+    from shared.cache import cache_dir
 
-    root = os.environ.get("TOOLKIT_CACHE") or Path.home() / ".cache" / "efficient-learning-toolkit"
-    return Path(root) / "scorelidar"
+    return cache_dir("scorelidar")
 
 
 def run_tool(*args: str) -> dict[str, Any]:
@@ -85,6 +84,8 @@ def run_tool(*args: str) -> dict[str, Any]:
 def reference_models(recipe: str, log=print) -> tuple[Path, dict[str, Any]]:
     """The recipe's directory (data/, heldout/, teacher/, student*/), training what is missing;
     also returns the wall-clock seconds of each stage (from the run that made it)."""
+    from shared.io import write_json
+
     root = cache_root() / recipe
     root.mkdir(parents=True, exist_ok=True)
     record_file = root / "stages.json"
@@ -102,7 +103,8 @@ def reference_models(recipe: str, log=print) -> tuple[Path, dict[str, Any]]:
             extra += ["--teacher", str(root / "teacher")]
         log(f"scorelidar reference ({recipe}): {stage} ...")
         start = time.perf_counter()
-        result = run_tool(*args, *extra, "--out", str(out))
+        # a folder without the stage's artefact is a killed earlier attempt: start it again
+        result = run_tool(*args, *extra, "--out", str(out), "--overwrite")
         record[stage] = {"seconds": round(time.perf_counter() - start, 1), "result": result}
-        record_file.write_text(json.dumps(record, indent=2))
+        write_json(record_file, record)
     return root, record

@@ -95,7 +95,14 @@ class Run:
     def _claim(self) -> None:
         """Make --out this run's own: new, empty, this command's to resume, or --overwrite.
         Refusals happen before anything is written, so an earlier run is never touched."""
+        from shared.distributed import detect_env
+
         d = self.dir
+        if detect_env().rank != 0:
+            # under torchrun/srun rank 0 claims the folder (and starts writing into it at
+            # once): the other ranks only make sure it exists
+            d.mkdir(parents=True, exist_ok=True)
+            return
         if d.exists() and not d.is_dir():
             raise InputError(f"--out {d}: exists and is not a directory")
         if d.is_dir() and any(d.iterdir()):

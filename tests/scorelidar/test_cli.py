@@ -1,6 +1,6 @@
-"""The `scorelidar` commands end to end on tiny simulated scenes and a tiny model: in this
-process through the same entry point as the console script (torch and spconv load once),
-and through the installed script where a separate process matters (SIGTERM, exit codes)."""
+"""The `scorelidar` commands end to end on tiny simulated scenes and tiny models: in this
+process through the tool's typer app (`run_cli`: torch and spconv load once), and through
+the installed script where a real process matters (SIGTERM, torchrun)."""
 
 from __future__ import annotations
 
@@ -16,68 +16,20 @@ import numpy as np
 import pytest
 
 from scorelidar_cli.io import read_scan
-from tests.helpers import SHARED_DATA, tool_path
+from tests.helpers import BIN, SHARED_DATA, run_cli, tool_path
 
 KITTI = SHARED_DATA / "kitti_000123.ply"
 
 
-def scorelidar(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    """Run the CLI in this process (as `main()` would) and capture its exit code and output."""
-    from contextlib import chdir, redirect_stderr, redirect_stdout
-    from io import StringIO
-
-    from scorelidar_cli.cli import app
-    from shared.cli import run_app
-
-    out, err = StringIO(), StringIO()
-    code = 0
-    with chdir(cwd), redirect_stdout(out), redirect_stderr(err):
-        try:
-            run_app(app, list(args))
-        except SystemExit as exc:
-            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-    return subprocess.CompletedProcess(list(args), code, out.getvalue(), err.getvalue())
+def scorelidar(*args: str | Path, cwd: Path) -> tuple[int, str, str]:
+    res = run_cli("scorelidar", *args, cwd=cwd)
+    return res.code, res.stdout, res.stderr
 
 
-def scorelidar_process(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.run(
-        [tool_path("scorelidar"), *args], capture_output=True, text=True, cwd=cwd, timeout=300,
-        env=env,
-    )  # fmt: skip
-
-
-def ok_json(res: subprocess.CompletedProcess) -> dict:
-    assert res.returncode == 0, res.stderr[-2000:]
-    return json.loads(res.stdout)
-
-
-@pytest.fixture(scope="module")
-def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """simulate -> train-teacher -> distill, tiny everything."""
-    root = tmp_path_factory.mktemp("scorelidar")
-    sim = ok_json(
-        scorelidar(
-            "simulate", "--scenes", "2", "--frames", "3", "--azimuths", "128",
-            "--out", "sim", "--json", cwd=root,
-        )
-    )  # fmt: skip
-    assert sim["frames"] == 6 and sim["points_per_scan"] > 3000
-    teacher = ok_json(
-        scorelidar(
-            "train-teacher", "--data", "sim", "--out", "teacher", "--preset", "tiny",
-            "--steps", "6", "--batch-size", "1", "--json", cwd=root,
-        )
-    )  # fmt: skip
-    assert teacher["steps"] == 6 and teacher["frames"] == 6
-    student = ok_json(
-        scorelidar(
-            "distill", "--teacher", "teacher", "--data", "sim", "--sequences", "00",
-            "--out", "student", "--steps", "3", "--json", cwd=root,
-        )
-    )  # fmt: skip
-    assert student["frames"] == 3 and np.isfinite(student["final_scene_cd"])
-    return root
+def ok_json(*args: str | Path, cwd: Path) -> dict:
+    code, out, err = scorelidar(*args, "--json", cwd=cwd)
+    assert code == 0, err[-2000:]
+    return json.loads(out)
 
 
 def _digest(folder: Path) -> dict[str, str]:
@@ -88,55 +40,170 @@ def _digest(folder: Path) -> dict[str, str]:
     }
 
 
-def test_simulate_writes_semantickitti_layout_deterministically(root: Path) -> None:
-    seq = root / "sim" / "sequences" / "00"
-    assert len(list((seq / "velodyne").glob("*.bin"))) == 3
-    assert len(list((seq / "labels").glob("*.label"))) == 3
-    assert (seq / "poses.txt").read_text().count("\n") == 3
-    args = ["simulate", "--scenes", "1", "--frames", "2", "--azimuths", "64", "--quiet"]
-    assert scorelidar(*args, "--out", "a", cwd=root).returncode == 0
-    assert scorelidar(*args, "--out", "b", cwd=root).returncode == 0
-    assert _digest(root / "a") == _digest(root / "b") and len(_digest(root / "a")) == 6
-    assert scorelidar(*args, "--seed", "1", "--out", "c", cwd=root).returncode == 0
-    assert _digest(root / "c") != _digest(root / "a")
+# -- fast: no training --------------------------------------------------------------------------
+def test_simulate_writes_semantickitti_layout_deterministically(tmp_path: Path) -> None:
+    args = ["simulate", "--scenes", "1", "--frames", "2", "--azimuths", "64"]
+    sim = ok_json(*args, "--out", "a", cwd=tmp_path)
+    assert sim["frames"] == 2 and sim["points_per_scan"] > 500 and sim["data"] == "a"
+    seq = tmp_path / "a" / "sequences" / "00"
+    assert len(list((seq / "velodyne").glob("*.bin"))) == 2
+    assert len(list((seq / "labels").glob("*.label"))) == 2
+    assert (seq / "poses.txt").read_text().count("\n") == 2
+    assert scorelidar(*args, "--quiet", "--out", "b", cwd=tmp_path)[0] == 0
+    assert _digest(tmp_path / "a") == _digest(tmp_path / "b") and len(_digest(tmp_path / "a")) == 6
+    assert scorelidar(*args, "--seed", "1", "--quiet", "--out", "c", cwd=tmp_path)[0] == 0
+    assert _digest(tmp_path / "c") != _digest(tmp_path / "a")
+    # a run folder describes its own artefact: writing into it again is refused
+    code, _, err = scorelidar(*args, "--out", "a", cwd=tmp_path)
+    assert code == 2 and "not empty" in err and _digest(tmp_path / "a") == _digest(tmp_path / "b")
 
 
-def test_complete_writes_ply_and_time(root: Path) -> None:
-    scan = root / "sim" / "sequences" / "01" / "velodyne" / "000001.bin"
-    res = ok_json(
-        scorelidar(
-            "complete", str(scan), "--model", "student", "--steps", "2", "--out", "done",
-            "--json", cwd=root,
-        )
-    )  # fmt: skip
+def test_complete_writes_ply_and_time(sim: Path, untrained: Path, tmp_path: Path) -> None:
+    scan = sim / "sequences" / "01" / "velodyne" / "000001.bin"
+    res = ok_json("complete", scan, "--model", untrained, "-k", "2", "--out", "done", cwd=tmp_path)
     (row,) = res["scans"]
-    pred = read_scan(root / "done" / "000001.ply")
+    pred = read_scan(tmp_path / "done" / "000001.ply")
     assert len(pred) == row["output_points"] == 256 * 2  # tiny preset: 256 points x 2
     assert np.isfinite(pred).all() and row["seconds"] > 0 and res["s_per_frame"] > 0
+    assert res["steps"] == 2 and row["input_points"] == len(read_scan(scan))
 
 
 @pytest.mark.skipif(not KITTI.exists(), reason="../shared/data/kitti_000123.ply is absent")
-def test_complete_runs_on_the_real_kitti_scan(root: Path) -> None:
+def test_complete_runs_on_the_real_kitti_scan(untrained: Path, tmp_path: Path) -> None:
     res = ok_json(
-        scorelidar(
-            "complete", str(KITTI), "--model", "teacher", "--steps", "2", "--out", "kitti",
-            "--json", cwd=root,
-        )
+        "complete", KITTI, "--model", untrained, "--steps", "2", "--solver", "ode",
+        "--out", "kitti", cwd=tmp_path,
     )  # fmt: skip
     (row,) = res["scans"]
     assert row["input_points"] == 125773
-    pred = read_scan(root / "kitti" / "kitti_000123.ply")
+    pred = read_scan(tmp_path / "kitti" / "kitti_000123.ply")
     assert len(pred) == 512 and np.abs(pred[:, :2]).max() < 60  # metres around the sensor
     assert 0.0 <= row["kept_within_5cm"] <= 1.0
 
 
+@pytest.mark.parametrize(
+    ("points", "message"),
+    [
+        (np.zeros((0, 3), np.float32), "the scan is empty"),
+        (np.array([[1.0, 2.0, np.nan], [3.0, 1.0, 0.0]], np.float32), "NaN"),
+        (np.full((10, 3), 500.0, np.float32), "no point within 50 m"),
+    ],
+)
+def test_bad_scans_exit_2_with_one_line(
+    untrained: Path, tmp_path: Path, points: np.ndarray, message: str
+) -> None:
+    np.save(tmp_path / "bad.npy", points)
+    code, _, err = scorelidar(
+        "complete", "bad.npy", "--model", untrained, "--steps", "1", "--out", "out", cwd=tmp_path
+    )
+    assert code == 2 and message in err and "Traceback" not in err
+    assert not (tmp_path / "out").exists()  # nothing half-written
+
+
+def test_bad_inputs_exit_2_with_one_line(sim: Path, untrained: Path, tmp_path: Path) -> None:
+    scan = sim / "sequences" / "00" / "velodyne" / "000000.bin"
+    (tmp_path / "notamodel").mkdir()
+    (tmp_path / "notamodel" / "model.safetensors").write_bytes(b"garbage")
+    cases = [
+        (["complete", "missing.bin", "--model", untrained], "missing.bin: no such file"),
+        (["complete", scan, "--model", "notamodel"], "notamodel"),
+        (["complete", scan, "--model", untrained, "--refine", untrained],
+         "refine.safetensors: no such file"),
+        (["train-teacher", "--data", sim, "--model-config", '{"chanels": [4]}'], "chanels"),
+        (["train-teacher", "--data", sim, "--model-config", "[4]"], "--model-config"),
+        (["train-teacher", "--data", "nowhere"], "sequences/"),
+        (["distill", "--teacher", "nowhere", "--data", sim], "nowhere"),
+        (["evaluate", "--model", untrained, "--data", "nowhere", "-k", "1"], "sequences/"),
+    ]  # fmt: skip
+    for args, message in cases:
+        code, _, err = scorelidar(*args, "--out", "x", cwd=tmp_path)
+        assert code == 2 and message in err, (args, err)
+        assert err.strip().count("\n") <= 1 and "Traceback" not in err, err
+        assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "flag"),
+    [
+        (["train-teacher", "--lr", "0"], "--lr"),
+        (["train-teacher", "--cfg-dropout", "1.5"], "--cfg-dropout"),
+        (["train-teacher", "--steps", "-1"], "--steps"),
+        (["train-teacher", "--batch-size", "0"], "--batch-size"),
+        (["train-teacher", "--preset", "huge"], "--preset"),
+        (["train-teacher", "--seed", "-3"], "--seed"),
+        (["distill", "--teacher", "t", "--fake-lr", "-1e-4"], "--fake-lr"),
+        (["distill", "--teacher", "t", "--key-fraction", "0"], "--key-fraction"),
+        (["distill", "--teacher", "t", "--real-guidance", "nan"], "--real-guidance"),
+        (["distill", "--teacher", "t", "--vsd-weight", "inf"], "--vsd-weight"),
+        (["distill", "--teacher", "t", "--sampler-steps", "0"], "--sampler-steps"),
+        (["train-refine", "--model", "m", "--up", "0"], "--up"),
+        (["complete", "scan.bin", "--model", "m", "--guidance", "-1"], "--guidance"),
+        (["complete", "scan.bin", "--model", "m", "--solver", "euler"], "--solver"),
+        (["evaluate", "--model", "m", "-k", "0"], "--steps"),
+        (["evaluate", "--model", "m", "-k", "1", "--max-frames", "-1"], "--max-frames"),
+    ],
+)
+def test_option_bounds_are_checked_before_any_work(
+    tmp_path: Path, args: list[str], flag: str
+) -> None:
+    data = (
+        ["--data", "d"]
+        if args[0] in ("train-teacher", "distill", "train-refine", "evaluate")
+        else []
+    )
+    code, _, err = scorelidar(*args, *data, "--out", "x", cwd=tmp_path)
+    assert code == 2 and f"{flag}:" in err and err.strip().count("\n") == 0, err
+    assert not (tmp_path / "x").exists()
+
+
+def test_every_command_keeps_its_flags() -> None:
+    flags = {
+        "simulate": "--scenes --frames --azimuths --seed --out",
+        "train-teacher": "--data -d --sequences --preset --model-config --steps --batch-size -b "
+        "--lr --cfg-dropout --seed --device --resume --checkpoint-every",
+        "distill": "--teacher --data --sequences --steps --batch-size --lr --fake-lr "
+        "--vsd-weight --scene-weight --point-weight --key-fraction --structural "
+        "--no-structural --real-guidance --sampler-steps --seed --resume --checkpoint-every",
+        "train-refine": "--model -m --data --sequences --steps --completion-steps --up --lr "
+        "--seed --resume --checkpoint-every",
+        "complete": "SCANS --model --steps -k --guidance --solver --refine --seed --out",
+        "evaluate": "--model --data --steps -k --sequences --guidance --solver --refine "
+        "--max-frames --out --seed",
+    }
+    for command, names in flags.items():
+        code, out, _ = scorelidar(command, "--help", cwd=Path.cwd())
+        assert code == 0
+        missing = [n for n in names.split() if n not in out.upper() and n not in out]
+        assert not missing, (command, missing)
+    _, out, _ = scorelidar("train-teacher", "--help", cwd=Path.cwd())
+    assert "[default: 200]" in out  # train-teacher's own --checkpoint-every default
+
+
+# -- slow: trained models -------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def root(tmp_path_factory: pytest.TempPathFactory, sim: Path) -> Path:
+    """train-teacher -> distill on the simulated scenes, tiny everything."""
+    root = tmp_path_factory.mktemp("scorelidar")
+    (root / "sim").symlink_to(sim)
+    teacher = ok_json(
+        "train-teacher", "--data", "sim", "--out", "teacher", "--preset", "tiny",
+        "--steps", "6", "--batch-size", "1", cwd=root,
+    )  # fmt: skip
+    assert teacher["steps"] == 6 and teacher["frames"] == 6 and np.isfinite(teacher["final_loss"])
+    assert (root / "teacher" / "train.jsonl").exists()
+    student = ok_json(
+        "distill", "--teacher", "teacher", "--data", "sim", "--sequences", "00",
+        "--out", "student", "--steps", "3", cwd=root,
+    )  # fmt: skip
+    assert student["frames"] == 3 and np.isfinite(student["final_scene_cd"])
+    return root
+
+
+@pytest.mark.slow
 def test_evaluate_compares_models_and_steps(root: Path) -> None:
     res = ok_json(
-        scorelidar(
-            "evaluate", "--model", "teacher", "--model", "student", "--data", "sim",
-            "--sequences", "01", "--steps", "1", "--steps", "2", "--max-frames", "2",
-            "--json", cwd=root,
-        )
+        "evaluate", "--model", "teacher", "--model", "student", "--data", "sim",
+        "--sequences", "01", "--steps", "1", "--steps", "2", "--max-frames", "2", cwd=root,
     )  # fmt: skip
     rows = res["rows"]
     assert [(r["role"], r["steps"]) for r in rows] == [
@@ -148,82 +215,44 @@ def test_evaluate_compares_models_and_steps(root: Path) -> None:
         assert r["s_per_frame"] > 0
 
 
+@pytest.mark.slow
 def test_no_structural_ablation_is_recorded(root: Path) -> None:
     res = ok_json(
-        scorelidar(
-            "distill", "--teacher", "teacher", "--data", "sim", "--sequences", "00",
-            "--out", "ablation", "--steps", "1", "--no-structural", "--json", cwd=root,
-        )
+        "distill", "--teacher", "teacher", "--data", "sim", "--sequences", "00",
+        "--out", "ablation", "--steps", "1", "--no-structural", cwd=root,
     )  # fmt: skip
     assert "final_scene_cd" not in res and "final_vsd" in res
     meta = json.loads((root / "ablation" / "metrics.json").read_text())
     assert meta["status"] == "ok"
+    from scorelidar_cli.pipeline import load_model
+
+    assert load_model(root / "ablation")[1]["role"] == "student-no-structural"
 
 
-def test_distill_along_the_students_own_sampler(root: Path) -> None:
+@pytest.mark.slow
+def test_distill_records_the_students_own_sampler(root: Path) -> None:
     res = ok_json(
-        scorelidar(
-            "distill", "--teacher", "teacher", "--data", "sim", "--sequences", "00",
-            "--out", "k4", "--steps", "3", "--sampler-steps", "4", "--json", cwd=root,
-        )
+        "distill", "--teacher", "teacher", "--data", "sim", "--sequences", "00",
+        "--out", "k4", "--steps", "2", "--sampler-steps", "4", cwd=root,
     )  # fmt: skip
     assert np.isfinite(res["final_loss"])
     assert "sampler_steps: 4" in (root / "k4" / "config.yaml").read_text()
+    from scorelidar_cli.pipeline import load_model
+
+    assert load_model(root / "k4")[1]["sampler_steps"] == 4
 
 
-@pytest.mark.parametrize(
-    ("points", "message"),
-    [
-        (np.zeros((0, 3), np.float32), "the scan is empty"),
-        (np.array([[1.0, 2.0, np.nan], [3.0, 1.0, 0.0]], np.float32), "NaN"),
-        (np.full((10, 3), 500.0, np.float32), "no point within 50 m"),
-    ],
-)
-def test_bad_scans_exit_2_with_one_line(root: Path, points: np.ndarray, message: str) -> None:
-    np.save(root / "bad.npy", points)
-    res = scorelidar(
-        "complete", "bad.npy", "--model", "teacher", "--steps", "1", "--out", "bad_out", cwd=root
-    )
-    assert res.returncode == 2
-    assert message in res.stderr and "Traceback" not in res.stderr
-    assert not (root / "bad_out").exists()  # nothing half-written
-
-
-def test_bad_inputs_exit_2(root: Path) -> None:
-    res = scorelidar_process(
-        "complete", "missing.bin", "--model", "teacher", "--out", "x", cwd=root
-    )
-    assert res.returncode == 2 and "missing.bin: no such file" in res.stderr
-    assert res.stderr.count("\n") <= 2 and "Traceback" not in res.stderr
-    (root / "notamodel").mkdir(exist_ok=True)
-    (root / "notamodel" / "model.safetensors").write_bytes(b"garbage")
-    scan = str(root / "sim" / "sequences" / "00" / "velodyne" / "000000.bin")
-    res = scorelidar("complete", scan, "--model", "notamodel", "--out", "x", cwd=root)
-    assert res.returncode == 2 and "notamodel" in res.stderr and "Traceback" not in res.stderr
-    res = scorelidar(
-        "train-teacher", "--data", "sim", "--out", "x", "--model-config", '{"chanels": [4]}',
-        cwd=root,
-    )  # fmt: skip
-    assert res.returncode == 2 and "chanels" in res.stderr
-    res = scorelidar("train-teacher", "--data", "nowhere", "--out", "x", cwd=root)
-    assert res.returncode == 2 and "sequences/" in res.stderr
-    assert not (root / "x").exists()
-
-
-def test_sigterm_saves_state_and_resume_finishes(root: Path) -> None:
+@pytest.mark.slow
+def test_sigterm_saves_state_and_exits_75(root: Path) -> None:
     args = [
         "train-teacher", "--data", "sim", "--out", "pre", "--preset", "tiny",
-        "--batch-size", "1", "--checkpoint-every", "0",
+        "--batch-size", "1", "--checkpoint-every", "0", "--steps", "100000",
     ]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(
-        [tool_path("scorelidar"), *args, "--steps", "100000"],
-        cwd=root,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+        [tool_path("scorelidar"), *args], cwd=root, env=env, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
     log = root / "pre" / "log.txt"
     deadline = time.time() + 120
     while not (log.exists() and "device" in log.read_text()) and time.time() < deadline:
@@ -235,40 +264,34 @@ def test_sigterm_saves_state_and_resume_finishes(root: Path) -> None:
     assert (root / "pre" / "resume.pt").exists() and "--resume" in err
     import torch
 
-    saved = torch.load(root / "pre" / "resume.pt", weights_only=True)["step"]
-    # the resumed run continues in this process (same entry point, no second torch start-up)
-    res = ok_json(scorelidar(*args, "--steps", str(saved + 2), "--resume", "--json", cwd=root))
-    assert res["steps"] == saved + 2 and (root / "pre" / "model.safetensors").exists()
+    saved = torch.load(root / "pre" / "resume.pt", weights_only=True)
+    assert saved["step"] >= 1 and saved["command"] == "train-teacher"
+    # resuming with other options would mix two runs: refused, the state kept
+    changed = [a if a != "100000" else str(saved["step"] + 2) for a in args]
+    code, _, err = scorelidar(*changed, "--resume", cwd=root)
+    assert code == 2 and "--steps" in err and (root / "pre" / "resume.pt").exists()
 
 
+@pytest.mark.slow
 def test_refinement_net_trains_and_multiplies_completion_points(root: Path) -> None:
     res = ok_json(
-        scorelidar(
-            "train-refine", "--model", "student", "--data", "sim", "--sequences", "00",
-            "--steps", "2", "--completion-steps", "1", "--out", "refine", "--json", cwd=root,
-        )
+        "train-refine", "--model", "student", "--data", "sim", "--sequences", "00",
+        "--steps", "2", "--completion-steps", "1", "--out", "refine", cwd=root,
     )  # fmt: skip
     assert res["steps"] == 2 and np.isfinite(res["final_chamfer"])
     scan = root / "sim" / "sequences" / "01" / "velodyne" / "000000.bin"
     res = ok_json(
-        scorelidar(
-            "complete", str(scan), "--model", "student", "--refine", "refine", "--steps", "1",
-            "--out", "refined", "--json", cwd=root,
-        )
+        "complete", scan, "--model", "student", "--refine", "refine", "--steps", "1",
+        "--out", "refined", cwd=root,
     )  # fmt: skip
     assert res["scans"][0]["output_points"] == 512 * 6
-    res = scorelidar(
-        "complete", str(scan), "--model", "student", "--refine", "student", "--out", "x", cwd=root
-    )
-    assert res.returncode == 2 and "refine.safetensors: no such file" in res.stderr
 
 
+@pytest.mark.slow
 def test_two_ranks_train_teacher_distill_and_refine_keep_replicas_identical(root: Path) -> None:
     """torchrun with 2 CPU ranks (Gloo): each rank draws its own frames, DDP averages the
     gradients; every command ends with a check that the ranks' models are identical (it
     raises if some gradient skipped the averaging), and rank 0 alone writes the outputs."""
-    from tests.helpers import BIN
-
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     port = 29400 + os.getpid() % 500
     commands = [
