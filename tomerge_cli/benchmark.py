@@ -4,6 +4,7 @@ time per image, and fidelity of each merged image to the unmerged one."""
 from __future__ import annotations
 
 import statistics
+import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
@@ -27,9 +28,13 @@ def compare_methods(
     patcher: Callable[[Any, str, float, dict], None],
     warmup: int = 1,
     progress: Callable[[Iterable, str], Iterator] | None = None,
+    clock: Callable[[], float] = time.perf_counter,
 ) -> dict[str, Any]:
-    """Rows of (attention, method, seconds_per_image, speedup, psnr, ssim, lpips) and a
-    grid image (rows: methods under the first backend; columns: prompts)."""
+    """Rows of (attention, method, seconds_per_image, speedup, repeats, psnr, ssim, lpips)
+    and a grid image (rows: methods under the first backend; columns: prompts).
+
+    seconds_per_image is the median over the `repeats` timed generations (one per prompt;
+    warm-up runs are not timed), speedup = unmerged seconds / this method's seconds."""
     names = [BASELINE, *methods]
     metric, lpips_note = lpips_metric()
     rows: list[dict[str, Any]] = []
@@ -41,13 +46,13 @@ def compare_methods(
             for name in names:  # warm-up: first-call costs stay out of the timings
                 patcher(pipe, _mode(name), ratio, options)
                 for _ in range(warmup):
-                    generate(pipe, prompts[0], seed, sampling)
+                    generate(pipe, prompts[0], seed, sampling, clock)
             jobs = range(len(prompts))
             for i in progress(jobs, f"benchmark ({backend})") if progress else jobs:
                 k = i % len(names)  # rotate the order so no method always runs first
                 for name in names[k:] + names[:k]:
                     patcher(pipe, _mode(name), ratio, options)
-                    img, sec = generate(pipe, prompts[i], seed + i, sampling)
+                    img, sec = generate(pipe, prompts[i], seed + i, sampling, clock)
                     images[name].append(img)
                     seconds[name].append(sec / len(img) if img.shape[0] > 1 else sec)
         patcher(pipe, "none", ratio, options)
@@ -62,6 +67,7 @@ def compare_methods(
                     "method": name,
                     "seconds_per_image": sec,
                     "speedup": base_s / sec,
+                    "repeats": len(seconds[name]),
                     "psnr": psnr(got, ref),
                     "ssim": ssim(got, ref),
                     "lpips": lpips(metric, got, ref) if metric is not None else None,

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,7 +29,8 @@ def load_pipeline(path_or_id: str, device: torch.device, dtype: torch.dtype | No
     if dtype is not None:
         kwargs["dtype"] = dtype
     try:
-        pipe = DiffusionPipeline.from_pretrained(path_or_id, **kwargs)
+        with quiet_libraries():
+            pipe = DiffusionPipeline.from_pretrained(path_or_id, **kwargs)
     except Exception as exc:  # noqa: BLE001 (hub offline, bad id, broken files: bad input)
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise InputError(
@@ -37,6 +39,48 @@ def load_pipeline(path_or_id: str, device: torch.device, dtype: torch.dtype | No
         ) from None
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(device)
+
+
+@contextlib.contextmanager
+def quiet_libraries() -> Iterator[None]:
+    """Silence diffusers / transformers / huggingface_hub while inside: their loading bars
+    and advice blocks (e.g. "install accelerate") would land in the middle of our output.
+    Their errors still surface as exceptions; levels and bars are restored afterwards."""
+    import diffusers.utils.logging as dlog
+
+    bars: list[tuple[Callable[[], None], Callable[[], None], bool]] = [
+        (dlog.disable_progress_bar, dlog.enable_progress_bar, dlog.is_progress_bar_enabled())
+    ]
+    with contextlib.suppress(ImportError):
+        import transformers.utils.logging as tlog
+
+        bars.append(
+            (tlog.disable_progress_bar, tlog.enable_progress_bar, tlog.is_progress_bar_enabled())
+        )
+    with contextlib.suppress(ImportError):
+        import huggingface_hub.utils as hub
+
+        bars.append(
+            (
+                hub.disable_progress_bars,
+                hub.enable_progress_bars,
+                not hub.are_progress_bars_disabled(),
+            )
+        )
+    names = ("diffusers", "transformers", "huggingface_hub")
+    levels = {n: logging.getLogger(n).level for n in names}
+    for name in names:
+        logging.getLogger(name).setLevel(logging.ERROR)
+    for disable, _, _ in bars:
+        disable()
+    try:
+        yield
+    finally:
+        for name, level in levels.items():
+            logging.getLogger(name).setLevel(level)
+        for _, enable, was_enabled in bars:
+            if was_enabled:
+                enable()
 
 
 def pipeline_kind(pipe: Any) -> str:
@@ -58,12 +102,15 @@ def default_max_downsample(pipe: Any) -> int:
 
 
 def tomesd_support(pipe: Any) -> str | None:
-    """None when tomesd handles this pipeline, else why not."""
+    """None when tomesd handles this pipeline, else why not (it patches `pipe.unet` only)."""
     kind = pipeline_kind(pipe)
+    if getattr(pipe, "unet", None) is None:
+        return (
+            f"tomesd supports UNet pipelines only (Stable Diffusion, SDXL); "
+            f"{type(pipe).__name__} has no unet"
+        )
     if kind in ("sd", "sdxl"):
         return None
-    if kind == "pixart":
-        return "tomesd rewrites the block forward without PixArt's ada_norm_single"
     if kind == "animatediff":
         return "tomesd would also merge the temporal (motion) attention blocks"
     return f"tomesd supports Stable Diffusion UNets, not {type(pipe).__name__}"
@@ -89,8 +136,15 @@ class Sampling:
     frames: int = 16
 
 
-def generate(pipe: Any, prompt: str, seed: int, sampling: Sampling) -> tuple[torch.Tensor, float]:
-    """Images (N, 3, H, W) in [0, 1] (video: one row per frame) and the seconds it took."""
+def generate(
+    pipe: Any,
+    prompt: str,
+    seed: int,
+    sampling: Sampling,
+    clock: Callable[[], float] = time.perf_counter,
+) -> tuple[torch.Tensor, float]:
+    """Images (N, 3, H, W) in [0, 1] (video: one row per frame) and the seconds it took,
+    measured with `clock` after a device synchronisation at both ends."""
     device = pipe.device
     kwargs: dict[str, Any] = {
         "prompt": prompt,
@@ -108,13 +162,17 @@ def generate(pipe: Any, prompt: str, seed: int, sampling: Sampling) -> tuple[tor
         kwargs["num_frames"] = sampling.frames
     if kind == "pixart":
         kwargs["use_resolution_binning"] = False
-    if getattr(pipe, "tokenizer", None) is None and kind != "pixart":
-        raise InputError("the pipeline has no tokenizer: text prompts need one")
-    _sync(device)
-    start = time.perf_counter()
-    out = pipe(**kwargs)
-    _sync(device)
-    seconds = time.perf_counter() - start
+        kwargs["clean_caption"] = False  # needs bs4 + ftfy, and warns without them
+    if getattr(pipe, "tokenizer", None) is None or getattr(pipe, "text_encoder", None) is None:
+        raise InputError(
+            f"the {type(pipe).__name__} has no tokenizer or text encoder: text prompts need both"
+        )
+    with quiet_libraries():
+        _sync(device)
+        start = clock()
+        out = pipe(**kwargs)
+        _sync(device)
+        seconds = clock() - start
     images = out.frames if kind == "animatediff" else out.images
     images = torch.as_tensor(images).float().cpu()
     if images.ndim == 5:  # (B, F, C, H, W) video frames
@@ -150,6 +208,9 @@ def patch(pipe: Any, method: str, ratio: float, **options: Any) -> None:
         return
     max_down = options.pop("max_downsample", None) or default_max_downsample(pipe)
     if method == "tomesd":
+        why = tomesd_support(pipe)
+        if why:
+            raise ValueError(why)
         import tomesd
 
         tomesd.apply_patch(pipe, ratio=ratio, max_downsample=max_down)
@@ -161,9 +222,10 @@ def unpatch(pipe: Any) -> None:
     import tomerge_cli
 
     tomerge_cli.remove_patch(pipe)
+    if getattr(pipe, "unet", None) is None:  # tomesd only ever patches a unet
+        return
     try:
         import tomesd
-
-        tomesd.remove_patch(pipe)
     except ImportError:
-        pass
+        return
+    tomesd.remove_patch(pipe)

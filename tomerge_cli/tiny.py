@@ -145,12 +145,29 @@ def tiny_sdxl(seed: int = 0) -> Any:
     )
 
 
-def tiny_pixart(seed: int = 0, layers: int = 8) -> Any:
-    """PixArtAlphaPipeline (DiT, ada_norm_single, learned sigma); pass prompt_embeds,
+def tiny_pixart(seed: int = 0, layers: int = 8, tokenizer_dir: Path | None = None) -> Any:
+    """PixArtAlphaPipeline (DiT, ada_norm_single, learned sigma, no UNet). With
+    `tokenizer_dir` it has a text encoder (a one-layer T5 encoder, with the CLIP tokenizer
+    standing in for T5's) and takes text prompts; otherwise pass prompt_embeds,
     prompt_attention_mask and their negatives."""
     from diffusers import PixArtAlphaPipeline, PixArtTransformer2DModel
 
     torch.manual_seed(seed)
+    tokenizer = text_encoder = None
+    if tokenizer_dir is not None:
+        from transformers import T5Config, T5EncoderModel
+
+        tokenizer = clip_tokenizer(tokenizer_dir)
+        text_encoder = T5EncoderModel(
+            T5Config(
+                vocab_size=tokenizer.vocab_size,
+                d_model=EMBED,
+                d_kv=8,
+                d_ff=64,
+                num_layers=1,
+                num_heads=2,
+            )
+        )
     transformer = PixArtTransformer2DModel(
         sample_size=16,
         num_layers=layers,
@@ -167,8 +184,8 @@ def tiny_pixart(seed: int = 0, layers: int = 8) -> Any:
         use_additional_conditions=False,
     )
     return PixArtAlphaPipeline(
-        tokenizer=None,
-        text_encoder=None,
+        tokenizer=tokenizer,
+        text_encoder=text_encoder,
         vae=_vae(),
         transformer=transformer,
         scheduler=_scheduler(),

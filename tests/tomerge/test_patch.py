@@ -41,6 +41,7 @@ def _attn1_token_counts(pipe) -> list[int]:
     return counts
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("ratio", [0.3, 0.5, 0.7])
 def test_merged_attention_sees_n_minus_int_n_ratio_tokens(ratio: float) -> None:
     pipe = tiny.tiny_sd()
@@ -56,6 +57,7 @@ def test_merged_attention_sees_n_minus_int_n_ratio_tokens(ratio: float) -> None:
     assert stats["grid_prune"] >= 1 and stats["importance"] >= 1
 
 
+@pytest.mark.slow
 def test_ratio_zero_and_remove_patch_are_bit_identical(sd) -> None:
     base = _run(sd)
     tomerge_cli.apply_patch(sd, ratio=0.0)
@@ -68,6 +70,7 @@ def test_ratio_zero_and_remove_patch_are_bit_identical(sd) -> None:
     assert all(not m._forward_pre_hooks and not m._forward_hooks for m in sd.unet.modules())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", ["importance", "tome"])
 def test_same_seed_gives_the_same_image(sd, mode: str) -> None:
     tomerge_cli.apply_patch(sd, ratio=0.5, mode=mode)
@@ -115,6 +118,7 @@ def test_partition_is_drawn_once_per_step_and_resolution() -> None:
     assert merger.stats["merged_calls"] == 4 * 3  # three full-resolution blocks
 
 
+@pytest.mark.slow
 def test_without_cfg_importance_falls_back_or_refuses(sd) -> None:
     tomerge_cli.apply_patch(sd, ratio=0.5, mode="importance")
     try:
@@ -149,6 +153,7 @@ def test_a_model_without_transformer_blocks_gets_a_clear_message() -> None:
         tomerge_cli.apply_patch(unet)
 
 
+@pytest.mark.slow
 def test_sdxl_shaped_pipeline_merges_from_downsample_2() -> None:
     pipe = tiny.tiny_sdxl()
     cond, uncond = tiny.prompt_embeds(width=2 * tiny.EMBED)
@@ -174,6 +179,7 @@ def test_sdxl_shaped_pipeline_merges_from_downsample_2() -> None:
     assert torch.isfinite(out).all()
 
 
+@pytest.mark.slow
 def test_pixart_patches_the_middle_blocks_with_ada_norm_single() -> None:
     pipe = tiny.tiny_pixart(layers=8)
     cond, uncond = tiny.prompt_embeds()
@@ -205,6 +211,7 @@ def test_pixart_patches_the_middle_blocks_with_ada_norm_single() -> None:
     assert torch.isfinite(out).all() and not torch.equal(out, base)
 
 
+@pytest.mark.slow
 def test_animatediff_merges_spatial_attention_per_frame_only() -> None:
     pipe = tiny.tiny_animatediff()
     cond, uncond = tiny.prompt_embeds()
