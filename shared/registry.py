@@ -5,7 +5,7 @@ the tests and `benchmarks/run_all.py` read this registry instead of a hard-coded
 from __future__ import annotations
 
 import importlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from importlib.metadata import entry_points
 from typing import Any
 
@@ -14,14 +14,30 @@ GROUP = "efficient_learning.tools"
 
 @dataclass(frozen=True)
 class ToolSpec:
-    name: str  # the console command
-    package: str  # the import package, e.g. "vbp_cli"
-    extra: str  # the pip extra that installs its dependencies
+    """A tool's registry entry. By convention the tool `name` lives in package
+    `<name>_cli` (typer app `<name>_cli.cli:app`, demo module `<name>_cli.demo`) and is
+    installed by the extra `[<name>]`; only what is not conventional is declared."""
+
     summary: str  # one line for listings
-    app: str  # "module:attribute" of its typer app
-    demo: str | None = None  # module run by `make demo` (python -m ...)
-    demo_title: str = ""
+    demo_title: str = ""  # the heading of its part of `make demo`
     benchmarks: tuple[str, ...] = field(default_factory=tuple)  # modules under benchmarks/
+    name: str = ""  # filled from the entry point's name
+
+    @property
+    def package(self) -> str:
+        return f"{self.name}_cli"
+
+    @property
+    def extra(self) -> str:
+        return self.name
+
+    @property
+    def app(self) -> str:
+        return f"{self.package}.cli:app"
+
+    @property
+    def demo(self) -> str:
+        return f"{self.package}.demo"
 
 
 def tools() -> dict[str, ToolSpec]:
@@ -31,7 +47,7 @@ def tools() -> dict[str, ToolSpec]:
         spec = ep.load()
         if not isinstance(spec, ToolSpec):
             raise TypeError(f"entry point {ep.name} of {GROUP} is not a ToolSpec")
-        found[spec.name] = spec
+        found[ep.name] = replace(spec, name=ep.name)
     return found
 
 

@@ -3,12 +3,7 @@
 from shared.registry import ToolSpec
 
 TOOL = ToolSpec(
-    name="vbp",
-    package="vbp_cli",
-    extra="vbp",
-    summary="Variance-Based Pruning of trained networks (timm)",
-    app="vbp_cli.cli:app",
-    demo="vbp_cli.demo",
-    demo_title="vbp: prune a digits ViT by 50%",
-    benchmarks=("benchmarks.vbp_ablation", "benchmarks.vbp_speed"),
+    "Variance-Based Pruning of trained networks (timm)",
+    "vbp: prune a digits ViT by 50%",
+    ("benchmarks.vbp_ablation", "benchmarks.vbp_speed"),
 )
