@@ -1,55 +1,76 @@
-"""`make demo`: each tool's main job on built-in offline data, with a short summary each.
+"""`make demo`: every registered tool shows its method working, in about a minute each.
 
-The tools and their demo modules come from the tool registry (shared/registry.py); `doctor`
-of every tool runs first.
+Each tool's demo module (`<tool>_cli.demo`, found through the tool registry) is run as
+`python -m <tool>_cli.demo --out DIR/<tool> --json`: it prints its table on stderr and one
+JSON object on stdout, `{"figures": {...}, "picture": "path.png", "claim": "..."}`, and
+writes a picture a person would rather look at than read. `doctor` of every tool runs
+first. `python -m shared.demo --json` prints one JSON object: per tool its figures, the
+path of its picture, its exit code and seconds.
 """
 
 from __future__ import annotations
 
+import argparse
+import json
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 
 def _tool(name: str) -> str:
-    return sys.executable if name == "python" else str(Path(sys.executable).parent / name)
+    return str(Path(sys.executable).parent / name)
 
 
-def main() -> int:
-    from shared.console import get_console
+def run_demo(module: str, out: Path) -> tuple[int, dict[str, Any], float]:
+    """One tool's demo: exit code, its JSON object ({} when it printed none), seconds."""
+    start = time.perf_counter()
+    res = subprocess.run(
+        [sys.executable, "-m", module, "--out", str(out), "--json"],
+        stdout=subprocess.PIPE,
+        text=True,
+        check=False,
+    )
+    seconds = time.perf_counter() - start
+    try:
+        report = json.loads(res.stdout.strip().splitlines()[-1]) if res.stdout.strip() else {}
+    except json.JSONDecodeError:
+        report = {}
+    return res.returncode, report if isinstance(report, dict) else {}, seconds
+
+
+def main(argv: list[str] | None = None) -> int:
+    from shared.console import configure
     from shared.registry import tools
 
-    console = get_console()
-    registered = tools()
-    jobs = [
-        (spec.demo_title or spec.name, ["python", "-m", spec.demo])
-        for spec in registered.values()
-        if spec.demo
-    ]
-    rows = []
-    for tool in registered:
+    ap = argparse.ArgumentParser(prog="python -m shared.demo", description=__doc__)
+    ap.add_argument("--out", type=Path, default=Path("runs/demo"), help="demo outputs")
+    ap.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    ap.add_argument("--tools", nargs="*", help="only these tools (default: all registered)")
+    args = ap.parse_args(argv)
+    console = configure(json_mode=args.json)
+    registered = {n: s for n, s in tools().items() if not args.tools or n in args.tools}
+    rows: list[tuple[str, str, float, str]] = []
+    summary: dict[str, Any] = {}
+    for name in registered:
         start = time.perf_counter()
-        res = subprocess.run([_tool(tool), "doctor"], check=False)
+        res = subprocess.run([_tool(name), "doctor"], stdout=subprocess.DEVNULL, check=False)
+        result = "ok" if res.returncode == 0 else f"exit {res.returncode}"
+        rows.append((f"{name} doctor", result, time.perf_counter() - start, ""))
+    for name, spec in registered.items():
+        console.info(f"\n== {spec.demo_title or name}")
+        code, report, seconds = run_demo(spec.demo, args.out / name)
+        picture = str(report.get("picture", ""))
         rows.append(
-            (
-                f"{tool} doctor",
-                "ok" if res.returncode == 0 else f"exit {res.returncode}",
-                time.perf_counter() - start,
-            )
+            (spec.demo_title or name, "ok" if code == 0 else f"exit {code}", seconds, picture)
         )
-    for title, argv in jobs:
-        console.info(f"\n== {title}: {' '.join(argv)}")
-        start = time.perf_counter()
-        res = subprocess.run([_tool(argv[0]), *argv[1:]], check=False)
-        rows.append(
-            (
-                title,
-                "ok" if res.returncode == 0 else f"exit {res.returncode}",
-                time.perf_counter() - start,
-            )
-        )
-    console.table("make demo", ["job", "result", "seconds"], rows)
+        summary[name] = {"exit": code, "seconds": round(seconds, 1), **report}
+        if picture:
+            console.info(f"{name}: picture {picture}")
+    console.table("make demo", ["job", "result", "seconds", "picture"], rows)
+    if args.json:
+        sys.stdout.write(json.dumps({"tools": summary}) + "\n")
     return 0 if all(r[1] == "ok" for r in rows) else 1
 
 
