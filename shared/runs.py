@@ -148,7 +148,8 @@ class Run:
                 f"run, not '{self.tool} {self.command}'"
             )
         if not (self.dir / STATE_FILE).exists():
-            raise InputError(f"--resume: no {STATE_FILE} in {self.dir} (the run saved no state)")
+            # e.g. a job requeued before its first checkpoint: nothing to continue from
+            get_console().warn(f"--resume: no {STATE_FILE} in {self.dir} yet, starting fresh")
         from shared.console import _plain
         from shared.train import VOLATILE_OPTIONS
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -18,7 +17,6 @@ from shared import distributed as D
 from shared.errors import InputError
 
 REPO = Path(__file__).resolve().parents[2]
-SLURM_DIR = REPO / "examples" / "slurm"
 
 # Everything a launcher could have left in this test's own environment.
 _LAUNCH_PREFIXES = ("SLURM_", "TORCHELASTIC_", "PMI_", "OMPI_")
@@ -378,42 +376,3 @@ def test_two_processes_slurm_env(tmp_path: Path) -> None:
     _check_collectives(results)
     for r, res in enumerate(results):
         assert res["env"] == [r, 2, r, "localhost", port, "slurm"]
-
-
-# --- example sbatch scripts -----------------------------------------------------------------
-
-from shared.registry import tools  # noqa: E402
-
-_TOOLS = tuple(tools())
-
-
-def test_slurm_examples_exist() -> None:
-    assert {p.stem for p in SLURM_DIR.glob("*.sbatch")} >= set(_TOOLS)
-    assert (SLURM_DIR / "README.md").is_file()
-
-
-@pytest.mark.parametrize("tool", _TOOLS)
-def test_slurm_example_script(tool: str) -> None:
-    bash = shutil.which("bash")
-    if bash is None:
-        pytest.skip("bash not installed")
-    path = SLURM_DIR / f"{tool}.sbatch"
-    proc = subprocess.run([bash, "-n", str(path)], capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stderr
-    text = path.read_text()
-    assert "srun " in text
-    assert "--resume" in text or tool == "tomerge"
-    for option in (
-        "--nodes=1",
-        "--ntasks-per-node=2",
-        "--gpus-per-task=1",
-        "--signal=USR1@120",
-        "--requeue",
-    ):
-        assert f"#SBATCH {option}" in text, option
-    assert "MASTER_PORT=$((20000 + SLURM_JOB_ID % 10000))" in text
-    assert "scontrol requeue" in text and "75" in text
-    assert f'OUT="runs/{tool}-$SLURM_JOB_ID"' in text
-    # sbatch stops reading #SBATCH lines at the first command.
-    header = text.split("set -euo pipefail")[0]
-    assert all(line == "" or line.startswith("#") for line in header.splitlines())
