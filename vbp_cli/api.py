@@ -1,7 +1,18 @@
-"""What the commands do, as functions the CLI calls (and notebooks may call too)."""
+"""What the `vbp` commands do, as functions a notebook calls: config dataclasses in
+(`vbp_cli.options`), models and metrics out. The command line is a thin layer over these.
+
+    from vbp_cli import api
+    from vbp_cli.options import PruneOptions
+    report = api.prune_to_file(PruneOptions(model="deit_tiny_patch16_224", stats=Path("s"),
+                                            ratio=0.5), out=Path("pruned.safetensors"))
+"""
 
 from __future__ import annotations
 
+import itertools
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -9,22 +20,103 @@ from typing import Any
 import torch
 from torch import nn
 
-from shared.config import parse_json_object
+from shared.console import get_console
 from shared.errors import InputError
 from shared.profiling import count_macs, count_params
 from shared.timm_data import example_input
-from vbp_cli.models import Architecture, build_model, save_model
+from vbp_cli.mlps import VBPError, find_mlps
+from vbp_cli.models import MODEL_FILE, Architecture, build_model, save_model, saved_model_path
+from vbp_cli.options import (
+    BenchmarkOptions,
+    CollectStatsOptions,
+    EvaluateOptions,
+    ExportOptions,
+    FinetuneOptions,
+    PruneOptions,
+)
 from vbp_cli.prune import (
-    CRITERIA,
     check_stats_match,
+    make_importance,
     mlp_mac_costs,
-    neuron_scores,
+    mlp_scores,
     prune_model,
     ratio_for_mac_reduction,
 )
-from vbp_cli.statsfile import load_stats
+from vbp_cli.stats import NeuronStats
+from vbp_cli.statsfile import STATS_FILE, load_stats, save_stats
 
 
+@contextmanager
+def bad_input(prefix: str = "") -> Iterator[None]:
+    """The algorithm's ValueErrors (VBPError) are the user's bad input: exit 2, one line."""
+    try:
+        yield
+    except VBPError as exc:
+        raise InputError(f"{prefix}{exc}") from None
+
+
+def _build(cfg: Any) -> tuple[nn.Module, Architecture]:
+    return build_model(
+        cfg.model,
+        checkpoint=cfg.checkpoint,
+        pretrained=cfg.pretrained,
+        model_kwargs=getattr(cfg, "model_kw", None) or None,
+    )
+
+
+def _workers(requested: int, data: str) -> int:
+    from shared.loaders import resolve_workers
+
+    return resolve_workers(requested, data)
+
+
+# -- collect-stats ---------------------------------------------------------------------------
+def collect_stats_from_options(
+    cfg: CollectStatsOptions, *, out: Path | None = None, device: torch.device | str = "cpu"
+) -> tuple[dict[str, NeuronStats], dict[str, Any]]:
+    """VBP statistics of the model over `cfg.data` (under torchrun each rank takes a share of
+    the images; the result is merged exactly); saved to `out`/stats.safetensors when given.
+    Returns the statistics and the metrics."""
+    from shared import distributed
+    from shared.loaders import make_loader, shard
+    from shared.timm_data import classification_data
+    from vbp_cli.stats import collect_stats
+
+    dev = torch.device(device)
+    net, arch = _build(cfg)
+    net.to(dev)
+    ds = classification_data(cfg.data, net, cfg.split)
+    loader = make_loader(
+        shard(ds.dataset),
+        cfg.batch_size,
+        shuffle=cfg.batches > 0,
+        seed=cfg.seed,
+        num_workers=_workers(cfg.num_workers, cfg.data),
+        distribute=False,
+    )
+    n = min(cfg.batches, len(loader)) if cfg.batches else len(loader)
+    images = (x for x, _ in itertools.islice(loader, n))
+    start = time.perf_counter()
+    with bad_input("--model: "):
+        stats = collect_stats(
+            net, get_console().progress(images, "collect-stats", total=n), device=dev, amp=cfg.amp
+        )
+    seconds = time.perf_counter() - start
+    path = Path(out) / STATS_FILE if out is not None else None
+    if path is not None and distributed.is_main():  # every rank holds the merged result
+        save_stats(stats, path, arch)
+    metrics = {
+        "mlps": len(stats),
+        "neurons": sum(s.mean.numel() for s in stats.values()),
+        "samples_per_neuron": next(iter(stats.values())).count,
+        "seconds": round(seconds, 3),
+        "world_size": distributed.world_size(),
+        "stats": str(path) if path else None,
+    }
+    return stats, metrics
+
+
+# -- prune -----------------------------------------------------------------------------------
 @dataclass
 class PruneReport:
     ratio: float
@@ -40,23 +132,16 @@ class PruneReport:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def rows(self) -> list[tuple[str, Any, Any, str]]:
+        """Before/after table: GMACs, parameters, MLP neurons."""
+
         def change(a: int, b: int) -> str:
             return f"{(b - a) / a:+.2%}"
 
         hid_b, hid_a = sum(self.widths_before.values()), sum(self.widths_after.values())
+        mb, ma, pb, pa = self.macs_before, self.macs_after, self.params_before, self.params_after
         return [
-            (
-                "GMACs",
-                self.macs_before / 1e9,
-                self.macs_after / 1e9,
-                change(self.macs_before, self.macs_after),
-            ),
-            (
-                "params (M)",
-                self.params_before / 1e6,
-                self.params_after / 1e6,
-                change(self.params_before, self.params_after),
-            ),
+            ("GMACs", mb / 1e9, ma / 1e9, change(mb, ma)),
+            ("params (M)", pb / 1e6, pa / 1e6, change(pb, pa)),
             ("MLP neurons", hid_b, hid_a, change(hid_b, hid_a)),
         ]
 
@@ -80,53 +165,52 @@ class PruneReport:
 
 def prune_with_report(
     model: nn.Module,
-    arch: Architecture,
-    stats_path: Path,
+    stats: Mapping[str, NeuronStats] | str | Path,
     *,
-    ratio: float | None,
-    target_macs_reduction: float | None,
+    ratio: float | None = None,
+    target_macs_reduction: float | None = None,
     criterion: str = "variance",
     compensation: bool = True,
     round_to: int = 1,
     min_keep: int = 1,
     seed: int = 0,
-    out_path: Path | None = None,
-    source: dict[str, Any] | None = None,
 ) -> PruneReport:
-    """Prune in place (to a ratio, or to a MAC-reduction target) and measure before/after."""
-    if criterion not in CRITERIA:
-        raise InputError(f"--criterion {criterion!r}: expected one of {', '.join(CRITERIA)}")
-    from vbp_cli.mlps import find_mlps
-
-    stats = load_stats(stats_path)
-    mlps = find_mlps(model)
-    check_stats_match(mlps, stats)
+    """Prune `model` in place, to a ratio or to a MAC-reduction target (exactly one), and
+    measure it before and after."""
+    if (ratio is None) == (target_macs_reduction is None):
+        raise InputError("give exactly one of --ratio and --target-macs-reduction")
+    if not isinstance(stats, Mapping):
+        stats = load_stats(stats)
+    with bad_input():
+        mlps = find_mlps(model)
+    with bad_input("--stats: "):
+        check_stats_match(mlps, stats)
     example = example_input(model)
     macs_before, params_before = count_macs(model, example), count_params(model)
     widths_before = {ref.name: ref.hidden for ref in mlps}
-    if target_macs_reduction is not None:
-        gen = torch.Generator().manual_seed(seed)
-        scores = {ref.name: neuron_scores(ref, stats[ref.name], criterion, gen) for ref in mlps}
-        ratio = ratio_for_mac_reduction(
-            scores,
-            mlp_mac_costs(model, example),
-            macs_before,
-            target_macs_reduction,
+    with bad_input():
+        if target_macs_reduction is not None:
+            scores = mlp_scores(mlps, make_importance(criterion, stats, seed=seed))
+            ratio = ratio_for_mac_reduction(
+                scores,
+                mlp_mac_costs(model, example),
+                macs_before,
+                target_macs_reduction,
+                min_keep=min_keep,
+                round_to=round_to,
+            )
+        assert ratio is not None
+        widths_after = prune_model(
+            model,
+            stats,
+            ratio,
+            criterion=criterion,
+            compensation=compensation,
             min_keep=min_keep,
             round_to=round_to,
+            seed=seed,
         )
-    assert ratio is not None
-    widths_after = prune_model(
-        model,
-        stats,
-        ratio,
-        criterion=criterion,
-        compensation=compensation,
-        min_keep=min_keep,
-        round_to=round_to,
-        seed=seed,
-    )
-    report = PruneReport(
+    return PruneReport(
         ratio=ratio,
         criterion=criterion,
         compensation=compensation,
@@ -139,15 +223,38 @@ def prune_with_report(
         target_macs_reduction=target_macs_reduction,
         extra={"round_to": round_to},
     )
-    if out_path is not None:
-        save_model(model, arch, out_path, extra={"source": source or {}, "prune": report.metrics()})
-    return report
 
 
+def prune_to_file(cfg: PruneOptions, *, out: Path | None = None) -> tuple[nn.Module, PruneReport]:
+    """Build the model, prune it as `cfg` says and, with `out`, save it (safetensors with
+    its architecture and where it came from, loadable by `load_model`)."""
+    net, arch = _build(cfg)
+    report = prune_with_report(
+        net,
+        cfg.stats,
+        ratio=cfg.ratio,
+        target_macs_reduction=cfg.target_macs_reduction,
+        criterion=cfg.criterion,
+        compensation=cfg.compensation,
+        round_to=cfg.round_to,
+        min_keep=cfg.min_keep,
+        seed=cfg.seed,
+    )
+    if out is not None:
+        source = {
+            "model": cfg.model,
+            "checkpoint": str(cfg.checkpoint) if cfg.checkpoint else None,
+            "pretrained": cfg.pretrained,
+            "model_kwargs": arch.model_kwargs,
+        }
+        save_model(net, arch, out, extra={"source": source, "prune": report.metrics()})
+    return net, report
+
+
+# -- teacher ---------------------------------------------------------------------------------
 def _recorded_source(model_path: str) -> dict[str, Any]:
     """What `prune` recorded about the unpruned model in the pruned model's file."""
     from shared.checkpoints import read_metadata
-    from vbp_cli.models import MODEL_FILE
 
     path = Path(model_path)
     meta = read_metadata(path / MODEL_FILE if path.is_dir() else path)
@@ -159,12 +266,10 @@ def build_teacher(
     teacher: str | None,
     checkpoint: Path | None = None,
     pretrained: bool = False,
-    kwargs: str | None = None,
+    kwargs: dict[str, Any] | None = None,
 ) -> nn.Module:
     """The unpruned model: as given, or as recorded by `prune` in the student's file. A timm
-    name without --teacher-kwargs takes the recorded kwargs (img_size, num_classes...)."""
-    from vbp_cli.models import saved_model_path
-
+    name without kwargs takes the recorded kwargs (img_size, num_classes...)."""
     source = _recorded_source(student_path) if student_path else {}
     if teacher is None:
         if not source.get("model"):
@@ -178,12 +283,11 @@ def build_teacher(
             pretrained=bool(source.get("pretrained")),
             model_kwargs=source.get("model_kwargs") or None,
         )[0]
-    parsed = parse_json_object(kwargs, "--teacher-kwargs")
+    parsed = dict(kwargs or {})
     if not parsed and saved_model_path(teacher) is None:
         parsed = source.get("model_kwargs") or {}
-    return build_model(teacher, checkpoint=checkpoint, pretrained=pretrained, model_kwargs=parsed)[
-        0
-    ]
+    net, _ = build_model(teacher, checkpoint=checkpoint, pretrained=pretrained, model_kwargs=parsed)
+    return net
 
 
 def check_compatible(student: nn.Module, teacher: nn.Module) -> None:
@@ -201,169 +305,155 @@ def check_compatible(student: nn.Module, teacher: nn.Module) -> None:
         raise InputError(f"--teacher predicts {classes[1]} classes, the model {classes[0]}")
 
 
-def finetune_run(
-    run: Any,
-    model: str,
-    data: str,
-    device: torch.device,
+# -- finetune --------------------------------------------------------------------------------
+def finetune(
+    cfg: FinetuneOptions,
     *,
-    teacher: str | None,
-    teacher_checkpoint: Path | None,
-    teacher_pretrained: bool,
-    teacher_kwargs: str | None,
-    epochs: float,
-    batch_size: int,
-    lr: float,
-    weight_decay: float,
-    kd_alpha: float,
-    kd_temperature: float,
-    amp: bool,
-    num_workers: int,
-    seed: int,
+    device: torch.device | str = "cpu",
+    run: Any | None = None,
+    out: Path | None = None,
 ) -> dict[str, Any]:
-    """Knowledge-distillation fine-tuning of a pruned model from its unpruned teacher."""
+    """Knowledge-distillation fine-tuning of a pruned model from its unpruned teacher on the
+    shared training loop. `run` (the command's Run) gives checkpoints and --resume; the
+    model is written to the run folder, or to `out`/model.safetensors from Python."""
     from shared import distributed
     from shared.classify import FitConfig, evaluate_classifier, fit_classifier
     from shared.loaders import make_loader, shard
     from shared.timm_data import classification_data
     from vbp_cli.models import load_model_with_arch
 
-    distributed.init(device)
-    torch.manual_seed(seed)
-    student, arch = load_model_with_arch(model)
+    dev = torch.device(device)
+    torch.manual_seed(cfg.seed)
+    student, arch = load_model_with_arch(cfg.model)
     teacher_net = build_teacher(
-        model, teacher, teacher_checkpoint, teacher_pretrained, teacher_kwargs
+        cfg.model, cfg.teacher, cfg.teacher_checkpoint, cfg.teacher_pretrained, cfg.teacher_kw
     )
     check_compatible(student, teacher_net)
-    student.to(device)
-    teacher_net.to(device).eval().requires_grad_(False)
-    train = classification_data(data, student, "train", augment=True)
-    val = classification_data(data, student, "val")
+    student.to(dev)
+    teacher_net.to(dev).eval().requires_grad_(False)
+    train = classification_data(cfg.data, student, "train", augment=True)
+    val = classification_data(cfg.data, student, "val")
+    workers = _workers(cfg.num_workers, cfg.data)
     loader = make_loader(
         train.dataset,
-        batch_size,
+        cfg.batch_size,
         shuffle=True,
-        seed=seed,
-        num_workers=num_workers,
+        seed=cfg.seed,
+        num_workers=workers,
         drop_last=True,
-        pin_memory=device.type == "cuda",
+        pin_memory=dev.type == "cuda",
     )
     if len(loader) == 0:
-        raise InputError(f"--data {data}: fewer training images than --batch-size {batch_size}")
-    wrapped = distributed.wrap_ddp(student, device)
-    cfg = FitConfig(
-        epochs=epochs,
-        lr=lr,
-        weight_decay=weight_decay,
-        kd_alpha=kd_alpha,
-        kd_temperature=kd_temperature,
-        amp=amp,
+        raise InputError(
+            f"--data {cfg.data}: fewer training images than --batch-size {cfg.batch_size}"
+        )
+    fit_cfg = FitConfig(
+        epochs=cfg.epochs,
+        lr=cfg.lr,
+        weight_decay=cfg.weight_decay,
+        kd_alpha=cfg.kd_alpha,
+        kd_temperature=cfg.kd_temperature,
+        amp=cfg.amp,
     )
     fit = fit_classifier(
-        wrapped, loader, cfg, device=device, teacher=teacher_net, run=run, description="finetune"
+        distributed.wrap_ddp(student, dev),
+        loader,
+        fit_cfg,
+        device=dev,
+        teacher=teacher_net,
+        run=run,
+        description="finetune",
     )
-    if distributed.is_main():
-        save_model(
-            student,
-            arch,
-            run.path("model.safetensors"),
-            extra={"finetune": {"epochs": epochs, "data": data}},
-        )
+    path = run.path(MODEL_FILE) if run is not None else (Path(out) / MODEL_FILE if out else None)
+    if path is not None and distributed.is_main():
+        recipe = {"epochs": cfg.epochs, "data": cfg.data}
+        save_model(student, arch, path, extra={"finetune": recipe})
     val_loader = make_loader(
-        shard(val.dataset), 256, shuffle=False, num_workers=num_workers, distribute=False
+        shard(val.dataset), 256, shuffle=False, num_workers=workers, distribute=False
     )
-    acc = evaluate_classifier(student, val_loader, device=device, teacher=teacher_net, amp=amp)
-    distributed.cleanup()
-    return {**fit, **acc, "model": str(run.path("model.safetensors"))}
+    acc = evaluate_classifier(student, val_loader, device=dev, teacher=teacher_net, amp=cfg.amp)
+    return {**fit, **acc, "model": str(path) if path else None}
 
 
-def evaluate_model(
-    model: str,
-    data: str,
-    device: torch.device,
-    *,
-    checkpoint: Path | None = None,
-    pretrained: bool = False,
-    model_kwargs: str | None = None,
-    teacher: str | None = None,
-    teacher_checkpoint: Path | None = None,
-    teacher_pretrained: bool = False,
-    teacher_kwargs: str | None = None,
-    split: str = "val",
-    batch_size: int = 128,
-    throughput_batch: int = 32,
-    speed: bool = True,
-    amp: bool = True,
-    num_workers: int = 4,
-) -> dict[str, Any]:
+# -- evaluate, benchmark, export -------------------------------------------------------------
+def evaluate(cfg: EvaluateOptions, *, device: torch.device | str = "cpu") -> dict[str, Any]:
+    """Top-1/top-5 (and agreement with a teacher), params, MACs, batch-1 latency and
+    throughput."""
     from shared.classify import evaluate_classifier
     from shared.loaders import make_loader
     from shared.profiling import measure_latency, measure_throughput
     from shared.timm_data import classification_data
 
-    net, _ = build_model(
-        model,
-        checkpoint=checkpoint,
-        pretrained=pretrained,
-        model_kwargs=parse_json_object(model_kwargs, "--model-kwargs"),
-    )
+    dev = torch.device(device)
+    net, _ = _build(cfg)
     teacher_net = None
-    if teacher:
-        from vbp_cli.models import saved_model_path
-
-        student_path = model if saved_model_path(model) is not None else None
+    if cfg.teacher:
+        student_path = cfg.model if saved_model_path(cfg.model) is not None else None
         teacher_net = build_teacher(
-            student_path, teacher, teacher_checkpoint, teacher_pretrained, teacher_kwargs
-        )
+            student_path, cfg.teacher, cfg.teacher_checkpoint, cfg.teacher_pretrained,
+            cfg.teacher_kw,
+        )  # fmt: skip
         check_compatible(net, teacher_net)
-        teacher_net.to(device)
+        teacher_net.to(dev)
     example = example_input(net)
     out: dict[str, Any] = {"params": count_params(net), "macs": count_macs(net, example)}
-    net.to(device)
-    ds = classification_data(data, net, split)
-    loader = make_loader(ds.dataset, batch_size, shuffle=False, num_workers=num_workers)
-    out |= evaluate_classifier(net, loader, device=device, teacher=teacher_net, amp=amp)
-    if speed:
-        lat = measure_latency(net, example.to(device), device=device, amp=amp)
-        thr = measure_throughput(
-            net, example_input(net, throughput_batch).to(device), device=device, amp=amp
-        )
+    net.to(dev)
+    ds = classification_data(cfg.data, net, cfg.split)
+    workers = _workers(cfg.num_workers, cfg.data)
+    loader = make_loader(ds.dataset, cfg.batch_size, shuffle=False, num_workers=workers)
+    out |= evaluate_classifier(net, loader, device=dev, teacher=teacher_net, amp=cfg.amp)
+    if cfg.speed:
+        lat = measure_latency(net, example.to(dev), device=dev, amp=cfg.amp)
+        batch = example_input(net, cfg.throughput_batch).to(dev)
+        thr = measure_throughput(net, batch, device=dev, amp=cfg.amp)
         out |= {
             "latency_ms": lat["median_ms"],
             "throughput": thr["images_per_s"],
-            "throughput_batch": throughput_batch,
+            "throughput_batch": cfg.throughput_batch,
         }
-    out["device"] = str(device)
+    out["device"] = str(dev)
     return out
 
 
-def benchmark_models(
-    dense: str,
-    checkpoint: Path | None,
-    pretrained: bool,
-    pruned: str,
-    device: torch.device,
-    *,
-    batch_sizes: list[int],
-    repeats: int = 5,
-    amp: bool = True,
-    model_kwargs: str | None = None,
-) -> list[dict[str, Any]]:
+def benchmark(cfg: BenchmarkOptions, *, device: torch.device | str = "cpu") -> dict[str, Any]:
+    """Dense and pruned models timed interleaved in one run (shared.profiling.compare_speed):
+    one row per (batch size, model) with ms/batch, images/s and the speed-up over dense,
+    plus both models' parameter and MAC counts."""
     from shared.profiling import compare_speed
 
-    dense_net, _ = build_model(
-        dense,
-        checkpoint=checkpoint,
-        pretrained=pretrained,
-        model_kwargs=parse_json_object(model_kwargs, "--model-kwargs"),
-    )
-    pruned_net, _ = build_model(pruned)
-    models = {"dense": dense_net.to(device).eval(), "pruned": pruned_net.to(device).eval()}
-    return compare_speed(
+    dev = torch.device(device)
+    dense_net, _ = _build(cfg)
+    pruned_net, _ = build_model(cfg.pruned)
+    models = {"dense": dense_net.eval(), "pruned": pruned_net.eval()}
+    example = example_input(dense_net)
+    counts = {
+        name: {"params": count_params(m), "macs": count_macs(m, example)}
+        for name, m in models.items()
+    }
+    for m in models.values():
+        m.to(dev)
+    rows = compare_speed(
         models,
         lambda b: example_input(dense_net, b),
-        batch_sizes,
-        repeats=repeats,
-        device=device,
-        amp=amp,
+        cfg.batch_size,
+        repeats=cfg.repeats,
+        device=dev,
+        amp=cfg.amp,
     )
+    return {"rows": rows, "counts": counts, "device": str(dev)}
+
+
+def export(cfg: ExportOptions) -> dict[str, Any]:
+    """ONNX with a dynamic batch axis, checked against PyTorch with onnxruntime; the file is
+    removed again when they differ by more than `cfg.tolerance`."""
+    from shared.errors import ToolkitError
+    from vbp_cli.export import check_onnx, export_onnx
+
+    net, _ = build_model(cfg.model, checkpoint=cfg.checkpoint, model_kwargs=cfg.model_kw or None)
+    example = example_input(net, 2)
+    export_onnx(net, example, cfg.onnx, opset=cfg.opset)
+    diff = check_onnx(net, cfg.onnx, example)
+    if diff > cfg.tolerance:
+        cfg.onnx.unlink(missing_ok=True)
+        raise ToolkitError(f"ONNX output differs from PyTorch by {diff:.2e} > {cfg.tolerance}")
+    return {"onnx": str(cfg.onnx), "max_abs_diff": diff, "bytes": cfg.onnx.stat().st_size}

@@ -11,7 +11,12 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from shared.errors import InputError
+
+class VBPError(ValueError):
+    """Input the method cannot work with (unsupported model, mismatched statistics, a ratio
+    out of range). A ValueError, so algorithm code stays free of the CLI's error types; the
+    api turns it into the CLI's one-line exit 2."""
+
 
 SUPPORTED = (
     "timm VisionTransformer family (ViT, DeiT, distilled DeiT), Swin, ConvNeXt (both "
@@ -59,7 +64,8 @@ def _in_features(layer: nn.Module) -> int:
 
 
 def find_mlps(model: nn.Module) -> list[MlpRef]:
-    """All prunable MLPs in module order; raises InputError when there are none."""
+    """All prunable MLPs in module order; raises VBPError (a ValueError) when there are
+    none."""
     found: list[MlpRef] = []
     skipped: list[str] = []
     for name, module in model.named_modules():
@@ -82,7 +88,7 @@ def find_mlps(model: nn.Module) -> list[MlpRef]:
         found.append(MlpRef(name, module))
     if not found:
         why = f"; skipped: {', '.join(skipped[:3])}" if skipped else ""
-        raise InputError(
+        raise VBPError(
             f"no prunable fc1/act/fc2 MLP found in {type(model).__name__}; "
             f"vbp supports {SUPPORTED}{why}"
         )

@@ -4,18 +4,23 @@ One global ranking over all MLP neurons of the network; the lowest fraction goes
 removed set P of an MLP: b2 <- b2 + W2[:, P] @ mu[P], then rows P of fc1 and columns P of
 fc2 are deleted. Replacing h_i by its mean costs exactly var_i in expected squared error,
 which is why variance is the criterion.
+
+Criteria are importance classes in Torch-Pruning's style (`VarianceImportance`,
+`MagnitudeImportance`, `RandomImportance`: `importance(group) -> scores`), so VBP's
+variance criterion also plugs into Torch-Pruning's pruners (`importance=
+VarianceImportance(stats, model)`; those prune without mean-shift compensation).
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from typing import Any
 
 import torch
 from torch import nn
 
-from shared.errors import InputError
-from vbp_cli.mlps import MlpRef, find_mlps, resized_layer
+from vbp_cli.mlps import MlpRef, VBPError, find_mlps, resized_layer
 from vbp_cli.stats import NeuronStats
 
 CRITERIA = ("variance", "magnitude", "random")
@@ -25,26 +30,120 @@ def _weight2d(layer: nn.Module) -> torch.Tensor:
     return layer.weight.detach().reshape(layer.weight.shape[0], -1)
 
 
-def neuron_scores(
-    ref: MlpRef, stats: NeuronStats | None, criterion: str, generator: torch.Generator
-) -> torch.Tensor:
-    """Importance of each hidden neuron of one MLP (higher = keep)."""
-    if criterion == "variance":
+# -- importance criteria ---------------------------------------------------------------------
+class NeuronImportance:
+    """A pruning criterion in Torch-Pruning's style: `importance(group) -> scores`, one score
+    per hidden neuron, higher = keep.
+
+    A group is the set of parameters tied to an MLP's hidden neurons (fc1 rows and bias,
+    fc2 columns): either vbp's `MlpRef`, or a Torch-Pruning `Group` whose coupled layers
+    include an MLP's fc1 output channels. For Torch-Pruning groups the criterion needs the
+    `model` (to know which layer is which MLP's fc1) and returns None for every other group,
+    so a Torch-Pruning pruner leaves attention and embedding widths alone."""
+
+    def __init__(self, model: nn.Module | None = None) -> None:
+        self.model = model
+        self._fc1: dict[int, MlpRef] | None = None
+
+    def scores(self, ref: MlpRef) -> torch.Tensor:
+        """Scores of all hidden neurons of one MLP (length `ref.hidden`)."""
+        raise NotImplementedError
+
+    def __call__(self, group: Any) -> torch.Tensor | None:
+        if isinstance(group, MlpRef):
+            return self.scores(group)
+        return self._torch_pruning_group(group)
+
+    @torch.no_grad()
+    def _torch_pruning_group(self, group: Any) -> torch.Tensor | None:
+        from torch_pruning.pruner import function
+
+        if self.model is None:
+            raise VBPError(f"{type(self).__name__}(model=...) is needed for Torch-Pruning groups")
+        if self._fc1 is None:
+            self._fc1 = {id(ref.fc1): ref for ref in find_mlps(self.model)}
+        out_fns = (function.prune_linear_out_channels, function.prune_conv_out_channels)
+        n_root = len(group[0].idxs)
+        for i, (dep, idxs) in enumerate(group):
+            ref = self._fc1.get(id(dep.layer))
+            if ref is None or dep.pruning_fn not in out_fns:
+                continue
+            full = self.scores(ref)
+            out = torch.zeros(n_root, dtype=torch.float32, device=ref.fc1.weight.device)
+            root = torch.as_tensor(group[i].root_idxs, dtype=torch.long, device=out.device)
+            out[root] = full[torch.as_tensor(idxs, dtype=torch.long)].float().to(out.device)
+            return out
+        return None  # not an MLP hidden-neuron group: nothing to prune here
+
+
+class VarianceImportance(NeuronImportance):
+    """VBP's criterion: the post-activation variance of each neuron over the data. Replacing
+    a neuron by its mean (and folding that into fc2's bias) costs exactly its variance in
+    expected squared error, so the lowest-variance neurons are the cheapest to remove."""
+
+    def __init__(self, stats: Mapping[str, NeuronStats], model: nn.Module | None = None) -> None:
+        super().__init__(model)
+        self.stats = stats
+
+    def scores(self, ref: MlpRef) -> torch.Tensor:
+        stats = self.stats.get(ref.name)
         if stats is None:
-            raise InputError(f"variance criterion needs statistics for {ref.name}")
+            raise VBPError(f"the variance criterion needs statistics for {ref.name}")
+        if stats.mean.numel() != ref.hidden:
+            raise VBPError(
+                f"statistics of {ref.name} have {stats.mean.numel()} neurons, the model "
+                f"{ref.hidden} (collected before another pruning step?)"
+            )
         return stats.var.clone()
-    if criterion == "magnitude":
-        # Group L2 norm of everything tied to the neuron (fc1 row + bias, fc2 column), the
-        # grouping dependency-graph pruners use.
-        sq = _weight2d(ref.fc1).double().square().sum(1) + _weight2d(ref.fc2).double().square().sum(
-            0
-        )
+
+
+class MagnitudeImportance(NeuronImportance):
+    """Group L2 norm of everything tied to a neuron (fc1 row + bias, fc2 column), the
+    grouping dependency-graph pruners use."""
+
+    def scores(self, ref: MlpRef) -> torch.Tensor:
+        w1, w2 = _weight2d(ref.fc1).double(), _weight2d(ref.fc2).double()
+        sq = w1.square().sum(1) + w2.square().sum(0)
         if ref.fc1.bias is not None:
             sq = sq + ref.fc1.bias.detach().double().square()
         return sq.sqrt().cpu()
+
+
+class RandomImportance(NeuronImportance):
+    """Uniform random scores (the ablation baseline); seeded, so a selection repeats."""
+
+    def __init__(self, seed: int = 0, model: nn.Module | None = None) -> None:
+        super().__init__(model)
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def scores(self, ref: MlpRef) -> torch.Tensor:
+        return torch.rand(ref.hidden, generator=self.generator, dtype=torch.float64)
+
+
+def make_importance(
+    criterion: str | NeuronImportance,
+    stats: Mapping[str, NeuronStats] | None = None,
+    *,
+    seed: int = 0,
+    model: nn.Module | None = None,
+) -> NeuronImportance:
+    """The criterion named `criterion` (one of CRITERIA), or `criterion` itself."""
+    if isinstance(criterion, NeuronImportance):
+        return criterion
+    if criterion == "variance":
+        if stats is None:
+            raise VBPError("the variance criterion needs statistics")
+        return VarianceImportance(stats, model)
+    if criterion == "magnitude":
+        return MagnitudeImportance(model)
     if criterion == "random":
-        return torch.rand(ref.hidden, generator=generator, dtype=torch.float64)
-    raise InputError(f"--criterion {criterion!r}: expected one of {', '.join(CRITERIA)}")
+        return RandomImportance(seed, model)
+    raise VBPError(f"criterion {criterion!r}: expected one of {', '.join(CRITERIA)}")
+
+
+def mlp_scores(mlps: list[MlpRef], importance: NeuronImportance) -> dict[str, torch.Tensor]:
+    """Scores of every MLP's neurons, in module order (the order random scores are drawn)."""
+    return {ref.name: importance(ref) for ref in mlps}
 
 
 def select_neurons(
@@ -58,9 +157,9 @@ def select_neurons(
     one global ranking. At least `min_keep` neurons stay per MLP; with `round_to` > 1 each
     kept width is rounded to the nearest multiple (highest scores kept)."""
     if not 0.0 <= ratio < 1.0:
-        raise InputError(f"--ratio {ratio}: must be in [0, 1)")
+        raise VBPError(f"pruning ratio {ratio}: must be in [0, 1)")
     if round_to < 1:
-        raise InputError(f"--round-to {round_to}: must be >= 1")
+        raise VBPError(f"round_to {round_to}: must be >= 1")
     names = list(scores)
     flat = torch.cat([scores[n].double() for n in names])
     owner = torch.cat([torch.full((scores[n].numel(),), i) for i, n in enumerate(names)])
@@ -124,11 +223,11 @@ def check_stats_match(mlps: list[MlpRef], stats: Mapping[str, NeuronStats]) -> N
             if missing
             else f"the stats have {extra[:2]} not in the model"
         )
-        raise InputError(f"--stats do not match the model: {what}")
+        raise VBPError(f"the statistics do not match the model: {what}")
     for name, width in widths.items():
         if stats[name].mean.numel() != width:
-            raise InputError(
-                f"--stats do not match the model: {name} has width {width} in the model and "
+            raise VBPError(
+                f"the statistics do not match the model: {name} has width {width} in the model and "
                 f"{stats[name].mean.numel()} in the stats (collected on another model?)"
             )
 
@@ -138,23 +237,22 @@ def prune_model(
     stats: Mapping[str, NeuronStats] | None,
     ratio: float,
     *,
-    criterion: str = "variance",
+    criterion: str | NeuronImportance = "variance",
     compensation: bool = True,
     min_keep: int = 1,
     round_to: int = 1,
     seed: int = 0,
 ) -> dict[str, int]:
-    """Prune `model` in place; returns the new hidden width of every MLP."""
+    """Prune `model` in place; returns the new hidden width of every MLP.
+
+    `criterion` is a name of CRITERIA or a `NeuronImportance` (e.g. your own subclass);
+    `seed` seeds the random criterion."""
     mlps = find_mlps(model)
     if stats is not None:
         check_stats_match(mlps, stats)
     if compensation and stats is None:
-        raise InputError("mean-shift compensation needs statistics (--stats)")
-    generator = torch.Generator().manual_seed(seed)
-    scores = {
-        ref.name: neuron_scores(ref, stats.get(ref.name) if stats else None, criterion, generator)
-        for ref in mlps
-    }
+        raise VBPError("mean-shift compensation needs statistics")
+    scores = mlp_scores(mlps, make_importance(criterion, stats, seed=seed))
     keep = select_neurons(scores, ratio, min_keep=min_keep, round_to=round_to)
     for ref in mlps:
         mean = stats[ref.name].mean if (compensation and stats is not None) else None
@@ -205,7 +303,7 @@ def ratio_for_mac_reduction(
 ) -> float:
     """Smallest global pruning ratio whose selection removes at least `target` of all MACs."""
     if not 0.0 < target < 1.0:
-        raise InputError(f"--target-macs-reduction {target}: must be in (0, 1)")
+        raise VBPError(f"target MAC reduction {target}: must be in (0, 1)")
 
     def reduction(ratio: float) -> float:
         keep = select_neurons(scores, ratio, min_keep=min_keep, round_to=round_to)
@@ -214,8 +312,8 @@ def ratio_for_mac_reduction(
 
     ceiling = reduction(1.0 - 1e-9)
     if ceiling < target:
-        raise InputError(
-            f"--target-macs-reduction {target}: MLPs hold at most {ceiling:.1%} of this "
+        raise VBPError(
+            f"target MAC reduction {target}: MLPs hold at most {ceiling:.1%} of this "
             "model's MACs at the floor of one neuron per block"
         )
     lo, hi = 0.0, 1.0 - 1e-9

@@ -9,11 +9,16 @@ import pytest
 import timm
 import torch
 
-from shared.errors import InputError
 from shared.profiling import count_macs
 from vbp_cli.mlps import find_mlps
 from vbp_cli.models import Architecture, load_model, save_model
-from vbp_cli.prune import prune_model, select_neurons
+from vbp_cli.prune import (
+    MagnitudeImportance,
+    RandomImportance,
+    VarianceImportance,
+    prune_model,
+    select_neurons,
+)
 from vbp_cli.stats import NeuronStats, StatsCollector, collect_stats
 
 TINY_VIT = dict(img_size=32, patch_size=4, num_classes=10, embed_dim=48, depth=3, num_heads=2)
@@ -39,17 +44,32 @@ def test_ratio_zero_gives_identical_outputs() -> None:
     assert torch.equal(model(x), before)
 
 
-@pytest.mark.parametrize("arch", ["vit", "convnext_conv_mlp", "convnext_linear"])
-def test_pruning_constant_neurons_is_exact(arch: str) -> None:
-    """A neuron whose activation never changes carries no information: removing it with
-    mean-shift compensation must leave every output unchanged."""
+def small_model(family: str) -> tuple[torch.nn.Module, int]:
+    """A small random model of each supported family, and its input size."""
     torch.manual_seed(0)
-    if arch == "vit":
-        model, img = tiny_vit(), 32
-    else:
-        model = timm.create_model("convnext_atto", num_classes=10, conv_mlp=arch.endswith("mlp"))
-        img = 64
-    model.eval()
+    if family == "vit":
+        return tiny_vit(), 32
+    if family == "deit_distilled":
+        kw = {**TINY_VIT, "depth": 2}
+        return timm.create_model("deit_tiny_distilled_patch16_224", **kw).eval(), 32
+    if family == "swin":
+        kw = dict(img_size=56, embed_dim=24, depths=(1, 1), num_heads=(1, 2), num_classes=10)
+        return timm.create_model("swin_tiny_patch4_window7_224", **kw).eval(), 56
+    conv_mlp = family == "convnext_conv_mlp"  # 1x1-conv MLP in NCHW, else Linear in NHWC
+    # layer scale 1 instead of timm's 1e-6, so that the MLPs visibly matter for the output
+    kw = dict(depths=(1, 1, 1, 1), dims=(16, 24, 32, 48), num_classes=10, conv_mlp=conv_mlp)
+    kw["ls_init_value"] = 1.0
+    return timm.create_model("convnext_atto", **kw).eval(), 32
+
+
+FAMILIES = ["vit", "deit_distilled", "swin", "convnext_conv_mlp", "convnext_linear"]
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_pruning_constant_neurons_is_exact(family: str) -> None:
+    """A neuron whose activation never changes carries no information: removing it with
+    mean-shift compensation must leave every output unchanged, in every family."""
+    model, img = small_model(family)
     constant = {}
     with torch.no_grad():
         for ref in find_mlps(model):
@@ -66,22 +86,66 @@ def test_pruning_constant_neurons_is_exact(arch: str) -> None:
     total = sum(ref.hidden for ref in find_mlps(model))
     widths = prune_model(model, stats, n_const / total)
     assert sum(widths.values()) == total - n_const
+    for ref in find_mlps(model):  # exactly the constant (all-zero) fc1 rows went
+        assert ref.fc1.weight.flatten(1).abs().sum(1).min() > 0
     after = model(x)
     torch.testing.assert_close(after, before, rtol=1e-5, atol=1e-5)
-
-
-def test_without_compensation_constant_neurons_change_outputs() -> None:
-    model = tiny_vit()
+    # and the compensation is what makes it exact: without it the outputs move
+    model2, _ = small_model(family)
     with torch.no_grad():
-        for ref in find_mlps(model):
-            ref.fc1.weight[:4] = 0.0
-            ref.fc1.bias[:4] = 2.0
+        for ref in find_mlps(model2):
+            ref.fc1.weight[constant[ref.name]] = 0.0
+            ref.fc1.bias[constant[ref.name]] = torch.tensor([0.8, -0.3, 1.7])
+    prune_model(model2, stats, n_const / total, compensation=False)
+    assert (model2(x) - before).abs().max() > 1e-4
+
+
+def test_importance_classes_score_the_hidden_neuron_group() -> None:
+    model = tiny_vit()
+    stats = collect_stats(model, batches(2))
+    ref = find_mlps(model)[0]
+    assert torch.equal(VarianceImportance(stats)(ref), stats[ref.name].var)
+    w1, w2, b1 = ref.fc1.weight.double(), ref.fc2.weight.double(), ref.fc1.bias.double()
+    expected = (w1.square().sum(1) + w2.square().sum(0) + b1.square()).sqrt()
+    torch.testing.assert_close(MagnitudeImportance()(ref), expected.detach())
+    a, b = RandomImportance(3)(ref), RandomImportance(3)(ref)
+    assert torch.equal(a, b) and a.shape == (ref.hidden,)
+    # an importance object is accepted wherever a criterion name is
+    m1, m2 = tiny_vit(), tiny_vit()
+    w_name = prune_model(m1, stats, 0.4, criterion="magnitude")
+    w_obj = prune_model(m2, stats, 0.4, criterion=MagnitudeImportance())
+    assert w_name == w_obj
     x = batches(1)[0]
-    before = model(x)
-    stats = collect_stats(model, batches())
-    total = sum(ref.hidden for ref in find_mlps(model))
-    prune_model(model, stats, 4 * 3 / total, compensation=False)
-    assert (model(x) - before).abs().max() > 1e-3
+    assert torch.equal(m1(x), m2(x))
+
+
+@pytest.mark.filterwarnings("ignore:Unwrapped parameters")
+def test_variance_importance_drives_torch_pruning() -> None:
+    """VarianceImportance plugs into Torch-Pruning's MetaPruner: it scores only the MLP
+    hidden-neuron groups, and the neurons removed are exactly the lowest-variance ones."""
+    tp = pytest.importorskip("torch_pruning")
+    model = tiny_vit()
+    stats = collect_stats(model, batches(2))
+    before = {ref.name: ref.fc1.weight.detach().clone() for ref in find_mlps(model)}
+    attn = model.blocks[0].attn.qkv.weight.shape
+    pruner = tp.pruner.MetaPruner(
+        model,
+        torch.randn(1, 3, 32, 32),
+        importance=VarianceImportance(stats, model),
+        pruning_ratio=0.5,
+        ignored_layers=[model.head],
+    )
+    pruner.step()
+    for ref in find_mlps(model):
+        var = stats[ref.name].var
+        assert ref.hidden == var.numel() // 2
+        kept = torch.sort(torch.topk(var, ref.hidden).indices).values
+        assert torch.equal(ref.fc1.weight, before[ref.name][kept])
+        removed = torch.ones(var.numel(), dtype=torch.bool)
+        removed[kept] = False
+        assert var[removed].max() <= var[kept].min()
+    assert model.blocks[0].attn.qkv.weight.shape == attn  # other groups untouched
+    assert model(batches(1)[0]).shape == (8, 10)
 
 
 def test_statistics_equal_float64_reference() -> None:
@@ -131,7 +195,7 @@ def test_global_ranking_floor_and_rounding() -> None:
     assert keep["c"].tolist() == [3]
     keep = select_neurons(scores, 0.5, round_to=2)
     assert [len(v) for v in keep.values()] == [2, 4, 2]
-    with pytest.raises(InputError, match=r"\[0, 1\)"):
+    with pytest.raises(ValueError, match=r"\[0, 1\)"):
         select_neurons(scores, 1.0)
 
 
@@ -158,6 +222,7 @@ def _closed_form_vit_macs(
     return patches * 3 * patch * patch * dim + sum(per_block) + dim * classes
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "name,depth,dim", [("deit_tiny_patch16_224", 12, 192), ("deit_base_patch16_224", 12, 768)]
 )
@@ -179,6 +244,7 @@ def test_pruned_deit_macs_match_closed_form(name: str, depth: int, dim: int) -> 
     assert count_macs(model, torch.randn(1, 3, 224, 224)) == expected
 
 
+@pytest.mark.slow
 def test_deit_base_at_055_matches_published_cost() -> None:
     """Paper: DeiT-B with 55% of MLP neurons removed -> 11.44 G MACs (-34.93%), 55.40 M
     params (-36.01%): widths do not matter for the totals, only their sum."""
@@ -200,6 +266,7 @@ def test_deit_base_at_055_matches_published_cost() -> None:
     assert abs(params / 1e6 - 55.40) < 0.05
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "name,count",
     [
@@ -228,7 +295,7 @@ def test_supported_families_prune_and_run(name: str, count: int) -> None:
 
 def test_unsupported_model_names_the_families() -> None:
     model = timm.create_model("resnet18")
-    with pytest.raises(InputError, match="ViT, DeiT.*Swin.*ConvNeXt"):
+    with pytest.raises(ValueError, match="ViT, DeiT.*Swin.*ConvNeXt"):
         find_mlps(model)
 
 
