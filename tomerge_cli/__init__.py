@@ -6,6 +6,7 @@ image = pipe(prompt, guidance_scale=7.5).images[0]
 tomerge_cli.remove_patch(pipe)
 """
 
-from tomerge_cli.patch import apply_patch, get_merger, remove_patch
+from shared.lazy import lazy_exports
 
 __all__ = ["apply_patch", "get_merger", "remove_patch"]
+__getattr__ = lazy_exports(__name__, {name: f"tomerge_cli.patch:{name}" for name in __all__})

@@ -11,7 +11,7 @@ Imports are lazy so that `vbp --help` does not load torch.
 
 from __future__ import annotations
 
-from typing import Any
+from shared.lazy import lazy_exports
 
 __all__ = [
     "MagnitudeImportance",
@@ -26,24 +26,18 @@ __all__ = [
     "save_model",
 ]
 
-_EXPORTS = {
-    "collect_stats": ("vbp_cli.stats", "collect_stats"),
-    "NeuronStats": ("vbp_cli.stats", "NeuronStats"),
-    "prune": ("vbp_cli.prune", "prune_model"),
-    "find_mlps": ("vbp_cli.mlps", "find_mlps"),
-    "NeuronImportance": ("vbp_cli.prune", "NeuronImportance"),
-    "VarianceImportance": ("vbp_cli.prune", "VarianceImportance"),
-    "MagnitudeImportance": ("vbp_cli.prune", "MagnitudeImportance"),
-    "RandomImportance": ("vbp_cli.prune", "RandomImportance"),
-    "load_model": ("vbp_cli.models", "load_model"),
-    "save_model": ("vbp_cli.models", "save_model"),
-}
-
-
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        import importlib
-
-        module, attr = _EXPORTS[name]
-        return getattr(importlib.import_module(module), attr)
-    raise AttributeError(f"module 'vbp_cli' has no attribute {name!r}")
+__getattr__ = lazy_exports(
+    __name__,
+    {
+        "collect_stats": "vbp_cli.stats:collect_stats",
+        "NeuronStats": "vbp_cli.stats:NeuronStats",
+        "prune": "vbp_cli.prune:prune_model",
+        "find_mlps": "vbp_cli.mlps:find_mlps",
+        "NeuronImportance": "vbp_cli.prune:NeuronImportance",
+        "VarianceImportance": "vbp_cli.prune:VarianceImportance",
+        "MagnitudeImportance": "vbp_cli.prune:MagnitudeImportance",
+        "RandomImportance": "vbp_cli.prune:RandomImportance",
+        "load_model": "vbp_cli.models:load_model",
+        "save_model": "vbp_cli.models:save_model",
+    },
+)

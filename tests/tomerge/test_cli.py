@@ -382,3 +382,15 @@ def test_evaluate_with_local_metric_weights_reports_fid_and_clip_score(
     assert 0 <= metrics["clip_score"] <= 100
     saved = json.loads((tmp_path / "ev" / "metrics.json").read_text())
     assert saved["fid"] == metrics["fid"]
+
+
+def test_options_ratio_bound_is_the_algorithms_and_help_needs_no_torch() -> None:
+    import subprocess
+    import sys
+
+    from tomerge_cli import api, merge
+
+    assert api.MAX_RATIO == merge.MAX_RATIO
+    code = "import sys, tomerge_cli.cli; print('torch' in sys.modules)"
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert res.stdout.strip() == "False", res.stderr
