@@ -54,6 +54,7 @@ class Settings:
     dst_choice: str = "random"
     seed: int | None = None
     no_cfg: str = "fallback"
+    importance: str = "cfg"
 
 
 def apply_patch(
@@ -74,6 +75,7 @@ def apply_patch(
     dst_choice: str = "random",
     seed: int | None = None,
     no_cfg: str = "fallback",
+    importance: str = "cfg",
 ) -> Any:
     """Patch a diffusers pipeline (or its UNet / transformer) to merge tokens.
 
@@ -95,6 +97,16 @@ def apply_patch(
       so the pipeline's own seed fixes the image.
     no_cfg: without classifier-free guidance there is no importance map: "fallback" (grid
       merging, with a warning) or "error".
+    importance: the importance signal. "cfg" (the paper): |eps_cond - eps_uncond| of the
+      previous step, needs a CFG batch. "step-delta": |eps_t - eps_{t-1}| per token, how
+      much the prediction changed between the two previous steps, for guidance-distilled
+      (Flux-dev) and turbo / LCM models that run no CFG batch; the first two steps of a run
+      use the grid. "auto": "cfg" when the batch is a CFG pair, else "step-delta".
+
+    Diffusion transformers (tomerge_cli.dit): SD3 / SD3.5 (JointTransformerBlock) and Flux.1
+    (FluxTransformerBlock, FluxSingleTransformerBlock) merge image tokens only, around the
+    joint attention (and MLP with merge_mlp); Flux's rotary rows follow the kept tokens.
+    Other blocks (Wan, Sana, ...) raise a ValueError naming them.
     """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
@@ -121,9 +133,12 @@ def apply_patch(
         seed=seed,
         no_cfg=no_cfg,
     )
+    from tomerge_cli.dit import check_importance, make_merger  # imports this module
+
+    settings.importance = check_importance(importance)
     remove_patch(pipe)
     model = denoiser(pipe)
-    patcher = TokenMerger(model, settings)
+    patcher = make_merger(model, settings)
     patcher.watch_scheduler(getattr(pipe, "scheduler", None))
     setattr(model, _ATTR, patcher)
     return pipe

@@ -1,0 +1,400 @@
+"""Token merging in diffusion transformers (SD3 / SD3.5, Flux.1) and importance without CFG.
+
+`patch.apply_patch` hands a model here (`make_merger`). The step bookkeeping, the per-step
+partition and the matching are `patch.TokenMerger`'s and `merge.py`'s; this module adds:
+
+- the hooks of the multimodal blocks. Only IMAGE tokens are merged, just before the block's
+  attention, and unmerged right after it (and around its MLP with merge_mlp):
+  - `JointTransformerBlock` (SD3 / SD3.5): the joint attention takes the image tokens as
+    `hidden_states` and the text as `encoder_hidden_states`; only the former is merged.
+    SD3.5's second (image-only) attention `attn2` sees the same merged tokens.
+  - `FluxTransformerBlock` (double stream): as SD3, plus the rotary embeddings.
+  - `FluxSingleTransformerBlock`: text and image tokens share one sequence; the text part
+    (the first T tokens) passes through untouched.
+  Flux's rotary embeddings (`image_rotary_emb`, one row per text + image token) are merged
+  with the tokens: the text rows stay, and every kept image token (an unmerged source or a
+  destination) keeps its own row, so the attention sees the true position of each token it
+  computes. When the images of a batch keep different tokens, each image gets its own rows
+  and the attention runs once per image (`_per_image_attention`); one image (Flux's usual
+  batch) or equal choices need no loop.
+- importance without classifier-free guidance (`importance=` of apply_patch):
+  - "cfg": |eps_cond - eps_uncond| of the previous step (the paper); needs a CFG batch.
+  - "step-delta": |eps_t - eps_{t-1}| per token, how much the prediction moved between the
+    two previous steps: the signal a guidance-distilled model (Flux-dev) or a turbo / LCM
+    student gives for free. Needs two previous steps, so the first two steps use the grid.
+  - "auto": "cfg" when the batch is a CFG pair, else "step-delta".
+
+Not supported yet: Wan (`WanTransformerBlock`: 3D rotary, merging within frames) and Sana
+(`SanaTransformerBlock`: linear attention, cost linear in N, so merging saves only the
+projections and the MLP, not a quadratic term); they get a clear ValueError.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import nn
+
+from tomerge_cli.merge import Merge, importance_map, match_tokens, tokens_removed
+from tomerge_cli.patch import Settings, TokenMerger, spatial_blocks
+
+IMPORTANCE = ("cfg", "step-delta", "auto")
+SUPPORTED = (
+    "BasicTransformerBlock (Stable Diffusion 1.x/2.x, SDXL, PixArt, AnimateDiff), "
+    "JointTransformerBlock (SD3, SD3.5), FluxTransformerBlock and FluxSingleTransformerBlock "
+    "(Flux.1)"
+)
+
+
+def check_importance(importance: str) -> str:
+    if importance not in IMPORTANCE:
+        raise ValueError(f"importance must be one of {', '.join(IMPORTANCE)}, got {importance!r}")
+    return importance
+
+
+def step_delta_map(
+    eps: torch.Tensor, previous: torch.Tensor, channels: int | None = None
+) -> torch.Tensor:
+    """|eps_t - eps_{t-1}| averaged over channels: (B, C, H, W) -> (B, H, W), a video
+    (B, C, F, H, W) -> (B * F, H, W) like `merge.importance_map`. Tokens whose prediction
+    still moves are the ones the image is being decided on; settled ones merge first."""
+    if channels is not None:
+        eps, previous = eps[:, :channels], previous[:, :channels]
+    imp = (eps.float() - previous.float()).abs().mean(dim=1)
+    return imp.flatten(0, 1) if imp.ndim == 4 else imp
+
+
+def _dit_classes() -> dict[type, str]:
+    """Block class -> family ("joint", "flux", "flux_single")."""
+    from diffusers.models.attention import JointTransformerBlock
+    from diffusers.models.transformers.transformer_flux import (
+        FluxSingleTransformerBlock,
+        FluxTransformerBlock,
+    )
+
+    return {
+        JointTransformerBlock: "joint",
+        FluxTransformerBlock: "flux",
+        FluxSingleTransformerBlock: "flux_single",
+    }
+
+
+def dit_blocks(model: nn.Module) -> list[nn.Module]:
+    """The SD3 / Flux blocks of a model in execution order (Flux: double then single)."""
+    classes = tuple(_dit_classes())
+    return [m for m in model.modules() if isinstance(m, classes)]
+
+
+def _unsupported_block(model: nn.Module) -> str | None:
+    """The class name of the model's repeated transformer block, when there is one."""
+    for module in model.modules():
+        name = type(module).__name__
+        if name.endswith("TransformerBlock") or name.endswith("DiTBlock"):
+            return name
+    return None
+
+
+def make_merger(model: nn.Module, settings: Settings) -> TokenMerger:
+    """The patcher for `model`: DiT blocks here, BasicTransformerBlock models in patch.py
+    (with this module's importance signals when importance is not "cfg")."""
+    check_importance(settings.importance)
+    if dit_blocks(model):
+        return DiTTokenMerger(model, settings)
+    if not spatial_blocks(model):
+        block = _unsupported_block(model)
+        if block is not None:
+            raise ValueError(
+                f"{type(model).__name__} is built from {block}, which tomerge does not "
+                f"support yet; supported blocks: {SUPPORTED}"
+            )
+    if settings.importance == "cfg":
+        return TokenMerger(model, settings)  # the paper's setting, unchanged
+    return ImportanceTokenMerger(model, settings)
+
+
+class _ImportanceSignals:
+    """Mixin over TokenMerger: the importance map from CFG or from the step-to-step change
+    of the model's prediction (`Settings.importance`)."""
+
+    settings: Settings
+    step: Any
+    channels: int | None
+    importance: torch.Tensor | None
+
+    def _on_step(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
+        super()._on_step(module, args, kwargs)  # type: ignore[misc]
+        if self.step.index == 0:  # a new generation: the previous prediction is another's
+            self._previous_eps: torch.Tensor | None = None
+
+    def _uses_cfg(self) -> bool:
+        mode = self.settings.importance
+        return mode == "cfg" or (mode == "auto" and self.step.cfg)
+
+    def _prediction(self, output: Any) -> torch.Tensor:
+        eps = output[0] if isinstance(output, tuple) else getattr(output, "sample", output)
+        return eps.detach()
+
+    def _on_output(self, module: nn.Module, args: tuple, output: Any) -> None:
+        eps = self._prediction(output)
+        if self._uses_cfg():
+            self.importance = importance_map(eps, self.channels) if self.step.cfg else None
+            return
+        previous = getattr(self, "_previous_eps", None)
+        self._previous_eps = eps
+        if previous is None or previous.shape != eps.shape:
+            self.importance = None  # first step of a run: grid partition
+        else:
+            self.importance = step_delta_map(eps, previous, self.channels)
+
+    def _no_cfg(self) -> None:
+        if not self._uses_cfg():
+            return  # step-delta: the first steps have no map yet and use the grid, by design
+        if self.settings.no_cfg == "error":
+            raise ValueError(
+                "importance='cfg' needs classifier-free guidance; use importance="
+                "'step-delta' or 'auto', mode='tome' or a guidance scale above 1"
+            )
+        self._warn_once(  # type: ignore[attr-defined]
+            "nocfg",
+            "tomerge: importance='cfg' needs classifier-free guidance (a batch of "
+            "[uncond; cond] pairs); falling back to random-grid merging. Guidance-"
+            "distilled and turbo models: use importance='step-delta' or 'auto'",
+        )
+
+
+class ImportanceTokenMerger(_ImportanceSignals, TokenMerger):
+    """UNet / PixArt / AnimateDiff merging with importance="step-delta" or "auto"."""
+
+
+class DiTTokenMerger(_ImportanceSignals, TokenMerger):
+    """Hooks on SD3 / Flux blocks: image tokens merged around attention (and MLP)."""
+
+    def __init__(self, model: nn.Module, settings: Settings) -> None:
+        self.grid: tuple[int, int] | None = None
+        self._forwards: list[tuple[nn.Module, Any]] = []  # attention forwards we wrapped
+        self._packed = "img_ids" in _parameters(model)  # Flux: (B, N, C) token latents
+        super().__init__(model, settings)
+
+    # -- which blocks ------------------------------------------------------------
+    def _select_blocks(self, blocks: list[nn.Module]) -> list[nn.Module]:
+        found = dit_blocks(self.model)
+        if self.settings.blocks is None and len(found) >= 8:
+            n = len(found)  # as for PixArt: the first and last blocks are the most sensitive
+            return found[n // 4 : n - n // 4]
+        return super()._select_blocks(found)
+
+    # -- per step ----------------------------------------------------------------
+    def _on_step(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
+        super()._on_step(module, args, kwargs)
+        bound = self._signature.bind_partial(*args, **kwargs).arguments
+        sample = bound["hidden_states"]
+        if self._packed:
+            self.grid = _grid_from_ids(bound.get("img_ids"), sample.shape[1])
+            if self.grid is None:  # e.g. Kontext's reference-image tokens after the latents
+                self._warn_once("nogrid", "tomerge: image tokens form no single grid; not merged")
+        else:
+            self.grid = (sample.shape[-2] // self.patch, sample.shape[-1] // self.patch)
+
+    def _prediction(self, output: Any) -> torch.Tensor:
+        eps = super()._prediction(output)
+        if self._packed and self.grid is not None and eps.ndim == 3:
+            h, w = self.grid  # (B, N, C) tokens in row-major order -> (B, C, h, w)
+            if eps.shape[1] == h * w:
+                eps = eps.transpose(1, 2).reshape(eps.shape[0], -1, h, w)
+        return eps
+
+    def _dit_matching(self, x: torch.Tensor) -> Merge | None:
+        """The matching of one block from its image tokens (B, N, C)."""
+        if self.grid is None or x.ndim != 3:
+            return None
+        b, n, _ = x.shape
+        h, w = self.grid
+        if h * w != n:
+            self._warn_once(f"grid{n}", f"tomerge: {n} image tokens fit no grid; not merged")
+            return None
+        r = tokens_removed(n, self.settings.ratio)
+        if r == 0:
+            return None
+        partition, average = self._partition(n, h, w, b)
+        merge = match_tokens(x, partition, r, average=average)
+        self.stats["merged_calls"] += 1
+        self.stats["tokens_in"] += n
+        self.stats["tokens_kept"] += merge.n_kept
+        return merge
+
+    # -- per block ---------------------------------------------------------------
+    def _hook_block(self, block: nn.Module) -> None:
+        s = self.settings
+        family = _dit_classes()[type(block)]
+        state: dict[str, Any] = {"merge": None, "text": 0}
+        self.handles.append(
+            block.register_forward_pre_hook(self._dit_block_hook(state), with_kwargs=True)
+        )
+        single = family == "flux_single"
+        rotary = family != "joint"  # Flux attention takes rotary rows for every token
+        # (layer, takes rotary rows, text tokens first in its input)
+        layers: list[tuple[nn.Module | None, bool, bool]] = []
+        if s.merge_attn:
+            layers.append((block.attn, rotary, single))
+            layers.append((getattr(block, "attn2", None), False, False))  # SD3.5 dual attn
+        if s.merge_mlp:
+            mlp = block.proj_mlp if single else block.ff
+            if getattr(block, "_chunk_size", None) is None:  # chunked FF calls ff per chunk
+                layers.append((mlp, False, single))
+        for layer, with_rotary, has_text in layers:
+            if layer is None:
+                continue
+            self.handles.append(
+                layer.register_forward_pre_hook(
+                    _merge_images(state, has_text, with_rotary), with_kwargs=True
+                )
+            )
+            self.handles.append(layer.register_forward_hook(_unmerge_images(state, has_text)))
+            if with_rotary:
+                self._wrap_attention(layer)
+
+    def _dit_block_hook(self, state: dict[str, Any]):
+        def hook(module: nn.Module, args: tuple, kwargs: dict) -> None:
+            x = _argument(args, kwargs, 0, "hidden_states")
+            text = _argument(args, kwargs, 1, "encoder_hidden_states")
+            state["text"] = text.shape[1] if isinstance(text, torch.Tensor) else 0
+            state["merge"] = self._dit_matching(x) if isinstance(x, torch.Tensor) else None
+
+        return hook
+
+    def _wrap_attention(self, attn: nn.Module) -> None:
+        """Instance-level forward that runs per image when the images kept different
+        tokens (per-image rotary rows); removed by `remove`, the class forward shows again."""
+        previous = vars(attn).get("forward")
+        inner = attn.forward
+        attn.forward = lambda *a, **k: _per_image_attention(inner, *a, **k)
+        self._forwards.append((attn, previous))
+
+    def remove(self) -> None:
+        super().remove()
+        for attn, previous in reversed(self._forwards):
+            if previous is None:
+                del attn.forward
+            else:
+                attn.forward = previous
+        self._forwards.clear()
+
+
+def _parameters(model: nn.Module) -> set[str]:
+    import inspect
+
+    return set(inspect.signature(model.forward).parameters)
+
+
+def _grid_from_ids(ids: torch.Tensor | None, n: int) -> tuple[int, int] | None:
+    """(h, w) of Flux's packed image tokens from `img_ids` rows (0, y, x), row-major; a
+    square grid when ids are missing. None when the tokens are no single grid (e.g. the
+    reference-image tokens Kontext appends)."""
+    if ids is not None:
+        ids = ids[0] if ids.ndim == 3 else ids
+        h = int(ids[:, 1].max() - ids[:, 1].min()) + 1
+        w = int(ids[:, 2].max() - ids[:, 2].min()) + 1
+        return (h, w) if h * w == n and ids.shape[0] == n else None
+    side = math.isqrt(n)
+    return (side, side) if side * side == n else None
+
+
+def _argument(args: tuple, kwargs: dict, index: int, name: str) -> Any:
+    return args[index] if len(args) > index else kwargs.get(name)
+
+
+def _merge_images(state: dict[str, Any], has_text: bool, rotary: bool):
+    """Pre-hook: merge the image tokens of `hidden_states` (after the first `text` tokens
+    when text and image share the sequence), and the rotary rows with them."""
+
+    def hook(module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
+        merge: Merge | None = state["merge"]
+        state["active"] = None
+        if merge is None or kwargs.get("attention_mask") is not None:
+            return None  # a mask over all tokens would need merging too: leave it whole
+        state["active"] = merge
+        x = _argument(args, kwargs, 0, "hidden_states")
+        t = state["text"] if has_text else 0
+        merged = merge.merge(x[:, t:]) if t else merge.merge(x)
+        if t:
+            merged = torch.cat([x[:, :t], merged], dim=1)
+        kwargs = dict(kwargs)
+        if args:
+            args = (merged, *args[1:])
+        else:
+            kwargs["hidden_states"] = merged
+        emb = kwargs.get("image_rotary_emb")
+        if rotary and emb is not None:
+            text = kwargs.get("encoder_hidden_states")  # double stream: text rows first
+            t_rows = text.shape[1] if text is not None else state["text"]
+            kwargs["image_rotary_emb"] = merge_rotary(emb, merge, t_rows)
+        return args, kwargs
+
+    return hook
+
+
+def _unmerge_images(state: dict[str, Any], has_text: bool):
+    """Post-hook: copy each kept image token's output back to the tokens merged into it.
+    Joint attention returns (image, text[, ip-adapter image]); the text is untouched."""
+
+    def hook(module: nn.Module, args: tuple, output: Any) -> Any:
+        merge: Merge | None = state.get("active")
+        if merge is None:
+            return None
+        state["active"] = None
+        t = state["text"] if has_text else 0
+        if isinstance(output, tuple):
+            out = list(output)
+            out[0] = merge.unmerge(out[0])
+            if len(out) == 3:  # Flux IP-adapter: a second image-token output
+                out[2] = merge.unmerge(out[2])
+            return tuple(out)
+        if t:
+            return torch.cat([output[:, :t], merge.unmerge(output[:, t:])], dim=1)
+        return merge.unmerge(output)
+
+    return hook
+
+
+def merge_rotary(emb: Any, merge: Merge, text: int) -> Any:
+    """Rotary rows for the merged sequence [text; kept image tokens]: the `text` rows
+    unchanged, then the row of every kept image token (its own position). Rows (S, D) when
+    every image kept the same tokens, else (B, S, D) (see `_per_image_attention`)."""
+    kept = merge.kept
+    if isinstance(emb, (tuple, list)):
+        return type(emb)(merge_rotary(e, merge, text) for e in emb)
+    texts = torch.arange(text, device=kept.device)
+    if kept.shape[0] == 1 or bool((kept == kept[:1]).all()):
+        return emb.index_select(0, torch.cat([texts, kept[0] + text]).to(emb.device))
+    rows = torch.cat([texts.expand(kept.shape[0], -1), kept + text], dim=1)
+    return emb[rows.to(emb.device)]
+
+
+def _per_image_attention(inner: Any, *args: Any, **kwargs: Any) -> Any:
+    """Call a Flux attention once per image when its rotary rows are per image (B, S, D):
+    diffusers applies one (S, D) table to the whole batch. Tensors (and lists of them) with
+    the batch as first dimension are sliced per image, anything else passed as is."""
+    emb = kwargs.get("image_rotary_emb")
+    first = emb[0] if isinstance(emb, (tuple, list)) else emb
+    if first is None or first.ndim == 2:
+        return inner(*args, **kwargs)
+    x = _argument(args, kwargs, 0, "hidden_states")
+    b = x.shape[0]
+
+    def pick(v: Any, i: int) -> Any:
+        if isinstance(v, torch.Tensor) and v.ndim and v.shape[0] == b:
+            return v[i : i + 1]
+        if isinstance(v, (tuple, list)):
+            return type(v)(pick(u, i) for u in v)
+        return v
+
+    outs = []
+    for i in range(b):
+        k = {name: pick(v, i) for name, v in kwargs.items() if name != "image_rotary_emb"}
+        rows = type(emb)(e[i] for e in emb) if isinstance(emb, (tuple, list)) else emb[i]
+        outs.append(inner(*(pick(a, i) for a in args), image_rotary_emb=rows, **k))
+    if isinstance(outs[0], tuple):
+        return tuple(torch.cat(parts, dim=0) for parts in zip(*outs, strict=True))
+    return torch.cat(outs, dim=0)
