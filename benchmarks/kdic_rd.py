@@ -25,8 +25,10 @@ import sys
 import time
 from pathlib import Path
 
+from benchmarks.common import RESULTS, add_common_args, check_tree, write_report
+
 REPO = Path(__file__).resolve().parent.parent
-OUT = REPO / "benchmarks" / "results" / "kdic"
+OUT = RESULTS / "kdic"
 KDIC = str(Path(sys.executable).parent / "kdic")
 
 
@@ -58,7 +60,9 @@ def main() -> int:
         action="store_true",
         help="rewrite results.md from results.json (no training, no evaluation)",
     )
+    add_common_args(ap)
     args = ap.parse_args()
+    check_tree(args)
     if args.report_only:
         result = json.loads((OUT / "results.json").read_text())
         _add_rd_costs(result)
@@ -66,8 +70,7 @@ def main() -> int:
             ".venv/bin/python -m benchmarks.kdic_rd --report-only (same measurements; RD cost "
             "derived from the stored per-image bpp and PSNR, lambda from each run's config.yaml)"
         )
-        (OUT / "results.json").write_text(json.dumps(result, indent=1, default=str))
-        (OUT / "results.md").write_text(_markdown(result))
+        write_report(OUT / "results", _markdown(result), result)
         print((OUT / "results.md").read_text())
         return 0
     work = Path(args.work or REPO / ".cache" / f"kdic_bench_s{args.scale:g}")
@@ -119,7 +122,7 @@ def main() -> int:
 
     from kdic_cli.evaluate import evaluate_curves, plot_rd
     from kdic_cli.models import load_model
-    from kdic_cli.training import eval_images
+    from kdic_cli.data import eval_images
 
     torch.set_num_threads(1)  # timings comparable, less noise from the shared machine
     images = eval_images("builtin:photos")
@@ -145,8 +148,7 @@ def main() -> int:
     }  # fmt: skip
     result = {"meta": meta, **result}
     _add_rd_costs(result)
-    (OUT / "results.json").write_text(json.dumps(result, indent=1, default=str))
-    (OUT / "results.md").write_text(_markdown(result))
+    write_report(OUT / "results", _markdown(result), result)
     print((OUT / "results.md").read_text())
     return 0
 

@@ -4,6 +4,8 @@ Public API (imported lazily, so `kdic --help` stays fast)::
 
     from kdic_cli import S2CConv, build_student, partition, make_hybrid, rd_loss
     from kdic_cli import load_model, save_model, compress_image, decompress_bytes
+
+The commands as functions of their options: `kdic_cli.api` with `kdic_cli.options`.
 """
 
 from __future__ import annotations
@@ -38,6 +40,11 @@ _API = {
     "ms_ssim": "kdic_cli.metrics",
     "bd_rate": "kdic_cli.metrics",
     "evaluate_curves": "kdic_cli.evaluate",
+    "PhotoCrops": "kdic_cli.data",
+    "FolderCrops": "kdic_cli.data",
+    "Phase": "kdic_cli.training",
+    "run_phases": "kdic_cli.training",
+    "stage_schedule": "kdic_cli.api",
 }
 __all__ = sorted(_API)
 

@@ -3,7 +3,7 @@
 
 The codecs are trained here on builtin:photos crops the first time (a minute or two on a
 2-core CPU: tiny widths and few steps, so the quality is far below a real codec's) and cached
-in $TOOLKIT_CACHE/kdic-demo (default ~/.cache/efficient-learning-toolkit/kdic-demo).
+in cache_dir("kdic-demo-v2") of shared.cache ($TOOLKIT_CACHE/kdic-demo-v2).
 """
 
 from __future__ import annotations
@@ -16,38 +16,43 @@ from pathlib import Path
 
 
 def _cache() -> Path:
-    root = os.environ.get("TOOLKIT_CACHE") or Path.home() / ".cache" / "efficient-learning-toolkit"
-    return Path(root) / "kdic-demo-v2"
+    from shared.cache import cache_dir
+
+    return cache_dir("kdic-demo-v2")
 
 
 def _train(model, steps: int, loss_fn, params, seed: int = 0, lr: float = 2e-3) -> None:
+    """`steps` Adam steps of `loss_fn` on 4 photo crops each (crops 4i..4i+3 at step i+1),
+    the aux optimizer on `model`'s quantiles after each, on the shared trainer."""
     import torch
 
+    from kdic_cli.data import PhotoCrops
     from kdic_cli.distill import make_optimizers
-    from shared.builtin_data import PhotoCrops
+    from shared.train import Trainer
 
     ds = PhotoCrops("train", crop_size=64, n_crops_per_epoch=4 * steps, seed=seed)
     net, _ = make_optimizers([(n, p) for n, p in params], lr, 1e-2)
     _, aux = make_optimizers(list(model.named_parameters()), 2e-3, 1e-2)
-    for i in range(steps):
-        x = torch.stack([ds[4 * i + j] for j in range(4)])
+    trainer = Trainer(steps, description="demo training").track(model=model, opt=net, aux=aux)
+
+    def step_fn(step: int) -> dict:
+        x = torch.stack([ds[4 * (step - 1) + j] for j in range(4)])
         loss = loss_fn(x)
-        net.zero_grad()
-        loss.backward()
-        net.step()
-        aux.zero_grad()
-        model.aux_loss().backward()
-        aux.step()
+        trainer.optimize(loss, net)
+        trainer.optimize(model.aux_loss(), aux)
+        return {"loss": loss}
+
+    trainer.fit(step_fn)
 
 
 def build_codecs(cache: Path, lmbda: float = 0.0483):
     import torch
 
+    from kdic_cli.data import PhotoCrops
     from kdic_cli.distill import make_hybrid, rd_loss
     from kdic_cli.models import load_model, make_spec, new_model, save_model
     from kdic_cli.stages import partition
     from kdic_cli.student import build_student
-    from shared.builtin_data import PhotoCrops
 
     t_path, s_path = cache / "teacher.safetensors", cache / "student.safetensors"
     if t_path.exists() and s_path.exists():

@@ -17,6 +17,7 @@ modes. The aux loss of the student's entropy bottleneck (its quantiles) trains a
 from __future__ import annotations
 
 import copy
+import functools
 import math
 from collections.abc import Iterator
 from typing import Any
@@ -54,12 +55,18 @@ def bpp_from_likelihoods(likelihoods: Any, num_pixels: int) -> Tensor:
     return total / (-math.log(2) * num_pixels)
 
 
+@functools.cache
+def _criterion(lmbda: float) -> nn.Module:
+    from compressai.losses import RateDistortionLoss
+
+    return RateDistortionLoss(lmbda=lmbda)
+
+
 def rd_loss(out: dict[str, Any], x: Tensor, lmbda: float) -> dict[str, Tensor]:
-    """compressai's MSE rate-distortion loss, per image (images in [0, 1])."""
-    n, _, h, w = x.shape
-    bpp = bpp_from_likelihoods(out["likelihoods"], n * h * w)
-    mse = nn.functional.mse_loss(out["x_hat"], x)
-    return {"loss": lmbda * 255**2 * mse + bpp, "mse": mse, "bpp": bpp}
+    """compressai's MSE rate-distortion loss (its own `RateDistortionLoss`: bpp from the
+    likelihoods + lmbda * 255^2 * MSE on images in [0, 1]), with short key names."""
+    res = _criterion(float(lmbda))(out, x)
+    return {"loss": res["loss"], "mse": res["mse_loss"], "bpp": res["bpp_loss"]}
 
 
 class _Swap(nn.Module):

@@ -1,4 +1,5 @@
-"""End to end through the installed `kdic` console script, plus bad input in-process."""
+"""The `kdic` command line: in-process on tiny untrained codecs (fast), end to end with a
+trained codec, preemption and torchrun in real processes (slow)."""
 
 from __future__ import annotations
 
@@ -18,19 +19,138 @@ from tests.helpers import tool_path
 from tests.kdic.conftest import TRAIN, kdic
 
 
-@pytest.fixture(scope="module")
-def student(trained_codec, tmp_path_factory) -> tuple[str, dict]:
-    out = tmp_path_factory.mktemp("kdic") / "student"
-    res = kdic("build-student", "--teacher", trained_codec, "--width", "0.5", "--crop", "64",
-               "--calib-images", "4", "--json", "--out", str(out))  # fmt: skip
-    return str(out), json.loads(res.stdout)
+def _one_line_error(res, *words: str) -> None:
+    assert res.code == 2, (res.code, res.stderr)
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1, res.stderr
+    for w in words:
+        assert w in lines[0], lines[0]
 
 
-def test_build_student_reports_costs(student) -> None:
-    _, metrics = student
+# -- fast: tiny untrained codecs, in-process ----------------------------------------------
+def test_build_student_reports_costs(tiny_codecs, tmp_path) -> None:
+    teacher, _ = tiny_codecs
+    res = kdic("build-student", "--teacher", teacher, "--width", "0.5", "--crop", "64",
+               "--calib-images", "4", "--json", "--out", str(tmp_path / "s"))  # fmt: skip
+    metrics = json.loads(res.stdout)
     assert metrics["status"] == "ok"
     assert metrics["kmac_ratio"] <= 0.45
     assert metrics["student_params"] < metrics["teacher_params"]
+    assert Path(metrics["student"]).is_file()
+
+
+def test_compress_decompress_round_trip(tiny_codecs, tmp_path) -> None:
+    from shared.builtin_data import PhotoImages
+    from shared.images import save_image
+
+    teacher, student = tiny_codecs
+    img = tmp_path / "photo.png"
+    save_image(PhotoImages("val")[0][:, :100, :150], img)
+    f1, f2 = tmp_path / "a.kdic", tmp_path / "b.kdic"
+    res = kdic("compress", str(img), "--model", teacher, "-o", str(f1), "--json")
+    kdic("compress", str(img), "--model", teacher, "-o", str(f2), "--quiet")
+    assert f1.read_bytes() == f2.read_bytes()  # bit-exact across runs
+    enc = json.loads(res.stdout)
+    assert enc["bytes"] == f1.stat().st_size and (enc["width"], enc["height"]) == (150, 100)
+    res = kdic("decompress", str(f1), "--model", teacher, "-o", str(tmp_path / "r.png"),
+               "--reference", str(img), "--json")  # fmt: skip
+    dec = json.loads(res.stdout)
+    assert dec["bpp"] == pytest.approx(enc["bpp"]) and dec["psnr"] > 0
+    assert Image.open(tmp_path / "r.png").size == (150, 100)
+
+    # the wrong model, then a truncated file: exit 2, one line, no output left
+    for model, data, words in ((student, f1.read_bytes(), "another model"),
+                               (teacher, f1.read_bytes()[:-10], "truncated")):  # fmt: skip
+        bad = tmp_path / "bad.kdic"
+        bad.write_bytes(data)
+        res = kdic("decompress", str(bad), "--model", model, "-o", str(tmp_path / "x.png"),
+                   check=False)  # fmt: skip
+        _one_line_error(res, words)
+        assert not (tmp_path / "x.png").exists()
+
+
+@pytest.mark.parametrize("kind", ["missing", "text", "1x1"])
+def test_bad_images_are_refused_with_one_line(kind: str, tiny_codecs, tmp_path) -> None:
+    img = tmp_path / "img.png"
+    if kind == "text":
+        img.write_text("not an image")
+    elif kind == "1x1":
+        Image.fromarray(np.zeros((1, 1, 3), np.uint8)).save(img)
+    out = tmp_path / "o.kdic"
+    res = kdic("compress", str(img), "--model", tiny_codecs[0], "-o", str(out), check=False)
+    _one_line_error(res, str(img))
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("mode", ["L", "RGBA"])
+def test_grayscale_and_rgba_are_converted(mode: str, tiny_codecs, tmp_path) -> None:
+    arr = np.random.default_rng(0).integers(0, 255, (70, 90, 4 if mode == "RGBA" else 1))
+    Image.fromarray(arr.squeeze().astype(np.uint8), mode).save(tmp_path / "img.png")
+    kdic("compress", str(tmp_path / "img.png"), "--model", tiny_codecs[0], "-o",
+         str(tmp_path / "o.kdic"), "--json")  # fmt: skip
+    kdic("decompress", str(tmp_path / "o.kdic"), "--model", tiny_codecs[0], "-o",
+         str(tmp_path / "r.png"), "--quiet")  # fmt: skip
+    assert Image.open(tmp_path / "r.png").size == (90, 70)
+
+
+def test_distill_refuses_a_non_student_and_leaves_no_output_dir(tiny_codecs, tmp_path) -> None:
+    teacher, _ = tiny_codecs
+    out = tmp_path / "d"
+    res = kdic("distill", "--teacher", teacher, "--student", teacher, "--steps", "2", *TRAIN,
+               "--out", str(out), check=False)  # fmt: skip
+    _one_line_error(res, "--student", "build-student")
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    ("flag", "value", "words"),
+    [
+        ("--lmbda", "0", "must be > 0"),
+        ("--lmbda", "nan", "finite"),
+        ("--lr", "0", "must be > 0"),
+        ("--aux-lr", "-1", "must be > 0"),
+        ("--steps", "-1", "must be >= 0"),
+        ("--batch-size", "0", "must be >= 1"),
+        ("--crop", "100", "multiple of 64"),
+        ("--supervision", "both", "implicit, explicit"),
+        ("--quality", "9", "must be <= 8"),
+    ],
+)
+def test_distill_option_bounds(flag, value, words, tiny_codecs, tmp_path) -> None:
+    teacher, student = tiny_codecs
+    out = tmp_path / "d"
+    res = kdic("distill", "--teacher", teacher, "--student", student, *TRAIN, flag, value,
+               "--out", str(out), check=False)  # fmt: skip
+    _one_line_error(res, flag, words)
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(("value", "words"), [("0", "must be > 0"), ("1.5", "must be <= 1")])
+def test_build_student_width_bounds(value, words, tiny_codecs, tmp_path) -> None:
+    res = kdic("build-student", "--teacher", tiny_codecs[0], "--width", value,
+               "--out", str(tmp_path / "s"), check=False)  # fmt: skip
+    _one_line_error(res, "--width", words)
+
+
+def test_distill_zero_steps_saves_the_student_unchanged(tiny_codecs, tmp_path) -> None:
+    from kdic_cli.models import load_model
+
+    teacher, student = tiny_codecs
+    res = kdic("distill", "--teacher", teacher, "--student", student, "--steps", "0", *TRAIN,
+               "--json", "--out", str(tmp_path / "d"))  # fmt: skip
+    metrics = json.loads(res.stdout)
+    assert metrics["steps"] == 0 and "h_a" in metrics["stages"]
+    a, b = load_model(student)[0].state_dict(), load_model(tmp_path / "d")[0].state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+# -- slow: training and real processes ----------------------------------------------------
+@pytest.fixture(scope="module")
+def student(trained_codec, tmp_path_factory) -> str:
+    out = tmp_path_factory.mktemp("kdic") / "student"
+    kdic("build-student", "--teacher", trained_codec, "--width", "0.5", "--crop", "64",
+         "--calib-images", "4", "--quiet", "--out", str(out))  # fmt: skip
+    return str(out)
 
 
 def _state(path: Path) -> dict[str, torch.Tensor]:
@@ -39,9 +159,9 @@ def _state(path: Path) -> dict[str, torch.Tensor]:
     return load_file(str(path / "model.safetensors"))
 
 
+@pytest.mark.slow
 def test_distill_killed_and_resumed_equals_uninterrupted(trained_codec, student, tmp_path) -> None:
-    s_dir, _ = student
-    args = ["distill", "--teacher", trained_codec, "--student", s_dir, "--steps", "11",
+    args = ["distill", "--teacher", trained_codec, "--student", student, "--steps", "11",
             "--checkpoint-every", "1", *TRAIN]  # fmt: skip
     kdic(*args, "--out", str(tmp_path / "full"))
     cut = tmp_path / "cut"
@@ -63,9 +183,9 @@ def test_distill_killed_and_resumed_equals_uninterrupted(trained_codec, student,
     assert json.loads((cut / "metrics.json").read_text())["status"] == "ok"
 
 
-def test_evaluate_compress_decompress(trained_codec, student, tmp_path) -> None:
-    s_dir, _ = student
-    res = kdic("evaluate", "--model", trained_codec, "--model", s_dir, "--label", "teacher",
+@pytest.mark.slow
+def test_evaluate_trained_codec_matches_decompress(trained_codec, student, tmp_path) -> None:
+    res = kdic("evaluate", "--model", trained_codec, "--model", student, "--label", "teacher",
                "--label", "student", "--limit", "1", "--json", "--plot",
                str(tmp_path / "rd.png"))  # fmt: skip
     result = json.loads(res.stdout)
@@ -79,78 +199,16 @@ def test_evaluate_compress_decompress(trained_codec, student, tmp_path) -> None:
 
     img = tmp_path / "photo.png"
     save_image(PhotoImages("val")[0], img)
-    f1, f2 = tmp_path / "a.kdic", tmp_path / "b.kdic"
+    f1 = tmp_path / "a.kdic"
     kdic("compress", str(img), "--model", trained_codec, "-o", str(f1), "--quiet")
-    kdic("compress", str(img), "--model", trained_codec, "-o", str(f2), "--quiet")
-    assert f1.read_bytes() == f2.read_bytes()  # bit-exact across runs
     res = kdic("decompress", str(f1), "--model", trained_codec, "-o", str(tmp_path / "r.png"),
                "--reference", str(img), "--json")  # fmt: skip
     dec = json.loads(res.stdout)
     assert dec["psnr"] == pytest.approx(point["psnr"], abs=1e-6)
     assert dec["bpp"] == pytest.approx(point["bpp"])
 
-    # the wrong model, then a truncated file: exit 2, one line, no output left
-    for model, data, words in ((s_dir, f1.read_bytes(), "another model"),
-                               (trained_codec, f1.read_bytes()[:-10], "truncated")):  # fmt: skip
-        bad = tmp_path / "bad.kdic"
-        bad.write_bytes(data)
-        res = kdic("decompress", str(bad), "--model", model, "-o", str(tmp_path / "x.png"),
-                   check=False)  # fmt: skip
-        assert res.returncode == 2
-        assert words in res.stderr and len(res.stderr.strip().splitlines()) == 1
-        assert not (tmp_path / "x.png").exists()
 
-
-def test_bad_input_exits_2_and_leaves_no_output_dir(trained_codec, tmp_path) -> None:
-    out = tmp_path / "d"
-    res = kdic("distill", "--teacher", trained_codec, "--student", trained_codec, "--steps",
-               "2", *TRAIN, "--out", str(out), check=False)  # fmt: skip
-    assert res.returncode == 2
-    assert res.stderr.strip().splitlines() == [
-        line for line in res.stderr.strip().splitlines() if "--student" in line
-    ]
-    assert len(res.stderr.strip().splitlines()) == 1
-    assert not out.exists()
-
-
-def _invoke(*args: str):
-    from typer.testing import CliRunner
-
-    from kdic_cli.cli import app
-
-    return CliRunner().invoke(app, list(args))
-
-
-@pytest.mark.parametrize("kind", ["missing", "text", "1x1"])
-def test_bad_images_are_refused_with_one_line(kind: str, trained_codec, tmp_path) -> None:
-    from shared.errors import InputError
-
-    img = tmp_path / "img.png"
-    if kind == "text":
-        img.write_text("not an image")
-    elif kind == "1x1":
-        Image.fromarray(np.zeros((1, 1, 3), np.uint8)).save(img)
-    out = tmp_path / "o.kdic"
-    res = _invoke("compress", str(img), "--model", trained_codec, "-o", str(out))
-    assert isinstance(res.exception, InputError)
-    assert str(img) in str(res.exception) and "\n" not in str(res.exception)
-    assert not out.exists()
-
-
-@pytest.mark.parametrize("mode", ["L", "RGBA"])
-def test_grayscale_and_rgba_are_converted(mode: str, trained_codec, tmp_path) -> None:
-    arr = np.random.default_rng(0).integers(0, 255, (70, 90, 4 if mode == "RGBA" else 1))
-    Image.fromarray(arr.squeeze().astype(np.uint8), mode).save(tmp_path / "img.png")
-    res = _invoke("compress", str(tmp_path / "img.png"), "--model", trained_codec, "-o",
-                  str(tmp_path / "o.kdic"), "--json")  # fmt: skip
-    assert res.exit_code == 0, res.output
-    res = _invoke("decompress", str(tmp_path / "o.kdic"), "--model", trained_codec, "-o",
-                  str(tmp_path / "r.png"), "--quiet")  # fmt: skip
-    assert res.exit_code == 0
-    assert Image.open(tmp_path / "r.png").size == (90, 70)
-    os.remove(tmp_path / "r.png")
-
-
+@pytest.mark.slow
 @pytest.mark.parametrize("supervision", ["implicit", "explicit"])
 def test_two_process_distill_keeps_replicas_identical(
     supervision: str, trained_codec, student, tmp_path
@@ -160,12 +218,11 @@ def test_two_process_distill_keeps_replicas_identical(
     end-of-training replica check fails."""
     from tests.helpers import BIN
 
-    s_dir, _ = student
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     res = subprocess.run(
         [str(BIN / "torchrun"), "--nproc-per-node", "2", "--master-port",
          str(29700 + os.getpid() % 1000 + (supervision == "explicit")), tool_path("kdic"),
-         "distill", "--teacher", trained_codec, "--student", s_dir, "--supervision",
+         "distill", "--teacher", trained_codec, "--student", student, "--supervision",
          supervision, "--steps", "8", *TRAIN, "--out", str(tmp_path / "ddp")],
         capture_output=True, text=True, env=env, timeout=300,
     )  # fmt: skip

@@ -37,6 +37,7 @@ def test_autoregressive_round_trip(photo) -> None:
     assert decompress_bytes(model, data).shape == x.shape
 
 
+@pytest.mark.slow
 def test_bpp_from_bytes_matches_likelihood_estimate(trained_codec) -> None:
     """With a trained codec (aux loss fitted the quantiles) the real bitstream is within a
     few percent of the likelihood estimate."""

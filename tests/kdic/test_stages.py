@@ -39,6 +39,7 @@ def _pair(width: float):
     return teacher, student, info
 
 
+@pytest.mark.slow  # ~15 s on a 2-core CPU
 def test_hybrid_trains_only_its_stage() -> None:
     from kdic_cli.distill import make_hybrid, rd_loss
     from kdic_cli.stages import partition

@@ -9,7 +9,7 @@ from tests.kdic.conftest import tiny
 
 
 def _calib() -> list[torch.Tensor]:
-    from shared.builtin_data import PhotoCrops
+    from kdic_cli.data import PhotoCrops
 
     ds = PhotoCrops("train", crop_size=64, n_crops_per_epoch=8)
     return [torch.stack([ds[i] for i in range(8)])]
@@ -81,6 +81,7 @@ def test_s2c_student_fewer_blocks_and_ffn() -> None:
     assert out["x_hat"].shape == (1, 3, 64, 64)
 
 
+@pytest.mark.slow  # ~15 s on a 2-core CPU
 def test_cheng2020_and_elic_students_build() -> None:
     from kdic_cli.student import build_student
 

@@ -110,6 +110,7 @@ def test_load_photo_rgb_uint8() -> None:
 def test_missing_photo_package_is_skipped_unless_none_left(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    builtin_data._photo_array.cache_clear()  # a photo decoded by an earlier test stays cached
     real = builtin_data._photo_path
     monkeypatch.setattr(
         builtin_data,
