@@ -120,9 +120,9 @@ def main() -> int:
 
     import torch
 
+    from kdic_cli.data import eval_images
     from kdic_cli.evaluate import evaluate_curves, plot_rd
     from kdic_cli.models import load_model
-    from kdic_cli.data import eval_images
 
     torch.set_num_threads(1)  # timings comparable, less noise from the shared machine
     images = eval_images("builtin:photos")
