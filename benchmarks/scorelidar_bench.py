@@ -7,7 +7,7 @@ small teacher and the recipe's students (the main one and its ablations, see
 scorelidar_cli/zoo.py) through the real commands, cached under
 $TOOLKIT_CACHE/scorelidar/<recipe>; held-out scenes (other seeds) are completed by: teacher
 at 50 and 8 steps, the student at 8 and 4 steps, every other student at 8 steps. Then the
-real KITTI scan (../shared/data/kitti_000123.ply, no ground truth) is completed by teacher
+real KITTI scan (data/kitti_000123.ply, no ground truth) is completed by teacher
 and student: time, points, input kept within 5 cm.
 """
 
@@ -27,7 +27,7 @@ from benchmarks.common import (
 )
 from scorelidar_cli.zoo import RECIPES, reference_models, run_tool
 
-KITTI = Path(__file__).resolve().parents[2] / "shared" / "data" / "kitti_000123.ply"
+KITTI = Path(__file__).resolve().parents[1] / "data" / "kitti_000123.ply"
 STUDENT_LABELS = {
     "student": "student",
     "student-paper": "student, paper's one-step training",

@@ -16,9 +16,9 @@ import numpy as np
 import pytest
 
 from scorelidar_cli.io import read_scan
-from tests.helpers import BIN, SHARED_DATA, run_cli, tool_path
+from tests.helpers import BIN, KITTI_SCAN, run_cli, tool_path
 
-KITTI = SHARED_DATA / "kitti_000123.ply"
+KITTI = KITTI_SCAN  # shipped in data/ (CC BY-NC-SA 3.0, data/README.md)
 
 
 def scorelidar(*args: str | Path, cwd: Path) -> tuple[int, str, str]:
@@ -68,7 +68,6 @@ def test_complete_writes_ply_and_time(sim: Path, untrained: Path, tmp_path: Path
     assert res["steps"] == 2 and row["input_points"] == len(read_scan(scan))
 
 
-@pytest.mark.skipif(not KITTI.exists(), reason="../shared/data/kitti_000123.ply is absent")
 def test_complete_runs_on_the_real_kitti_scan(untrained: Path, tmp_path: Path) -> None:
     res = ok_json(
         "complete", KITTI, "--model", untrained, "--steps", "2", "--solver", "ode",

@@ -11,7 +11,7 @@ from scorelidar_cli.dataset import Sequence, open_dataset, parse_sequences
 from scorelidar_cli.io import check_scan, read_scan, write_kitti_bin, write_pcd, write_ply
 from scorelidar_cli.simulate import MOVING_CAR, simulate_sequence, write_sequence
 from shared.errors import InputError
-from tests.helpers import SHARED_DATA
+from tests.helpers import KITTI_SCAN
 
 
 @pytest.fixture
@@ -67,11 +67,8 @@ def test_scan_validation_errors(cloud: np.ndarray) -> None:
     assert check_scan(cloud, "s", max_range=50.0) is cloud
 
 
-@pytest.mark.skipif(
-    not (SHARED_DATA / "kitti_000123.ply").exists(), reason="../shared/data is not checked out"
-)
 def test_reads_the_real_kitti_scan() -> None:
-    pts = read_scan(SHARED_DATA / "kitti_000123.ply")
+    pts = read_scan(KITTI_SCAN)
     assert pts.shape == (125773, 3)
     rng = np.linalg.norm(pts, axis=1)
     assert rng.min() > 1.0 and 60 < rng.max() < 120  # metres, sensor frame
