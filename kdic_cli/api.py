@@ -359,6 +359,7 @@ def compress(cfg: CompressOptions) -> dict[str, Any]:
     from shared.images import load_image
     from shared.io import write_bytes
 
+    _refuse_overwriting_inputs(cfg.output, [cfg.image, cfg.model])
     x = load_image(cfg.image)
     net, _ = load_codec(cfg.model, "--model", arch_spec(cfg), cfg.pretrained)
     start = time.perf_counter()
@@ -379,6 +380,9 @@ def decompress(cfg: DecompressOptions) -> dict[str, Any]:
 
     if not cfg.file.is_file():
         raise InputError(f"{cfg.file}: no such file")
+    _refuse_overwriting_inputs(cfg.output, [cfg.file, cfg.model, cfg.reference])
+    # the reference is read before anything is written: a bad one leaves no output behind
+    ref = load_image(cfg.reference) if cfg.reference is not None else None
     data = cfg.file.read_bytes()
     net, _ = load_codec(cfg.model, "--model", arch_spec(cfg), cfg.pretrained)
     start = time.perf_counter()
@@ -387,13 +391,23 @@ def decompress(cfg: DecompressOptions) -> dict[str, Any]:
     except ContainerError as exc:
         raise InputError(f"{cfg.file}: {exc}") from None
     seconds = time.perf_counter() - start
+    if ref is not None and ref.shape != x_hat.shape:
+        raise InputError(
+            f"--reference {cfg.reference}: {tuple(ref.shape[-2:])} pixels, the decoded image "
+            f"is {tuple(x_hat.shape[-2:])}"
+        )
     save_image(x_hat, cfg.output)
     h, w = x_hat.shape[-2:]
     res: dict[str, Any] = {"file": str(cfg.file), "output": str(cfg.output),
                            "bpp": bpp(len(data), h, w), "decode_s": seconds}  # fmt: skip
-    if cfg.reference is not None:
-        ref = load_image(cfg.reference)
-        if ref.shape != x_hat.shape:
-            raise InputError(f"--reference {cfg.reference}: size differs from the decoded image")
+    if ref is not None:
         res["psnr"] = psnr(ref, x_hat)
     return res
+
+
+def _refuse_overwriting_inputs(output: Path, inputs: list[Path | str | None]) -> None:
+    """-o must not name one of the command's own inputs (it would be replaced)."""
+    target = Path(output).resolve()
+    for given in inputs:
+        if given is not None and Path(given).exists() and Path(given).resolve() == target:
+            raise InputError(f"-o {output}: is one of this command's inputs; choose another name")

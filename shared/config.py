@@ -34,7 +34,13 @@ def read_config_file(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise typer.BadParameter(f"{path}: no such file", param_hint="--config")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = yaml.safe_load(path.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError:
+        raise typer.BadParameter(f"{path}: not UTF-8 text", param_hint="--config") from None
+    except OSError as exc:
+        raise typer.BadParameter(
+            f"{path}: unreadable ({exc.strerror})", param_hint="--config"
+        ) from None
     except yaml.YAMLError as exc:
         line = getattr(getattr(exc, "problem_mark", None), "line", None)
         where = f" (line {line + 1})" if line is not None else ""
@@ -42,7 +48,9 @@ def read_config_file(path: Path) -> dict[str, Any]:
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise typer.BadParameter(f"{path}: expected a mapping of option: value", "--config")
+        raise typer.BadParameter(
+            f"{path}: expected a mapping of option: value", param_hint="--config"
+        )
     return {str(k).replace("-", "_"): v for k, v in data.items()}
 
 

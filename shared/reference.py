@@ -4,6 +4,11 @@ Tools need real trained models without network access: vbp prunes one, hello use
 its teacher, tomerge one to check that generated digits still show their class. They are
 trained once per (architecture, data, recipe) and cached under $TOOLKIT_CACHE (default
 ~/.cache/efficient-learning-toolkit/reference).
+
+A reference that ships in the repository (`references/<tool>/<timm_name>-<key>.safetensors`,
+listed in references/MANIFEST.json, see shared.references) is used first: a fresh clone
+trains nothing. `key` is the hash of the recipe, so a shipped file is only taken for the
+recipe that built it.
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ def cache_dir() -> Path:
     return root("reference")
 
 
-def reference_classifier(
+def recipe_of(
     timm_name: str,
     model_kwargs: dict[str, Any],
     *,
@@ -35,10 +40,9 @@ def reference_classifier(
     batch_size: int = 64,
     weight_decay: float = 0.05,
     seed: int = 0,
-) -> tuple[Path, dict[str, Any]]:
-    """Path of a trained checkpoint (safetensors, loadable as a plain state dict) and its
-    metadata (architecture, recipe, val_top1). Trains and caches it on first use."""
-    recipe = {
+) -> dict[str, Any]:
+    """The full recipe of a reference classifier (what its key hashes)."""
+    return {
         "timm_name": timm_name,
         "model_kwargs": model_kwargs,
         "data": data,
@@ -48,21 +52,61 @@ def reference_classifier(
         "weight_decay": weight_decay,
         "seed": seed,
     }
-    key = hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:12]
-    path = cache_dir() / f"{timm_name}-{key}.safetensors"
-    if path.exists():
-        _, meta = load_checkpoint(path, tool="reference")
-        return path, meta
-    model, val_top1 = _train(recipe)
-    save_checkpoint(
-        path,
-        model.state_dict(),
-        tool="reference",
-        architecture={"timm_name": timm_name, "model_kwargs": model_kwargs},
-        extra={"recipe": recipe, "val_top1": val_top1},
-    )
+
+
+def recipe_key(recipe: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def file_name(recipe: dict[str, Any]) -> str:
+    """`<timm_name>-<key>.safetensors`: the same name in the cache and in references/."""
+    return f"{recipe['timm_name']}-{recipe_key(recipe)}.safetensors"
+
+
+def shipped_reference(recipe: dict[str, Any]) -> Path | None:
+    """The shipped file of this recipe (any tool's references/ folder), when intact."""
+    from shared.references import find, manifest
+
+    wanted = file_name(recipe)
+    for name, entry in manifest().items():
+        if Path(entry["file"]).name == wanted:
+            return find(name)
+    return None
+
+
+def reference_classifier(
+    timm_name: str, model_kwargs: dict[str, Any], **recipe_args: Any
+) -> tuple[Path, dict[str, Any]]:
+    """Path of a trained checkpoint (safetensors, loadable as a plain state dict) and its
+    metadata (architecture, recipe, val_top1): the shipped one, else the cached one, else
+    trained now and cached (`recipe_args`: see `recipe_of`)."""
+    recipe = recipe_of(timm_name, model_kwargs, **recipe_args)
+    path = shipped_reference(recipe) or cache_dir() / file_name(recipe)
+    if not path.exists():
+        build_reference(recipe, path)
     _, meta = load_checkpoint(path, tool="reference")
     return path, meta
+
+
+def build_reference(
+    recipe: dict[str, Any], path: Path, *, threads: int | None = None
+) -> dict[str, Any]:
+    """Train the recipe's classifier and save it to `path`; returns its metadata. `threads`
+    pins torch's CPU threads (a fixed count makes a rebuild bit-identical on the same CPU
+    type: the reduction order of the kernels depends on it)."""
+    previous = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        model, val_top1 = _train(recipe)
+    finally:
+        torch.set_num_threads(previous)
+    architecture = {"timm_name": recipe["timm_name"], "model_kwargs": recipe["model_kwargs"]}
+    extra = {"recipe": recipe, "val_top1": val_top1}
+    save_checkpoint(
+        path, model.state_dict(), tool="reference", architecture=architecture, extra=extra
+    )
+    return {"architecture": architecture, **extra}
 
 
 def load_reference(path: Path) -> nn.Module:

@@ -53,6 +53,7 @@ class Run:
         self._old_handlers: dict[int, Any] = {}
         self._existed = self.dir.exists()
         self._before: set[Path] = set()
+        self._state: dict[str, Any] | None = None
         self.started = time.time()
 
     # -- lifecycle -------------------------------------------------------------
@@ -64,6 +65,7 @@ class Run:
         self.main = is_main()
         if self.main:
             get_console().attach_log(self.dir / "log.txt")
+        if self.main and not (self.resume and (self.dir / "config.yaml").exists()):
             write_yaml(
                 self.dir / "config.yaml",
                 {
@@ -147,9 +149,6 @@ class Run:
                 f"--resume: {self.dir} holds a '{written.get('tool')} {written.get('command')}' "
                 f"run, not '{self.tool} {self.command}'"
             )
-        if not (self.dir / STATE_FILE).exists():
-            # e.g. a job requeued before its first checkpoint: nothing to continue from
-            get_console().warn(f"--resume: no {STATE_FILE} in {self.dir} yet, starting fresh")
         from shared.console import _plain
         from shared.train import VOLATILE_OPTIONS
 
@@ -161,6 +160,17 @@ class Run:
                 f"--resume: {self.dir} was written with other options ({shown}); rerun with "
                 "the same options to resume, or use --overwrite to start again"
             )
+        state = self.dir / STATE_FILE
+        if not state.exists():
+            # e.g. a job requeued before its first checkpoint: nothing to continue from
+            get_console().warn(f"--resume: no {STATE_FILE} in {self.dir} yet, starting fresh")
+            return
+        from shared.checkpoints import safe_torch_load
+
+        # read (safely) before anything is written: a damaged state leaves the folder as it was
+        self._state = safe_torch_load(state)
+        if not isinstance(self._state, dict):
+            raise InputError(f"{state}: not a resume state of this toolkit")
 
     def _remove_created(self) -> None:
         if not self._existed:
@@ -221,13 +231,15 @@ class Run:
 
     def load_state(self) -> dict[str, Any] | None:
         """The saved training state when resuming, else None."""
+        if self._state is not None:  # read when the folder was claimed
+            state, self._state = self._state, None
+            return state
         path = self.dir / STATE_FILE
         if not (self.resume and path.exists()):
             return None
-        try:
-            return torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:  # noqa: BLE001 (any unreadable state is bad input)
-            raise InputError(f"{path}: unreadable resume state ({exc})") from None
+        from shared.checkpoints import safe_torch_load
+
+        return safe_torch_load(path)  # never runs code; one line when unreadable
 
     def save_state(self, state: dict[str, Any]) -> None:
         if not self.main:
