@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed-stamp
 export HF_HUB_OFFLINE ?= 1
 export PYTHONUNBUFFERED := 1
 
-.PHONY: install demo test test-fast gpu-check references bench lint clean
+.PHONY: install demo test test-fast test-references gpu-check references bench lint clean
 
 # Re-runs only when the dependency files change (the stamp is newer otherwise).
 $(STAMP): pyproject.toml constraints.txt
@@ -25,6 +25,14 @@ test: install
 # Everything but the subprocess, torchrun and training tests: under 2 minutes on 2 cores.
 test-fast: install
 	$(BIN)/python -m pytest -m "not slow"
+
+# Retrain every shipped reference model in a temporary folder and compare it with the
+# shipped file (make test does the smallest only); `make references` rewrites them.
+test-references: install
+	TOOLKIT_REBUILD=1 $(BIN)/python -m pytest -m "rebuild" -v
+
+references: install
+	$(BIN)/python -m shared.references --rebuild
 
 # On a GPU machine: the CUDA tests (AMP step, NCCL, synchronised timing) and one short job
 # per tool on the GPU. Fails, instead of skipping, where no CUDA device is present.

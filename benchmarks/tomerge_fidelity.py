@@ -9,8 +9,10 @@ sampled unmerged, with our ToMe baseline (mode=tome) and with importance merging
 
 Reported per method and ratio: PSNR / SSIM of each sample to the unmerged sample from the
 same seed, and the accuracy of a digits classifier (the cached reference ViT) on the
-samples: does the image still show the requested class? The trained UNet is cached under
-$TOOLKIT_CACHE (default ./.cache) so reruns only sample.
+samples: does the image still show the requested class? Without --train-steps / --quick the
+UNet is the shipped reference (references/tomerge/digits-unet-<size>px.safetensors, one
+attention head, see tomerge_cli.references); with them it is trained here with the
+recipe below (eight heads) and cached under $TOOLKIT_CACHE (default ./.cache).
 """
 
 from __future__ import annotations
@@ -178,13 +180,21 @@ def main() -> None:
     add_common_args(parser)
     args = parser.parse_args()
     check_tree(args)
-    train_steps = args.train_steps or (100 if args.quick else 500)
     per_class = args.per_class or (4 if args.quick else 20)
 
     import tomerge_cli
     from tomerge_cli.fidelity import psnr, ssim
+    from tomerge_cli.references import RECIPES, reference_model
 
-    model, train_s = trained_model(train_steps, args.batch, args.size)
+    shipped = f"digits-unet-{args.size}px"
+    if args.train_steps is None and not args.quick and shipped in RECIPES:
+        # the shipped reference (references/tomerge/, python -m tomerge_cli.references NAME)
+        model, train_s = reference_model(shipped), 0.0
+        train_steps, batch = RECIPES[shipped].steps, RECIPES[shipped].batch
+    else:
+        batch = args.batch
+        train_steps = args.train_steps or (100 if args.quick else 500)
+        model, train_s = trained_model(train_steps, args.batch, args.size)
     predict, cls_meta = classifier()
     labels = torch.arange(CLASSES).repeat_interleave(per_class)
     chunks = labels.split(50)
@@ -234,7 +244,7 @@ def main() -> None:
     sections = [
         (
             f"{len(labels)} samples ({per_class} per class), DDIM {args.steps} steps, "
-            f"guidance {args.guidance}; UNet trained {train_steps} steps x {args.batch} at "
+            f"guidance {args.guidance}; UNet trained {train_steps} steps x {batch} at "
             f"{args.size}x{args.size}; prune_steps {args.prune_steps}",
             markdown_table(
                 [

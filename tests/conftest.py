@@ -20,12 +20,16 @@ def _seed() -> None:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Tests marked `gpu` are skipped, with the reason, where no CUDA device is present."""
+    """Tests marked `gpu` are skipped, with the reason, where no CUDA device is present; tests
+    marked `rebuild` (retraining a shipped reference: minutes each) run only with
+    TOOLKIT_REBUILD=1 (`make test-references`); `make test` rebuilds the smallest one only."""
     import torch
 
-    if torch.cuda.is_available():
-        return
-    skip = pytest.mark.skip(reason="needs a CUDA GPU (run `make gpu-check` on a GPU machine)")
+    no_gpu = pytest.mark.skip(reason="needs a CUDA GPU (run `make gpu-check` on a GPU machine)")
+    no_rebuild = pytest.mark.skip(reason="rebuilds a shipped reference: make test-references")
+    rebuild = os.environ.get("TOOLKIT_REBUILD") == "1"
     for item in items:
-        if "gpu" in item.keywords:
-            item.add_marker(skip)
+        if "gpu" in item.keywords and not torch.cuda.is_available():
+            item.add_marker(no_gpu)
+        if "rebuild" in item.keywords and not rebuild:
+            item.add_marker(no_rebuild)

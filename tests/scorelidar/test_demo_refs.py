@@ -115,6 +115,7 @@ def test_demo_prints_one_json_object_and_writes_its_picture(tmp_path: Path) -> N
 
 
 @pytest.mark.slow
+@pytest.mark.rebuild
 def test_rebuilding_the_teacher_gives_the_shipped_file(tmp_path: Path) -> None:
     """The smallest-to-build artefact (teacher and student are the same size; the student
     needs the teacher): training is deterministic on CPU (one thread, seeded per step), and

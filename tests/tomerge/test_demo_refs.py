@@ -1,0 +1,133 @@
+"""tomerge's shipped reference models and its first-run demo (issue #15)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from shared.references import REPO, find, manifest, sha256
+from tomerge_cli import demo
+from tomerge_cli.references import DEMO_MODEL, RECIPES, load
+
+
+def _shipped(name: str) -> Path:
+    path = find(f"tomerge/{name}")
+    if path is None:
+        pytest.fail(
+            f"references/tomerge/{name} is not shipped intact (see references/MANIFEST.json)"
+        )
+    return path
+
+
+def test_every_recipe_is_shipped_with_its_rebuild_command() -> None:
+    entries = manifest()
+    for name in RECIPES:
+        entry = entries[f"tomerge/{name}"]
+        assert entry["command"] == f"python -m tomerge_cli.references {name}"
+        assert entry["file"] == f"tomerge/{name}.safetensors"
+        _shipped(name)
+    total = sum(e["bytes"] for k, e in entries.items() if k.startswith("tomerge/"))
+    assert total < 6e6
+
+
+def test_shipped_unet_loads_safely_and_denoises() -> None:
+    model = load(_shipped(DEMO_MODEL))
+    assert model.size == 32
+    x = torch.randn(2, 1, 32, 32)
+    with torch.inference_mode():
+        out = model(x, torch.tensor(500), torch.tensor([3, 10]))
+    assert out.shape == x.shape and torch.isfinite(out).all()
+    # trained, not random: the class token changes the prediction
+    with torch.inference_mode():
+        other = model(x, torch.tensor(500), torch.tensor([7, 10]))
+    assert not torch.allclose(out[0], other[0])
+
+
+def _figures(**over: float) -> dict[str, float]:
+    fig = {
+        "psnr_importance": 46.0,
+        "psnr_tome": 44.0,
+        "psnr_tomesd": 43.0,
+        "accuracy_importance": 80.0,
+        "accuracy_unmerged": 80.0,
+        "samples": 20,
+        "speedup_importance": 1.5,
+        "speedup_tomesd": 1.4,
+    }
+    return {**fig, **over}
+
+
+def test_claim_says_where_the_method_does_not_win() -> None:
+    good = demo.claim(_figures())
+    assert "closest to the unmerged" in good and "ahead of tomesd" in good
+    assert "SLOWER" not in good and "NOT" not in good and "BEHIND" not in good
+    assert "BEHIND tomesd" in demo.claim(_figures(speedup_tomesd=1.6))
+    bad = demo.claim(_figures(psnr_tome=47.0, speedup_importance=0.9))
+    assert "NOT the most faithful" in bad and "tome 47.0" in bad
+    assert bad.count("SLOWER") == 1
+
+
+def test_speed_check_really_merges_and_reports_ratios() -> None:
+    speed = demo.speed_run(rounds=1, side=8)
+    assert list(speed) == list(demo.METHODS)
+    assert speed["unmerged"]["speedup"] == 1.0
+    for row in speed.values():
+        assert row["min_s"] <= row["median_s"] <= row["max_s"]
+
+
+def test_patch_changes_the_samples_and_is_removed_cleanly() -> None:
+    model = load(_shipped(DEMO_MODEL))
+    labels = torch.tensor([4])
+    base = demo.sample(model, labels, seed=0, steps=3, guidance=3.0)
+    for method in ("tomesd", "tome", "importance"):
+        remove = demo.patch(model.unet, method)
+        merged = demo.sample(model, labels, seed=0, steps=3, guidance=3.0)
+        remove()
+        assert not torch.equal(merged, base), method  # merging acted
+        assert (merged - base).abs().mean() < 0.1, method  # and stayed close
+    assert torch.equal(demo.sample(model, labels, seed=0, steps=3, guidance=3.0), base)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(3600)  # ~3 min on an idle 2-core machine, 17 on a crowded one
+@pytest.mark.rebuild
+def test_smallest_reference_rebuilds_bit_identical(tmp_path: Path) -> None:
+    """The 16 px UNet trains on one CPU thread with every draw from (seed, step): a rebuild
+    on this machine gives the same bytes as the shipped file."""
+    name = min(RECIPES, key=lambda n: RECIPES[n].size * RECIPES[n].steps)  # the cheapest
+    res = subprocess.run(
+        [sys.executable, "-m", "tomerge_cli.references", name, "--out-dir", str(tmp_path)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert res.returncode == 0, res.stderr[-2000:]
+    rebuilt = tmp_path / f"{name}.safetensors"
+    assert sha256(rebuilt) == manifest()[f"tomerge/{name}"]["sha256"]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1800)
+def test_demo_prints_one_json_object_and_writes_its_picture(tmp_path: Path) -> None:
+    res = subprocess.run(
+        [sys.executable, "-m", "tomerge_cli.demo", "--out", str(tmp_path), "--json"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert res.returncode == 0, res.stderr[-2000:]
+    report = json.loads(res.stdout.strip().splitlines()[-1])
+    assert set(report) == {"figures", "picture", "claim"}
+    assert Path(report["picture"]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    fig = report["figures"]
+    for m in ("tomesd", "tome", "importance"):
+        assert 20 < fig[f"psnr_{m}"] < 80 and 0.5 < fig[f"ssim_{m}"] <= 1
+    assert fig["accuracy_unmerged"] >= 20  # above chance (10%): it draws the requested digits
+    assert "warning" not in res.stderr.lower()
