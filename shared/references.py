@@ -11,6 +11,7 @@ matches the manifest, and is then read through the same safe loaders as any user
 from __future__ import annotations
 
 import argparse
+import fcntl
 import hashlib
 import json
 import os
@@ -73,9 +74,12 @@ def record(name: str, path: Path, command: list[str], note: str = "") -> dict[st
         "command": shlex.join(command),
         "note": note,
     }
-    data = manifest()
-    data[name] = entry
-    write_text(MANIFEST, json.dumps(dict(sorted(data.items())), indent=2) + "\n")
+    ROOT.mkdir(parents=True, exist_ok=True)
+    with open(ROOT / ".manifest.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # builders running side by side keep every entry
+        data = manifest()
+        data[name] = entry
+        write_text(MANIFEST, json.dumps(dict(sorted(data.items())), indent=2) + "\n")
     return entry
 
 
