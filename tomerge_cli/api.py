@@ -22,7 +22,9 @@ from typing import Any, TypeVar
 from shared.console import get_console
 from shared.errors import InputError, Preempted
 from shared.options import opt, validate
-from tomerge_cli.merge import MAX_RATIO
+
+# merge.MAX_RATIO, repeated so that `tomerge --help` does not import torch (a test checks)
+MAX_RATIO = 0.75
 
 T = TypeVar("T")
 MODES = ("importance", "tome", "none")
@@ -30,6 +32,12 @@ METHODS = ("tomesd", "tome", "importance")  # compared against unmerged by `benc
 BACKENDS = ("sdpa", "math")
 DTYPES = ("float32", "float16", "bfloat16")
 DOWNSAMPLES = (1, 2, 4, 8)
+IMPORTANCE = ("cfg", "step-delta", "auto")  # dit.IMPORTANCE (no torch import for --help)
+IMPORTANCE_HELP = (
+    "Importance signal of importance mode: cfg (the paper: |eps_cond - eps_uncond|, needs "
+    "guidance > 1), step-delta (|eps_t - eps_t-1|, for guidance-distilled and turbo models "
+    "without CFG), auto (cfg with a CFG batch, else step-delta)."
+)
 Clock = Callable[[], float]
 
 
@@ -77,6 +85,7 @@ class _Layers:
     max_downsample: int | None = opt(
         None, "Merge blocks up to this downsample level: 1, 2, 4, 8 (default 1; SDXL 2).", min=1
     )
+    importance: str = opt("cfg", IMPORTANCE_HELP, choices=IMPORTANCE)
     merge_crossattn: bool = opt(False, "Also merge the cross-attention queries.")
     merge_mlp: bool = opt(False, "Also merge the feed-forward input.")
     prune_steps: int = opt(2, "First steps prune with the grid (no map exists yet).", min=0)
@@ -132,6 +141,7 @@ class EvaluateOptions(_Sampling):
     max_downsample: int | None = opt(
         None, "Merge blocks up to this downsample level: 1, 2, 4, 8 (default 1; SDXL 2).", min=1
     )
+    importance: str = opt("cfg", IMPORTANCE_HELP, choices=IMPORTANCE)
 
 
 def check(cfg: _Sampling) -> None:
@@ -164,8 +174,12 @@ def parse_blocks(spec: str | None) -> list[int] | None:
 
 
 def merge_options(cfg: _Sampling) -> dict[str, Any]:
-    """The apply_patch keyword arguments of a config (evaluate: max_downsample only)."""
-    opts: dict[str, Any] = {"max_downsample": getattr(cfg, "max_downsample", None)}
+    """The apply_patch keyword arguments of a config (evaluate: max_downsample and
+    importance only)."""
+    opts: dict[str, Any] = {
+        "max_downsample": getattr(cfg, "max_downsample", None),
+        "importance": getattr(cfg, "importance", "cfg"),
+    }
     if isinstance(cfg, _Layers):
         opts |= {
             "merge_crossattn": cfg.merge_crossattn,
@@ -365,7 +379,7 @@ def evaluate(
     from shared.images import load_image
     from tomerge_cli.pipelines import generate as run_pipe
     from tomerge_cli.pipelines import read_prompts
-    from tomerge_cli.quality import clip_metric, fid_metric
+    from tomerge_cli.quality import clip_metric, fid_metric, inception_weights
 
     check(cfg)
     read_prompts(cfg.prompt, cfg.prompts)  # bad input first, before any weights load
@@ -375,8 +389,14 @@ def evaluate(
     refs = sorted(p for p in ref.rglob("*") if p.suffix.lower() in (".png", ".jpg", ".jpeg"))
     if len(refs) < 2:
         raise InputError(f"--reference {ref}: FID needs at least 2 images")
-    fid = fid_metric(cfg.inception_weights)
+    # metric weights before any generation, cheapest check first: a given Inception file is
+    # read by the safe loader (a bad one fails fast) and its network built after CLIP; without
+    # one, FID (a download, the likely failure offline) goes first
+    inception = inception_weights(cfg.inception_weights)
+    fid = fid_metric(None) if inception is None else None
     clip = clip_metric(cfg.clip_model)
+    if fid is None:
+        fid = fid_metric(cfg.inception_weights, inception)
     texts, pipe = _prepared(cfg, pipe, device)
     apply_method(pipe, cfg.mode, cfg.ratio, merge_options(cfg))
     sampling = _sampling(cfg)

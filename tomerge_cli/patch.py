@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from tomerge_cli.merge import (
+    MAX_RATIO,
     Merge,
     Partition,
     check_ratio,
@@ -35,6 +36,8 @@ from tomerge_cli.merge import (
 
 MODES = ("importance", "tome", "none")
 _ATTR = "_tomerge"
+# denoisers whose 5-D input and output are (B, F, C, H, W), frames before channels
+FRAMES_FIRST = ("UNetSpatioTemporalConditionModel",)
 
 
 @dataclass
@@ -58,20 +61,20 @@ class Settings:
 
 
 def apply_patch(
-    pipe: Any,
+    model: Any,
     ratio: float = 0.5,
-    mode: str = "importance",
     max_downsample: int = 1,
+    sx: int = 2,
+    sy: int = 2,
+    use_rand: bool = True,
     merge_attn: bool = True,
     merge_crossattn: bool = False,
     merge_mlp: bool = False,
     *,
+    mode: str = "importance",
     prune_steps: int = 2,
     importance_start: int = 2,
     blocks: list[int] | tuple[int, ...] | None = None,
-    sx: int = 2,
-    sy: int = 2,
-    use_rand: bool = True,
     dst_choice: str = "random",
     seed: int | None = None,
     no_cfg: str = "fallback",
@@ -79,12 +82,18 @@ def apply_patch(
 ) -> Any:
     """Patch a diffusers pipeline (or its UNet / transformer) to merge tokens.
 
-    Same call shape as `tomesd.apply_patch`. mode="importance" is the paper's method,
-    "tome" our random-grid ToMe baseline, "none" patches nothing (a control).
+    A drop-in for `tomesd.apply_patch`: the same positional arguments in the same order
+    (model, ratio, max_downsample, sx, sy, use_rand, merge_attn, merge_crossattn,
+    merge_mlp), so `import tomerge_cli as tomesd` keeps tomesd's calls working; the
+    options tomesd lacks are keyword-only. mode="importance" is the paper's method, "tome"
+    our random-grid ToMe baseline, "none" patches nothing (a control). Returns `model`.
 
     ratio: fraction of tokens removed in each merged layer (0 to 0.75).
     max_downsample: merge blocks whose token grid is at most this many times coarser than
-      the finest one (1: full resolution only; SDXL has no attention there, use 2).
+      the finest one (1: full resolution only; SDXL has no attention there, use 2). A
+      setting that leaves no block to merge warns (once) instead of silently doing nothing.
+    sx, sy: the cell of the random grid (one destination per cell) of the grid steps and
+      of mode="tome"; use_rand=False puts the destination at the cell's top-left.
     merge_attn / merge_crossattn / merge_mlp: which layers of a block see merged tokens.
     prune_steps: the first steps drop the grid-matched tokens instead of averaging them
       (importance mode: no map exists yet).
@@ -116,6 +125,14 @@ def apply_patch(
         raise ValueError(f"max_downsample must be 1, 2, 4 or 8, got {max_downsample}")
     if prune_steps < 0 or importance_start < 0:
         raise ValueError("prune_steps and importance_start must be >= 0")
+    if sx < 1 or sy < 1:
+        raise ValueError(f"sx and sy must be >= 1, got sx={sx}, sy={sy}")
+    if ratio > MAX_RATIO and sx * sy > 4:  # tomesd allows 1 - 1 / (sx * sy)
+        raise ValueError(
+            f"ratio must be in [0, {MAX_RATIO}], got {ratio}: tomerge keeps a quarter of the "
+            f"tokens as destinations whatever sx and sy (tomesd allows up to "
+            f"{1 - 1 / (sx * sy):.3g} with sx={sx}, sy={sy})"
+        )
     settings = Settings(
         ratio=check_ratio(ratio),
         mode=mode,
@@ -136,22 +153,23 @@ def apply_patch(
     from tomerge_cli.dit import check_importance, make_merger  # imports this module
 
     settings.importance = check_importance(importance)
-    remove_patch(pipe)
-    model = denoiser(pipe)
-    patcher = make_merger(model, settings)
-    patcher.watch_scheduler(getattr(pipe, "scheduler", None))
-    setattr(model, _ATTR, patcher)
-    return pipe
+    remove_patch(model)
+    net = denoiser(model)
+    patcher = make_merger(net, settings)
+    patcher.watch_scheduler(getattr(model, "scheduler", None))
+    setattr(net, _ATTR, patcher)
+    return model
 
 
-def remove_patch(pipe: Any) -> Any:
-    """Remove every hook apply_patch added; the model is the stock one again."""
-    model = denoiser(pipe)
-    patcher = getattr(model, _ATTR, None)
+def remove_patch(model: Any) -> Any:
+    """Remove every hook apply_patch added; the model is the stock one again. Takes what
+    apply_patch took (a pipeline or its UNet / transformer), like tomesd.remove_patch."""
+    net = denoiser(model)
+    patcher = getattr(net, _ATTR, None)
     if patcher is not None:
         patcher.remove()
-        delattr(model, _ATTR)
-    return pipe
+        delattr(net, _ATTR)
+    return model
 
 
 def get_merger(pipe: Any) -> TokenMerger | None:
@@ -171,6 +189,28 @@ def denoiser(pipe: Any) -> nn.Module:
         f"{type(pipe).__name__} has no `unet` or `transformer`: tomerge patches diffusers "
         "pipelines (or their UNet / transformer)"
     )
+
+
+def unet_levels(model: nn.Module) -> dict[int, int]:
+    """id(module) -> downsample level (1 = full resolution) of every module inside a UNet's
+    down / mid / up blocks (diffusers' layout); empty for other models."""
+    down, up = getattr(model, "down_blocks", None), getattr(model, "up_blocks", None)
+    if not isinstance(down, nn.ModuleList) or not isinstance(up, nn.ModuleList):
+        return {}
+    levels: dict[int, int] = {}
+    level = 1
+    for block in down:
+        levels.update((id(m), level) for m in block.modules())
+        if getattr(block, "downsamplers", None):
+            level *= 2
+    mid = getattr(model, "mid_block", None)
+    if isinstance(mid, nn.Module):
+        levels.update((id(m), level) for m in mid.modules())
+    for block in up:  # an up block upsamples at its end
+        levels.update((id(m), level) for m in block.modules())
+        if getattr(block, "upsamplers", None):
+            level = max(level // 2, 1)
+    return levels
 
 
 def spatial_blocks(model: nn.Module) -> list[nn.Module]:
@@ -198,6 +238,9 @@ class _Step:
         self.timestep: float | None = None
         self.cfg = False
         self.partitions: dict[tuple[int, int], tuple[Partition, bool]] = {}
+        self.merged_before = 0  # stats["merged_calls"] when the step started
+        self.skipped_levels: set[int] = set()  # downsample levels above max_downsample
+        self.why_not: set[str] = set()  # other reasons a block was not merged
 
 
 class TokenMerger:
@@ -211,8 +254,14 @@ class TokenMerger:
         self.importance: torch.Tensor | None = None
         self.generator: torch.Generator | None = None
         self.latent_hw: tuple[int, int] | None = None
-        self.patch = int(getattr(getattr(model, "config", None), "patch_size", None) or 1)
-        self.channels = getattr(getattr(model, "config", None), "in_channels", None)
+        config = getattr(model, "config", None)
+        self.patch = int(getattr(config, "patch_size", None) or 1)
+        self.channels = getattr(config, "in_channels", None)
+        # the noisy latents lead the input channels; what follows (SVD's image latents,
+        # inpainting masks, Flux Fill's masked image) may differ between the CFG halves
+        out_channels = getattr(config, "out_channels", None) or self.channels
+        self.latent_channels = min(self.channels or 0, out_channels or 0) or None
+        self.frames_first = type(model).__name__ in FRAMES_FIRST
         self.stats: dict[str, Any] = {
             "merged_calls": 0,
             "tokens_in": 0,
@@ -225,10 +274,10 @@ class TokenMerger:
         if settings.mode == "none" or settings.ratio == 0:
             return  # nothing to merge: leave the model without hooks
         self.handles.append(model.register_forward_pre_hook(self._on_step, with_kwargs=True))
-        if settings.mode == "importance":
-            self.handles.append(model.register_forward_hook(self._on_output))
+        self.handles.append(model.register_forward_hook(self._after_step))
         for block in self.blocks:
             self._hook_block(block)
+        self._check_levels()
 
     # -- which blocks ------------------------------------------------------------
     def _select_blocks(self, blocks: list[nn.Module]) -> list[nn.Module]:
@@ -251,6 +300,24 @@ class TokenMerger:
                 f"transformer blocks (0-{len(blocks) - 1})"
             )
         return [blocks[i] for i in sorted(set(wanted))]
+
+    def _check_levels(self) -> None:
+        """Warn now when no patched block runs at a level max_downsample allows: SDXL's
+        full-resolution stage has no transformer block, so tomesd's default of 1 merges
+        nothing there (tomesd says nothing)."""
+        levels = unet_levels(self.model)
+        found = sorted({levels[id(b)] for b in self.blocks if id(b) in levels})
+        limit = self.settings.max_downsample
+        if not found or found[0] <= limit:
+            return
+        self._warn_once(
+            "nomerge",
+            f"tomerge: no layer is patched: the transformer blocks of "
+            f"{type(self.model).__name__} work at downsample {', '.join(map(str, found))} "
+            f"and max_downsample={limit} merges only up to {limit} (SDXL's full-resolution "
+            f"stage has no transformer blocks); use max_downsample={found[0]}",
+            stacklevel=6,  # apply_patch's caller
+        )
 
     def _hook_block(self, block: nn.Module) -> None:
         s = self.settings
@@ -317,9 +384,52 @@ class TokenMerger:
         self.step = _Step()
         self.step.index = index + 1
         self.step.timestep = t
+        self.step.merged_before = self.stats["merged_calls"]
         self.latent_hw = new_hw
+        self.step.cfg = self._is_cfg_pair(sample)
+
+    def _is_cfg_pair(self, sample: torch.Tensor) -> bool:
+        """A CFG batch [uncond; cond]: both halves hold the same noisy latents. Only those
+        channels are compared: a pipeline may concatenate conditioning that differs between
+        the halves (SVD: zero image latents for uncond) into the channels."""
         b = sample.shape[0]
-        self.step.cfg = b % 2 == 0 and torch.equal(sample[: b // 2], sample[b // 2 :])
+        if b % 2:
+            return False
+        noisy = sample
+        c = self.latent_channels
+        if c is not None:
+            dim = 2 if self.frames_first else (-1 if sample.ndim == 3 else 1)
+            if sample.shape[dim] > c:
+                noisy = sample.narrow(dim, 0, c)
+        return torch.equal(noisy[: b // 2], noisy[b // 2 :])
+
+    def _after_step(self, module: nn.Module, args: tuple, output: Any) -> None:
+        """The model's prediction of one step: the next step's importance map; and a
+        warning when this step merged nothing anywhere."""
+        if self.stats["merged_calls"] == self.step.merged_before:
+            self._nothing_merged()
+        if self.settings.mode != "importance":
+            return
+        eps = output[0] if isinstance(output, tuple) else getattr(output, "sample", output)
+        if self.frames_first and isinstance(eps, torch.Tensor) and eps.ndim == 5:
+            eps = eps.transpose(1, 2)  # (B, F, C, H, W) -> (B, C, F, H, W), AnimateDiff's
+        self._on_output(module, args, eps)
+
+    def _nothing_merged(self) -> None:
+        step, s = self.step, self.settings
+        if step.why_not:  # blocks at a merged level that still merged nothing
+            why = "; ".join(sorted(step.why_not))
+        elif step.skipped_levels:
+            low = min(step.skipped_levels)
+            why = (
+                f"every patched block works at downsample "
+                f"{', '.join(map(str, sorted(step.skipped_levels)))} and max_downsample="
+                f"{s.max_downsample} (SDXL's full-resolution stage has no transformer "
+                f"blocks); use max_downsample={low}"
+            )
+        else:
+            why = "the patched blocks merged no tokens (see the warnings above)"
+        self._warn_once("nomerge", f"tomerge: no layer was merged: {why}")
 
     def _on_output(self, module: nn.Module, args: tuple, output: Any) -> None:
         if not self.step.cfg:
@@ -335,10 +445,10 @@ class TokenMerger:
             seed = int.from_bytes(hashlib.sha256(head).digest()[:8], "little") >> 1
         return torch.Generator(device="cpu").manual_seed(seed)
 
-    def _warn_once(self, key: str, message: str) -> None:
+    def _warn_once(self, key: str, message: str, stacklevel: int = 3) -> None:
         if key not in self._warned:
             self._warned.add(key)
-            warnings.warn(message, stacklevel=3)
+            warnings.warn(message, stacklevel=stacklevel)
 
     # -- per block ---------------------------------------------------------------
     def _block_hook(self, state: dict[str, Merge | None]):
@@ -356,12 +466,15 @@ class TokenMerger:
         grid = token_grid(n, self.latent_hw, self.patch)
         if grid is None:
             self._warn_once(f"grid{n}", f"tomerge: {n} tokens fit no grid; block not merged")
+            self.step.why_not.add(f"{n} tokens fit no grid")
             return None
         level, h, w = grid
         if level > s.max_downsample:
+            self.step.skipped_levels.add(level)
             return None
         r = tokens_removed(n, s.ratio)
         if r == 0:
+            self.step.why_not.add(f"ratio {s.ratio} removes no token of {n}")
             return None
         partition, average = self._partition(n, h, w, b)
         merge = match_tokens(x, partition, r, average=average)

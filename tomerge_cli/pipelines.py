@@ -121,7 +121,12 @@ def read_prompts(prompt: list[str] | None, prompts_file: Path | None) -> list[st
     if prompts_file is not None:
         if not prompts_file.is_file():
             raise InputError(f"--prompts {prompts_file}: file not found")
-        out += [ln.strip() for ln in prompts_file.read_text().splitlines() if ln.strip()]
+        try:
+            text = prompts_file.read_text(encoding="utf-8")
+        except (UnicodeDecodeError, OSError) as exc:
+            why = "not UTF-8 text" if isinstance(exc, UnicodeDecodeError) else exc.strerror
+            raise InputError(f"--prompts {prompts_file}: {why}") from None
+        out += [ln.strip() for ln in text.splitlines() if ln.strip()]
     if not out:
         raise InputError("give --prompt TEXT or --prompts FILE (one prompt per line)")
     return out

@@ -3,6 +3,7 @@ error names exactly what to pass."""
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 from typing import Any
 
@@ -18,19 +19,61 @@ INCEPTION_URL = (
 CLIP_DEFAULT = "openai/clip-vit-large-patch14"
 
 
-def fid_metric(weights: Path | None) -> Any:
-    """torchmetrics FID (2048-d pool features of torch-fidelity's FID Inception v3)."""
-    from torchmetrics.image.fid import FrechetInceptionDistance
+def inception_weights(weights: Path | None) -> dict[str, torch.Tensor] | None:
+    """The tensors of --inception-weights, read by the toolkit's safe loader (never by the
+    metric library, whose loader unpickles with code allowed)."""
+    from shared.checkpoints import load_state_dict
 
-    if weights is not None and not weights.is_file():
+    if weights is None:
+        return None
+    if not Path(weights).exists():
         raise InputError(f"--inception-weights {weights}: file not found")
     try:
+        state = load_state_dict(weights)
+    except InputError as exc:
+        raise InputError(f"--inception-weights {exc}") from None
+    # a cheap look at two tensors before anything loads: another network's weights are
+    # refused here, not after the CLIP model (the full check is loading them into the net)
+    for key, shape in _INCEPTION_SHAPES.items():
+        got = state.get(key)
+        if got is None or tuple(got.shape) != shape:
+            found = "missing" if got is None else f"of shape {tuple(got.shape)}"
+            raise InputError(
+                f"--inception-weights {weights}: not the FID Inception v3 weights "
+                f"({INCEPTION_FILE}): tensor {key} {found}, expected {shape}"
+            )
+    return state
+
+
+# two tensors of torch-fidelity's FeatureExtractorInceptionV3: its stem and its 1008-way head
+_INCEPTION_SHAPES = {"Conv2d_1a_3x3.conv.weight": (32, 3, 3, 3), "fc.weight": (1008, 2048)}
+
+
+def fid_metric(weights: Path | None, state: dict[str, torch.Tensor] | None = None) -> Any:
+    """torchmetrics FID (2048-d pool features of torch-fidelity's FID Inception v3), its
+    network loaded from the file `weights` (or from `state`, its tensors already read by
+    `inception_weights`)."""
+    if state is None:
+        state = inception_weights(weights)  # a bad file fails before the metric imports
+    from torchmetrics.image.fid import FrechetInceptionDistance
+
+    source: Any = None
+    if state is not None:
+        # torch-fidelity takes only a path or file object, which it unpickles with code
+        # allowed: hand it a buffer that holds nothing but the tensors just read safely
+        source = io.BytesIO()
+        torch.save(dict(state), source)
+        source.seek(0)
+    try:
         return FrechetInceptionDistance(
-            feature=2048,
-            normalize=True,
-            feature_extractor_weights_path=str(weights) if weights else None,
+            feature=2048, normalize=True, feature_extractor_weights_path=source
         )
-    except Exception as exc:  # noqa: BLE001 (offline download, wrong file: bad input)
+    except Exception as exc:  # noqa: BLE001 (offline download, wrong network: bad input)
+        if state is not None:
+            raise InputError(
+                f"--inception-weights {weights}: not the FID Inception v3 weights "
+                f"({INCEPTION_FILE}) ({_first_line(exc)})"
+            ) from None
         raise InputError(
             f"FID needs the FID Inception weights: pass --inception-weights {INCEPTION_FILE} "
             f"(download it where there is network: {INCEPTION_URL}) ({_first_line(exc)})"
