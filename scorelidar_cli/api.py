@@ -36,10 +36,14 @@ SOLVERS = {"sde": "sde-dpmsolver++", "ode": "dpmsolver++"}
 PRESET_NAMES = ("small", "tiny", "lidiff")  # scorelidar_cli.model.PRESETS (checked by a test)
 
 _SEQUENCES = (
-    "Sequences to use: 'all', a list such as '00-07,09,10', or kitti-train (00-07, 09, 10) / "
-    "kitti-val (08)."
+    "SemanticKITTI's official train split (00-07, 09, 10; those present), val (08), all (every "
+    "labelled sequence; the unlabelled test sequences 11-21 are skipped) or a list such as "
+    "'00-07,09'."
 )
-_DATA = "Dataset root in the SemanticKITTI layout (sequences/XX/...)."
+_DATA = (
+    "SemanticKITTI root: the folder holding sequences/ (the download's dataset/) or sequences/ "
+    "itself (sequences/XX/velodyne/*.bin, labels/*.label, poses.txt, calib.txt)."
+)
 _SEED = "Random seed."
 _SOLVER = "sde (DPM-Solver++ SDE, LiDiff's) or ode (DPM-Solver++)."
 _GUIDANCE = "Classifier-free guidance weight (1: no guidance, one pass per step)."
@@ -58,7 +62,7 @@ class SimulateOptions:
 @dataclass
 class TrainTeacherOptions:
     data: Path = opt(help=_DATA, short="-d")
-    sequences: str = opt("all", _SEQUENCES)
+    sequences: str = opt("train", _SEQUENCES)
     preset: str = opt("small", "small (trains on a CPU) | tiny | lidiff (24 M).",
                       choices=PRESET_NAMES)  # fmt: skip
     # a JSON object on the command line; a dict from Python
@@ -77,7 +81,7 @@ class TrainTeacherOptions:
 class DistillOptions:
     teacher: Path = opt(help="Output dir of train-teacher.")
     data: Path = opt(help=_DATA, short="-d")
-    sequences: str = opt("all", _SEQUENCES)
+    sequences: str = opt("train", _SEQUENCES)
     steps: int = opt(500, "Student updates.", min=0)
     batch_size: int = opt(1, "Scenes.", short="-b", min=1)
     lr: float = opt(2e-4, "Student learning rate.", min=0, min_open=True)
@@ -104,7 +108,7 @@ class DistillOptions:
 class TrainRefineOptions:
     model: Path = opt(help="Teacher or student dir.", short="-m")
     data: Path = opt(help=_DATA, short="-d")
-    sequences: str = opt("all", _SEQUENCES)
+    sequences: str = opt("train", _SEQUENCES)
     steps: int = opt(300, "Optimizer steps.", min=0)
     completion_steps: int = opt(4, "Solver steps of the coarse pass.", min=1)
     up: int = opt(6, "Points made from each point.", min=1)
@@ -130,7 +134,7 @@ class EvaluateOptions:
     model: list[Path] = opt(help="Model dir; repeat to compare several.", short="-m")
     data: Path = opt(help=_DATA, short="-d")
     steps: list[int] = opt(help="Solver steps; repeat for several.", short="-k", min=1)
-    sequences: str = opt("all", _SEQUENCES)
+    sequences: str = opt("train", _SEQUENCES)
     guidance: float = opt(1.0, _GUIDANCE, min=0)
     solver: str = opt("sde", _SOLVER, choices=tuple(SOLVERS))
     refine: Path | None = opt(None, "Also score every model after this refinement net.")
@@ -173,10 +177,10 @@ def resolve_config(preset: str, overrides: dict[str, Any] | None = None) -> Mode
 
 
 def frame_pool(data: Path, sequences: str, radius: float, every: int = 1) -> FramePool:
-    from scorelidar_cli.dataset import frames, open_dataset, parse_sequences
+    from scorelidar_cli.dataset import frames, open_dataset
     from scorelidar_cli.pipeline import FramePool
 
-    seqs = open_dataset(Path(data), parse_sequences(sequences))
+    seqs = open_dataset(Path(data), sequences)
     return FramePool(frames(seqs, every), radius)
 
 
@@ -325,7 +329,8 @@ def train_refine_model(
 def complete_files(
     cfg: CompleteOptions, out: Path, device: torch.device | str = "cpu"
 ) -> dict[str, Any]:
-    """Complete every scan into <out>/<stem>.ply; per scan: time, points, kept share."""
+    """Complete every scan into <out>/<its path from the scans' common folder>.ply (a single
+    folder of scans: <out>/<stem>.ply); per scan: time, points, kept share."""
     import numpy as np
     import torch
 
@@ -339,15 +344,16 @@ def complete_files(
     net.to(device)
     refiner = load_refiner(cfg.refine).to(device) if cfg.refine is not None else None
     algorithm = solver_name(cfg.solver)
+    targets = output_names(cfg.scans)  # colliding outputs refused before any work
     points = [(Path(path), read_scan(path)) for path in cfg.scans]  # all bad input first
     warm_up(net, points[0][1], device, str(points[0][0]))
     rows = []
-    for path, pts in points:
+    for (path, pts), name in zip(points, targets, strict=True):
         pred, seconds = complete_scan(
             net, pts, cfg.steps, cfg.guidance, cfg.seed, algorithm, device, name=str(path),
             refiner=refiner,
         )  # fmt: skip
-        target = Path(out) / f"{path.stem}.ply"
+        target = Path(out) / name
         write_ply(target, pred)  # atomic: never a half-written file
         in_range = pts[np.linalg.norm(pts[:, :2], axis=1) <= net.config.radius]
         rows.append(
@@ -362,6 +368,26 @@ def complete_files(
         )
     s_per_frame = sum(r["seconds"] for r in rows) / len(rows)
     return {"steps": cfg.steps, "s_per_frame": s_per_frame, "scans": rows}
+
+
+def output_names(scans: list[Path]) -> list[Path]:
+    """Where each scan's completion goes under the output folder: its path relative to the
+    scans' common folder, as .ply (so seq/00/000000.bin and seq/01/000000.bin both keep
+    theirs); scans that would still share an output are bad input."""
+    import os
+
+    full = [Path(os.path.abspath(p)) for p in scans]
+    common = Path(os.path.commonpath([p.parent for p in full])) if full else Path()
+    names = [p.relative_to(common).with_suffix(".ply") for p in full]
+    seen: dict[Path, Path] = {}
+    for scan, name in zip(scans, names, strict=True):
+        if name in seen:
+            raise InputError(
+                f"{scan}: its completion would overwrite that of {seen[name]} ({name}); "
+                "give each scan once, with distinct names"
+            )
+        seen[name] = Path(scan)
+    return names
 
 
 def warm_up(net: CompletionUNet, scan: np.ndarray, device: torch.device | str, name: str) -> None:
@@ -388,7 +414,7 @@ def evaluate_models(
     import numpy as np
     import torch
 
-    from scorelidar_cli.dataset import frames, open_dataset, parse_sequences
+    from scorelidar_cli.dataset import frames, open_dataset
     from scorelidar_cli.metrics import completion_metrics
     from scorelidar_cli.pipeline import complete_scan, load_model, load_refiner
 
@@ -398,9 +424,7 @@ def evaluate_models(
     refiner = load_refiner(cfg.refine).to(device) if cfg.refine is not None else None
     loaded = [(path, *load_model(path)) for path in cfg.model]
     radius = loaded[0][1].config.radius
-    todo = _pick_frames(
-        frames(open_dataset(Path(cfg.data), parse_sequences(cfg.sequences))), cfg.max_frames
-    )
+    todo = _pick_frames(frames(open_dataset(Path(cfg.data), cfg.sequences)), cfg.max_frames)
     gts = {}
     rows = []
     variants = [None] if refiner is None else [None, refiner]
@@ -439,9 +463,9 @@ def input_metrics(
     """The partial scans themselves scored against ground truth (what completion must beat)."""
     import numpy as np
 
-    from scorelidar_cli.dataset import crop, frames, open_dataset, parse_sequences
+    from scorelidar_cli.dataset import crop, frames, open_dataset
     from scorelidar_cli.metrics import completion_metrics
 
-    todo = _pick_frames(frames(open_dataset(Path(data), parse_sequences(sequences))), max_frames)
+    todo = _pick_frames(frames(open_dataset(Path(data), sequences)), max_frames)
     per = [completion_metrics(crop(s.scan(i), radius), s.ground_truth(i, radius)) for s, i in todo]
     return {name: float(np.mean([m[name] for m in per])) for name in per[0]}

@@ -70,16 +70,17 @@ def train_refine_cmd(cfg: TrainRefineOptions, inv: Invocation) -> dict:
 
 @tool_command(app, "complete", CompleteOptions)
 def complete_cmd(cfg: CompleteOptions, inv: Invocation) -> dict:
-    """Complete each scan into a dense scene: writes <out>/<scan name>.ply and the time per
-    frame (sampling only) in metrics.json."""
+    """Complete each scan into a dense scene: writes <out>/<scan name>.ply (scans from several
+    folders keep their path below the common folder, e.g. <out>/00/velodyne/000000.ply) and
+    the time per frame (sampling only) in metrics.json."""
     from scorelidar_cli import api
 
     metrics = api.complete_files(cfg, inv.run.dir, inv.device)
     inv.console.table(
         f"scorelidar complete ({cfg.steps} steps)",
         ["scan", "in pts", "out pts", "s/frame", "kept<=5cm"],
-        [(Path(r["scan"]).name, r["input_points"], r["output_points"], r["seconds"],
-          r["kept_within_5cm"]) for r in metrics["scans"]],
+        [(str(Path(r["output"]).relative_to(inv.run.dir)), r["input_points"],
+          r["output_points"], r["seconds"], r["kept_within_5cm"]) for r in metrics["scans"]],
     )  # fmt: skip
     return metrics
 

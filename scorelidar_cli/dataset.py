@@ -41,23 +41,33 @@ def crop(points: np.ndarray, radius: float) -> np.ndarray:
     return points[np.linalg.norm(points[:, :2], axis=1) <= radius]
 
 
+# Named splits (SemanticKITTI's official ones); kitti-train/kitti-val are older spellings.
+SPLITS = {
+    "train": KITTI_TRAIN, "kitti-train": KITTI_TRAIN, "val": KITTI_VAL, "kitti-val": KITTI_VAL
+}  # fmt: skip
+LAYOUT = "sequences/XX/velodyne/*.bin, labels/*.label, poses.txt, calib.txt"
+
+
 def parse_sequences(spec: str) -> list[str] | None:
-    """'00,02,05-07' -> ['00', '02', '05', '06', '07']; 'all' -> None; 'kitti-train' etc."""
+    """'00,02,05-07' -> ['00', '02', '05', '06', '07']; 'all' -> None; 'train', 'val' (and
+    'kitti-train', 'kitti-val') -> the official split."""
     spec = spec.strip().lower()
     if spec == "all":
         return None
-    if spec == "kitti-train":
-        return list(KITTI_TRAIN)
-    if spec == "kitti-val":
-        return list(KITTI_VAL)
+    if spec in SPLITS:
+        return list(SPLITS[spec])
     out = []
     for part in spec.split(","):
         part = part.strip()
         if "-" in part:
             a, b = part.split("-", 1)
+            if not (a.strip().isdigit() and b.strip().isdigit()):
+                raise InputError(f"--sequences {spec!r}: a range is two numbers, e.g. 00-07")
             out += [f"{i:02d}" for i in range(int(a), int(b) + 1)]
         elif part:
             out.append(f"{int(part):02d}" if part.isdigit() else part)
+    if not out:
+        raise InputError(f"--sequences {spec!r}: name train, val, all or a list such as 00-07,09")
     return out
 
 
@@ -120,19 +130,57 @@ class Sequence:
         return crop(local, radius).astype(np.float32)
 
 
+def sequences_dir(root: str | Path) -> Path:
+    """The `sequences/` folder of a SemanticKITTI root: `root/sequences` (root is the download's
+    `dataset/`), `root` itself when it holds XX/velodyne/, or `root/dataset/sequences`."""
+    root = Path(root)
+    for base in (root / "sequences", root / "dataset" / "sequences"):
+        if base.is_dir():
+            return base
+    if root.is_dir() and any((p / "velodyne").is_dir() for p in root.iterdir()):
+        return root
+    raise InputError(f"{root}: no sequences/ directory (SemanticKITTI layout expected: {LAYOUT})")
+
+
+def has_labels(path: Path) -> bool:
+    return (path / "labels").is_dir()
+
+
 def open_dataset(
-    root: str | Path, sequences: list[str] | None = None, dedup: float = 0.1
+    root: str | Path, sequences: str | list[str] | None = None, dedup: float = 0.1
 ) -> list[Sequence]:
-    """The sequences under root/sequences (all of them when `sequences` is None)."""
-    base = Path(root) / "sequences"
-    if not base.is_dir():
-        raise InputError(f"{root}: no sequences/ directory (SemanticKITTI layout expected)")
-    names = sequences if sequences is not None else sorted(p.name for p in base.iterdir())
+    """Labelled sequences of a SemanticKITTI root (ground truth needs labels/*.label).
+
+    `sequences`: a list of names (each must exist and be labelled), 'train' / 'val' (the
+    official split's sequences that are present; at least one must be), 'all' or None (every
+    labelled sequence: the unlabelled test sequences 11-21 are skipped), or a spec string as
+    parse_sequences reads it.
+    """
+    base = sequences_dir(root)
+    spec = sequences.strip().lower() if isinstance(sequences, str) else None
+    names = parse_sequences(sequences) if isinstance(sequences, str) else sequences
+    present = sorted(p.name for p in base.iterdir() if p.is_dir())
+    if names is None:
+        names = [n for n in present if has_labels(base / n)]
+        if not names:
+            raise InputError(f"{base}: no labelled sequences (XX/labels/*.label)")
+    elif spec in SPLITS:
+        # a partial download (or a simulated set) trains on the part of the split it holds
+        names = [n for n in names if n in present]
+        if not names:
+            split = ", ".join(SPLITS[spec])
+            raise InputError(f"{base}: none of the {spec} split's sequences ({split}) is present")
     missing = [n for n in names if not (base / n).is_dir()]
     if missing:
         raise InputError(f"{root}: missing sequences {', '.join(missing)}")
     if not names:
         raise InputError(f"{root}: no sequences")
+    unlabelled = [n for n in names if not has_labels(base / n)]
+    if unlabelled:
+        raise InputError(
+            f"{base}: sequences {', '.join(unlabelled)} have no labels/ (SemanticKITTI's test "
+            "sequences 11-21 have none); ground truth needs labels: use --sequences train or val"
+        )
     return [Sequence.open(base / n, dedup) for n in names]
 
 

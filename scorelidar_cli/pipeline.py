@@ -140,7 +140,9 @@ def load_model(path: str | Path) -> tuple[CompletionUNet, dict[str, Any]]:
         net = build_model(dict(meta["architecture"]))
         net.load_state_dict(tensors)
     except (KeyError, TypeError, ValueError, RuntimeError) as exc:
-        raise InputError(f"{file}: does not match its recorded architecture ({exc})") from None
+        raise InputError(
+            f"{file}: does not match its recorded architecture ({_first_problem(exc)})"
+        ) from None
     return net.eval(), meta
 
 
@@ -167,7 +169,9 @@ def load_refiner(path: str | Path):
         net = RefineNet(RefineConfig(**meta["architecture"]))
         net.load_state_dict(tensors)
     except (KeyError, TypeError, ValueError, RuntimeError) as exc:
-        raise InputError(f"{file}: does not match its recorded architecture ({exc})") from None
+        raise InputError(
+            f"{file}: does not match its recorded architecture ({_first_problem(exc)})"
+        ) from None
     return net.eval()
 
 
@@ -201,3 +205,13 @@ def complete_scan(
         torch.cuda.synchronize()
     seconds = time.perf_counter() - start
     return out.cpu().numpy(), seconds
+
+
+def _first_problem(exc: Exception) -> str:
+    """One line out of torch's load_state_dict report (a header, then a line per tensor)."""
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    if not lines:
+        return type(exc).__name__
+    detail = lines[1:] or lines
+    more = f" and {len(detail) - 1} more" if len(detail) > 1 else ""
+    return detail[0][:200] + more
