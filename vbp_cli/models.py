@@ -1,8 +1,11 @@
-"""timm integration: build a model from a name (+ weights), and save/load pruned models.
+"""Models: a timm name (+ weights) or a Hugging Face `transformers` folder (config.json),
+and saving/loading pruned models.
 
-A pruned model is saved as safetensors plus its architecture (timm name, kwargs and the
+A pruned timm model is saved as safetensors plus its architecture (timm name, kwargs and the
 hidden width of every MLP), so `load_model(path)` rebuilds a plain dense `nn.Module`:
-standard timm modules with smaller fc1/fc2, no masks, nothing from vbp needed to run it.
+standard timm modules with smaller fc1/fc2, no masks, nothing from vbp needed to run it. A
+pruned transformers model is saved as a folder (`vbp_cli.hf`): config.json, the weights with
+the same header, and the tokenizer.
 """
 
 from __future__ import annotations
@@ -23,16 +26,30 @@ MODEL_FILE = "model.safetensors"
 
 @dataclass
 class Architecture:
-    timm_name: str
+    timm_name: str  # "" for a transformers model
     model_kwargs: dict[str, Any] = field(default_factory=dict)
     mlp_widths: dict[str, int] | None = None  # None: unpruned
+    hf: dict[str, Any] | None = None  # transformers: source folder, class, model_type
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        out = {
             "timm_name": self.timm_name,
             "model_kwargs": self.model_kwargs,
             "mlp_widths": self.mlp_widths,
         }
+        return out | ({"hf": self.hf} if self.hf else {})
+
+
+def example_input(model: nn.Module, batch: int = 1) -> torch.Tensor:
+    """A positional example input: images for timm models and HF ViT, token ids for
+    transformers language models and encoders."""
+    from vbp_cli import hf
+
+    if hf.is_hf_model(model):
+        return hf.example_input(model, batch)
+    from shared.timm_data import example_input as timm_example
+
+    return timm_example(model, batch)
 
 
 def saved_model_path(spec: str) -> Path | None:
@@ -102,7 +119,17 @@ def build_model(
     pretrained: bool = False,
     model_kwargs: dict[str, Any] | None = None,
 ) -> tuple[nn.Module, Architecture]:
-    """`spec` is a timm model name or the path of a model that vbp wrote."""
+    """`spec` is a timm model name, a transformers folder (config.json) or the path of a model
+    that vbp wrote."""
+    from vbp_cli import hf
+
+    if hf.is_hf_folder(spec):
+        if checkpoint or pretrained or model_kwargs:
+            raise InputError(
+                f"--model {spec} is a transformers folder: drop "
+                "--checkpoint/--pretrained/--model-kwargs"
+            )
+        return load_model_with_arch(spec)
     saved = saved_model_path(spec)
     if saved is not None:
         if checkpoint or pretrained or model_kwargs:
@@ -120,14 +147,30 @@ def build_model(
 def save_model(
     model: nn.Module, arch: Architecture, path: Path, extra: dict[str, Any] | None = None
 ) -> Path:
+    """Write `model`: a timm model to `path` (safetensors); a transformers model as a folder
+    (`path` itself, or its parent when `path` names the model.safetensors inside it)."""
     arch.mlp_widths = {ref.name: ref.hidden for ref in find_mlps(model)}
+    if arch.hf:
+        from vbp_cli import hf
+
+        path = Path(path)
+        folder = path.parent if path.suffix == ".safetensors" else path
+        hf.save_hf(model, arch.to_dict(), folder, extra)
+        return folder / MODEL_FILE
     return save_checkpoint(
         path, model.state_dict(), tool="vbp", architecture=arch.to_dict(), extra=extra
     )
 
 
 def load_model_with_arch(path: str | Path) -> tuple[nn.Module, Architecture]:
+    from vbp_cli import hf
+
     path = Path(path)
+    if not hf.is_hf_folder(path) and path.name == MODEL_FILE and hf.is_hf_folder(path.parent):
+        path = path.parent
+    if hf.is_hf_folder(path):
+        model, spec, widths = hf.load_hf(path)
+        return model, Architecture("", {}, widths, hf=spec)
     if path.is_dir():
         path = path / MODEL_FILE
     meta = read_metadata(path)
@@ -152,5 +195,6 @@ def load_model_with_arch(path: str | Path) -> tuple[nn.Module, Architecture]:
 
 
 def load_model(path: str | Path) -> nn.Module:
-    """A model that vbp wrote, as a plain `nn.Module` (timm modules, dense, smaller MLPs)."""
+    """A model that vbp wrote (or any supported transformers folder), as a plain `nn.Module`
+    (timm or transformers modules, dense, smaller MLPs)."""
     return load_model_with_arch(path)[0]

@@ -1,9 +1,11 @@
 """Neuron selection and structured removal with mean-shift compensation (VBP steps 2-3).
 
-One global ranking over all MLP neurons of the network; the lowest fraction goes. For each
-removed set P of an MLP: b2 <- b2 + W2[:, P] @ mu[P], then rows P of fc1 and columns P of
-fc2 are deleted. Replacing h_i by its mean costs exactly var_i in expected squared error,
-which is why variance is the criterion.
+One global ranking over all MLP neurons of the network (or, with `uniform`, the same share of
+every MLP, ranked within it); the lowest fraction goes. For each removed set P of an MLP:
+b2 <- b2 + W2[:, P] @ mu[P], then rows P of the input layers (fc1; gate and up for gated
+MLPs) and columns P of the down projection are deleted. A down projection without a bias
+(LLaMA, Qwen2, Mistral) gets one when compensation is on. Replacing h_i by its mean costs
+exactly var_i in expected squared error, which is why variance is the criterion.
 
 Criteria are importance classes in Torch-Pruning's style (`VarianceImportance`,
 `MagnitudeImportance`, `RandomImportance`: `importance(group) -> scores`), so VBP's
@@ -20,14 +22,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from vbp_cli.mlps import MlpRef, VBPError, find_mlps, resized_layer
-from vbp_cli.stats import NeuronStats
+from vbp_cli.mlps import MlpRef, VBPError, find_mlps, weight_matrix
+from vbp_cli.stats import NeuronStats, run_batch
 
-CRITERIA = ("variance", "magnitude", "random")
-
-
-def _weight2d(layer: nn.Module) -> torch.Tensor:
-    return layer.weight.detach().reshape(layer.weight.shape[0], -1)
+CRITERIA = ("variance", "magnitude", "random", "flap", "wanda")
 
 
 # -- importance criteria ---------------------------------------------------------------------
@@ -61,7 +59,9 @@ class NeuronImportance:
         if self.model is None:
             raise VBPError(f"{type(self).__name__}(model=...) is needed for Torch-Pruning groups")
         if self._fc1 is None:
-            self._fc1 = {id(ref.fc1): ref for ref in find_mlps(self.model)}
+            # plain MLPs only: a gated/packed neuron spans several layers' channels
+            refs = find_mlps(self.model)
+            self._fc1 = {id(ref.fc1): ref for ref in refs if ref.kind == "plain"}
         out_fns = (function.prune_linear_out_channels, function.prune_conv_out_channels)
         n_root = len(group[0].idxs)
         for i, (dep, idxs) in enumerate(group):
@@ -86,26 +86,55 @@ class VarianceImportance(NeuronImportance):
         self.stats = stats
 
     def scores(self, ref: MlpRef) -> torch.Tensor:
+        return self.neuron_stats(ref).var.clone()
+
+    def neuron_stats(self, ref: MlpRef) -> NeuronStats:
         stats = self.stats.get(ref.name)
         if stats is None:
-            raise VBPError(f"the variance criterion needs statistics for {ref.name}")
+            raise VBPError(f"the {type(self).__name__} criterion needs statistics for {ref.name}")
         if stats.mean.numel() != ref.hidden:
             raise VBPError(
                 f"statistics of {ref.name} have {stats.mean.numel()} neurons, the model "
                 f"{ref.hidden} (collected before another pruning step?)"
             )
-        return stats.var.clone()
+        return stats
+
+
+def _down_column_norms(ref: MlpRef) -> torch.Tensor:
+    return weight_matrix(ref.down_layer).double().square().sum(0).sqrt().cpu()
+
+
+class FluctuationImportance(VarianceImportance):
+    """FLAP's fluctuation metric (An et al., AAAI 2024), structured: the variance of the
+    neuron times the squared norm of its down-projection column, i.e. the expected squared
+    change of the MLP's output when the neuron is replaced by its mean."""
+
+    def scores(self, ref: MlpRef) -> torch.Tensor:
+        return self.neuron_stats(ref).var * _down_column_norms(ref).square()
+
+
+class WandaImportance(VarianceImportance):
+    """Structured Wanda (Sun et al., ICLR 2024): |down-projection column| x the L2 norm of
+    the neuron over the data (sqrt(E[h_i^2]) = sqrt(var + mean^2))."""
+
+    def scores(self, ref: MlpRef) -> torch.Tensor:
+        s = self.neuron_stats(ref)
+        return _down_column_norms(ref) * (s.var + s.mean.square()).sqrt()
 
 
 class MagnitudeImportance(NeuronImportance):
-    """Group L2 norm of everything tied to a neuron (fc1 row + bias, fc2 column), the
-    grouping dependency-graph pruners use."""
+    """Group L2 norm of everything tied to a neuron (its rows and biases in the input layers,
+    both halves of a packed fc1, and its down-projection column), the grouping
+    dependency-graph pruners use."""
 
     def scores(self, ref: MlpRef) -> torch.Tensor:
-        w1, w2 = _weight2d(ref.fc1).double(), _weight2d(ref.fc2).double()
-        sq = w1.square().sum(1) + w2.square().sum(0)
-        if ref.fc1.bias is not None:
-            sq = sq + ref.fc1.bias.detach().double().square()
+        hidden = ref.hidden
+        sq = weight_matrix(ref.down_layer).double().square().sum(0)
+        for layer in ref.input_layers:
+            rows = weight_matrix(layer).double().square().sum(1)
+            if layer.bias is not None:
+                rows = rows + layer.bias.detach().double().square()
+            sq = sq + rows.reshape(-1, hidden).sum(0)  # packed: the two halves of neuron i
         return sq.sqrt().cpu()
 
 
@@ -134,6 +163,11 @@ def make_importance(
         if stats is None:
             raise VBPError("the variance criterion needs statistics")
         return VarianceImportance(stats, model)
+    if criterion in ("flap", "wanda"):
+        if stats is None:
+            raise VBPError(f"the {criterion} criterion needs statistics")
+        cls = FluctuationImportance if criterion == "flap" else WandaImportance
+        return cls(stats, model)
     if criterion == "magnitude":
         return MagnitudeImportance(model)
     if criterion == "random":
@@ -152,10 +186,12 @@ def select_neurons(
     *,
     min_keep: int = 1,
     round_to: int = 1,
+    uniform: bool = False,
 ) -> dict[str, torch.Tensor]:
     """Sorted indices of the neurons each MLP keeps after removing `ratio` of all neurons by
-    one global ranking. At least `min_keep` neurons stay per MLP; with `round_to` > 1 each
-    kept width is rounded to the nearest multiple (highest scores kept)."""
+    one global ranking (with `uniform`: `ratio` of each MLP's neurons, ranked within the MLP,
+    so equal widths stay equal). At least `min_keep` neurons stay per MLP; with `round_to` > 1
+    each kept width is rounded to the nearest multiple (highest scores kept)."""
     if not 0.0 <= ratio < 1.0:
         raise VBPError(f"pruning ratio {ratio}: must be in [0, 1)")
     if round_to < 1:
@@ -163,7 +199,7 @@ def select_neurons(
     names = list(scores)
     flat = torch.cat([scores[n].double() for n in names])
     owner = torch.cat([torch.full((scores[n].numel(),), i) for i, n in enumerate(names)])
-    n_remove = int(round(ratio * flat.numel()))
+    n_remove = 0 if uniform else int(round(ratio * flat.numel()))
     removed = torch.zeros(flat.numel(), dtype=torch.bool)
     if n_remove:
         # stable sort: ties broken by position, so the result is deterministic
@@ -173,7 +209,8 @@ def select_neurons(
     for i, name in enumerate(names):
         s = scores[name].double()
         width = s.numel()
-        n_keep = int((~removed[owner == i]).sum())
+        own = width - int(round(ratio * width))
+        n_keep = own if uniform else int((~removed[owner == i]).sum())
         n_keep = max(n_keep, min(min_keep, width))
         if round_to > 1:
             n_keep = min(width, max(round_to, round_to * round(n_keep / round_to)))
@@ -185,32 +222,21 @@ def select_neurons(
 @torch.no_grad()
 def prune_mlp(ref: MlpRef, keep: torch.Tensor, mean: torch.Tensor | None) -> None:
     """Keep hidden neurons `keep` of one MLP in place; fold the removed neurons' means into
-    fc2's bias when `mean` is given (mean-shift compensation)."""
-    fc1, fc2 = ref.fc1, ref.fc2
+    the down projection's bias when `mean` is given (mean-shift compensation; a bias is
+    added when the layer has none)."""
+    down = ref.down_layer
     width = ref.hidden
     keep = keep.to(torch.long).cpu()
     if keep.numel() == width:
         return
     removed = torch.ones(width, dtype=torch.bool)
     removed[keep] = False
-    w2 = _weight2d(fc2)  # (out, hidden)
-    new_bias = fc2.bias.detach().double().clone() if fc2.bias is not None else None
-    if mean is not None and removed.any():
-        shift = w2[:, removed].double() @ mean.double().to(w2.device)[removed]
-        if new_bias is None:  # compensation needs a bias: add one
-            new_bias = torch.zeros(w2.shape[0], dtype=torch.float64, device=w2.device)
-        new_bias += shift
-    dev = fc1.weight.device
-    idx = keep.to(dev)
-    new_fc1 = resized_layer(fc1, out_features=keep.numel())
-    new_fc1.weight.copy_(fc1.weight.detach().index_select(0, idx))
-    if fc1.bias is not None:
-        new_fc1.bias.copy_(fc1.bias.detach().index_select(0, idx))
-    new_fc2 = resized_layer(fc2, in_features=keep.numel(), bias=new_bias is not None)
-    new_fc2.weight.copy_(fc2.weight.detach().index_select(1, idx))
-    if new_bias is not None:
-        new_fc2.bias.copy_(new_bias.to(fc2.weight.dtype))
-    ref.module.fc1, ref.module.fc2 = new_fc1, new_fc2
+    w2 = weight_matrix(down)  # (out, hidden)
+    bias = down.bias.detach().double().clone() if down.bias is not None else None
+    if mean is not None:
+        shift = w2[:, removed.to(w2.device)].double() @ mean.double().to(w2.device)[removed]
+        bias = shift if bias is None else bias + shift
+    ref.slice(keep, bias)
 
 
 def check_stats_match(mlps: list[MlpRef], stats: Mapping[str, NeuronStats]) -> None:
@@ -242,18 +268,20 @@ def prune_model(
     min_keep: int = 1,
     round_to: int = 1,
     seed: int = 0,
+    uniform: bool = False,
 ) -> dict[str, int]:
     """Prune `model` in place; returns the new hidden width of every MLP.
 
     `criterion` is a name of CRITERIA or a `NeuronImportance` (e.g. your own subclass);
-    `seed` seeds the random criterion."""
+    `seed` seeds the random criterion; `uniform` removes the same share of every MLP (ranked
+    within it), which keeps a Hugging Face model expressible by its stock config."""
     mlps = find_mlps(model)
     if stats is not None:
         check_stats_match(mlps, stats)
     if compensation and stats is None:
         raise VBPError("mean-shift compensation needs statistics")
     scores = mlp_scores(mlps, make_importance(criterion, stats, seed=seed))
-    keep = select_neurons(scores, ratio, min_keep=min_keep, round_to=round_to)
+    keep = select_neurons(scores, ratio, min_keep=min_keep, round_to=round_to, uniform=uniform)
     for ref in mlps:
         mean = stats[ref.name].mean if (compensation and stats is not None) else None
         prune_mlp(ref, keep[ref.name], mean)
@@ -261,9 +289,10 @@ def prune_model(
 
 
 def mlp_mac_costs(model: nn.Module, example: torch.Tensor) -> dict[str, int]:
-    """MACs that one hidden neuron costs in each MLP for this input: positions x (in + out).
+    """MACs that one hidden neuron costs in each MLP for this input: positions x (its weights:
+    in per input-layer row, out in the down projection).
 
-    Exact for Linear and 1x1 convs (one multiply-add per weight per position)."""
+    Exact for Linear, Conv1D and 1x1 convs (one multiply-add per weight per position)."""
     mlps = find_mlps(model)
     positions: dict[str, int] = {}
     handles = []
@@ -271,7 +300,7 @@ def mlp_mac_costs(model: nn.Module, example: torch.Tensor) -> dict[str, int]:
 
         def hook(module: nn.Module, args: tuple[torch.Tensor, ...], name: str = ref.name) -> None:
             x = args[0]
-            per = x.shape[-1] if isinstance(module, nn.Linear) else x.shape[1]
+            per = x.shape[1] if isinstance(module, nn.Conv2d) else x.shape[-1]
             positions[name] = x.numel() // per
 
         handles.append(ref.fc1.register_forward_pre_hook(hook))
@@ -279,16 +308,18 @@ def mlp_mac_costs(model: nn.Module, example: torch.Tensor) -> dict[str, int]:
         with torch.no_grad():
             was = model.training
             model.eval()
-            model(example)
+            run_batch(model, example, next(model.parameters()).device)
             model.train(was)
     finally:
         for h in handles:
             h.remove()
     out = {}
     for ref in mlps:
-        fin = _weight2d(ref.fc1).shape[1]
-        fout = _weight2d(ref.fc2).shape[0]
-        out[ref.name] = positions[ref.name] * (fin + fout)
+        per_neuron = sum(
+            weight_matrix(x).shape[0] * weight_matrix(x).shape[1] for x in ref.input_layers
+        )
+        per_neuron = per_neuron // ref.hidden + weight_matrix(ref.down_layer).shape[0]
+        out[ref.name] = positions[ref.name] * per_neuron
     return out
 
 

@@ -1,6 +1,8 @@
 """Post-activation statistics of every MLP hidden neuron (VBP step 1).
 
-Every token (or every spatial position, for 1x1-conv MLPs) of every image is one sample.
+The neuron is the down projection's input: act(up(x)) for plain MLPs, act(gate(x)) * up(x)
+for gated ones. Every token (or every spatial position, for 1x1-conv MLPs) of every image or
+text window is one sample.
 Each batch's moments are merged into float64 running (count, mean, M2) with Chan's
 parallel formula, which is also how statistics from several processes are combined:
 merging is exact, so N processes give the same result as one.
@@ -8,13 +10,14 @@ merging is exact, so N processes give the same result as one.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
 
-from vbp_cli.mlps import MlpRef, find_mlps
+from vbp_cli.mlps import MlpRef, VBPError, find_mlps
 
 
 @dataclass
@@ -80,18 +83,25 @@ def _samples(layer: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
 
 
 class StatsCollector:
-    """Forward pre-hooks on every fc2 that accumulate its input's moments."""
+    """Forward pre-hooks on every down projection that accumulate its input's moments."""
 
     def __init__(self, model: nn.Module, mlps: list[MlpRef] | None = None) -> None:
         self.mlps = mlps if mlps is not None else find_mlps(model)
         self.stats = {ref.name: NeuronStats.empty(ref.hidden) for ref in self.mlps}
-        self._handles = [ref.fc2.register_forward_pre_hook(self._hook(ref)) for ref in self.mlps]
+        self.mask: torch.Tensor | None = None  # (batch, tokens) attention mask of the batch
+        self._handles = [
+            ref.down_layer.register_forward_pre_hook(self._hook(ref)) for ref in self.mlps
+        ]
 
     def _hook(self, ref: MlpRef):  # noqa: ANN202
         stats = self.stats[ref.name]
 
         def hook(module: nn.Module, args: tuple[torch.Tensor, ...]) -> None:
-            stats.update(_samples(module, args[0]))
+            hidden = args[0]
+            if self.mask is not None and hidden.shape[:-1] == self.mask.shape:
+                stats.update(hidden[self.mask])  # padding tokens are not samples
+            else:
+                stats.update(_samples(module, hidden))
 
         return hook
 
@@ -121,15 +131,33 @@ def merge_across_ranks(stats: dict[str, NeuronStats]) -> dict[str, NeuronStats]:
     return merged
 
 
+def run_batch(model: nn.Module, batch: Any, device: torch.device) -> Any:
+    """`model(batch)` for a tensor, `model(**batch)` for a dict of keyword inputs (e.g. a
+    tokenizer's input_ids/attention_mask), `model(*batch)` for a tuple or list."""
+    if isinstance(batch, torch.Tensor):
+        return model(batch.to(device, non_blocking=True))
+    if isinstance(batch, Mapping):
+        return model(**{k: _to(v, device) for k, v in batch.items()})
+    if isinstance(batch, (tuple, list)):
+        return model(*(_to(v, device) for v in batch))
+    raise VBPError(f"a batch must be a tensor, a dict or a tuple, not {type(batch).__name__}")
+
+
+def _to(value: Any, device: torch.device) -> Any:
+    return value.to(device, non_blocking=True) if isinstance(value, torch.Tensor) else value
+
+
 @torch.no_grad()
 def collect_stats(
     model: nn.Module,
-    batches: Iterable[torch.Tensor],
+    batches: Iterable[torch.Tensor | Mapping[str, Any]],
     *,
     device: torch.device | str = "cpu",
     amp: bool = False,
 ) -> dict[str, NeuronStats]:
-    """VBP statistics of `model` over image batches (already preprocessed tensors).
+    """VBP statistics of `model` over batches: preprocessed image tensors, or dicts of
+    keyword inputs (`model(**batch)`, e.g. {"input_ids": ..., "attention_mask": ...}).
+    With an attention mask, only the unmasked tokens count.
 
     Under torch.distributed each rank passes its own shard; the result is merged exactly.
     """
@@ -138,7 +166,9 @@ def collect_stats(
     device = torch.device(device)
     model.eval()
     with StatsCollector(model) as collector:
-        for images in batches:
+        for batch in batches:
+            mask = batch.get("attention_mask") if isinstance(batch, Mapping) else None
+            collector.mask = mask.to(device).bool() if isinstance(mask, torch.Tensor) else None
             with autocast(device, enabled=amp):
-                model(images.to(device, non_blocking=True))
+                run_batch(model, batch, device)
     return merge_across_ranks(collector.stats)
