@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import itertools
+import json
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -23,9 +24,16 @@ from torch import nn
 from shared.console import get_console
 from shared.errors import InputError
 from shared.profiling import count_macs, count_params
-from shared.timm_data import example_input
+from vbp_cli import text_data
 from vbp_cli.mlps import VBPError, find_mlps
-from vbp_cli.models import MODEL_FILE, Architecture, build_model, save_model, saved_model_path
+from vbp_cli.models import (
+    MODEL_FILE,
+    Architecture,
+    build_model,
+    example_input,
+    save_model,
+    saved_model_path,
+)
 from vbp_cli.options import (
     BenchmarkOptions,
     CollectStatsOptions,
@@ -55,12 +63,87 @@ def bad_input(prefix: str = "") -> Iterator[None]:
         raise InputError(f"{prefix}{exc}") from None
 
 
-def _build(cfg: Any) -> tuple[nn.Module, Architecture]:
-    return build_model(
+def checkpoint_weights(path: Path, ema: bool = True) -> str:
+    """Which weights of a foreign checkpoint are loaded: "ema" (a timm train.py checkpoint's
+    state_dict_ema), "raw" (its state_dict while it also holds EMA weights: --no-ema) or
+    "plain" (the file holds one set of weights)."""
+    from shared.checkpoints import safe_torch_load
+
+    if Path(path).suffix == ".safetensors":
+        return "plain"
+    obj = safe_torch_load(path)
+    keys = set(obj) if isinstance(obj, dict) else set()
+    has_ema = any(
+        isinstance(obj.get(k), dict) for k in ("state_dict_ema", "model_ema") if k in keys
+    )
+    has_raw = any(isinstance(obj.get(k), dict) for k in ("state_dict", "model_state_dict", "model"))
+    if has_ema and (ema or not has_raw):
+        return "ema"
+    return "raw" if has_ema else "plain"
+
+
+def load_checkpoint_weights(
+    model: nn.Module, path: Path, *, ema: bool = True, flag: str = "--checkpoint"
+) -> str:
+    """Load a foreign checkpoint (.pth/.safetensors; timm train.py files with their EMA
+    weights unless `ema` is false) strictly into `model`; returns which weights were used
+    (see `checkpoint_weights`). A mismatch is one line naming the first bad key."""
+    from shared.checkpoints import load_state_dict
+
+    which = checkpoint_weights(path, ema)
+    state = load_state_dict(path, ema=ema)
+    own = model.state_dict()
+    shapes = [k for k in own if k in state and state[k].shape != own[k].shape]
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    if shapes or missing or unexpected:
+        parts = [
+            f"{k} is {tuple(state[k].shape)} in the file, {tuple(own[k].shape)} in the model"
+            for k in shapes[:1]
+        ]
+        parts += [f"{len(missing)} missing keys (e.g. {missing[0]})"] if missing else []
+        parts += [f"{len(unexpected)} unexpected keys (e.g. {unexpected[0]})"] if unexpected else []
+        raise InputError(f"{flag} {path} does not match the model: {'; '.join(parts)}")
+    model.load_state_dict(state)
+    return which
+
+
+def build_with_weights(
+    spec: str,
+    *,
+    checkpoint: Path | None = None,
+    pretrained: bool = False,
+    model_kwargs: dict[str, Any] | None = None,
+    ema: bool = True,
+    flag: str = "--checkpoint",
+) -> tuple[nn.Module, Architecture, str | None]:
+    """`build_model` whose foreign checkpoint honours `ema`; also returns which weights of
+    the checkpoint were used ("ema" / "raw" / "plain"; None without a checkpoint)."""
+    if checkpoint is None or saved_model_path(spec) is not None:
+        net, arch = build_model(
+            spec, checkpoint=checkpoint, pretrained=pretrained, model_kwargs=model_kwargs
+        )
+        return net, arch, None
+    net, arch = build_model(spec, model_kwargs=model_kwargs)
+    which = load_checkpoint_weights(net, Path(checkpoint), ema=ema, flag=flag)
+    get_console().info(f"{flag} {checkpoint}: {WEIGHTS_USED[which]}")
+    return net.eval(), arch, which
+
+
+WEIGHTS_USED = {
+    "ema": "its EMA weights (state_dict_ema; --no-ema for the raw ones)",
+    "raw": "its raw weights (--no-ema; it also holds EMA weights)",
+    "plain": "its weights",
+}
+
+
+def _build(cfg: Any) -> tuple[nn.Module, Architecture, str | None]:
+    return build_with_weights(
         cfg.model,
         checkpoint=cfg.checkpoint,
-        pretrained=cfg.pretrained,
+        pretrained=getattr(cfg, "pretrained", False),
         model_kwargs=getattr(cfg, "model_kw", None) or None,
+        ema=getattr(cfg, "ema", True),
     )
 
 
@@ -83,19 +166,26 @@ def collect_stats_from_options(
     from vbp_cli.stats import collect_stats
 
     dev = torch.device(device)
-    net, arch = _build(cfg)
+    net, arch, weights = _build(cfg)
     net.to(dev)
-    ds = classification_data(cfg.data, net, cfg.split)
-    loader = make_loader(
-        shard(ds.dataset),
-        cfg.batch_size,
-        shuffle=cfg.batches > 0,
-        seed=cfg.seed,
-        num_workers=_workers(cfg.num_workers, cfg.data),
-        distribute=False,
-    )
-    n = min(cfg.batches, len(loader)) if cfg.batches else len(loader)
-    images = (x for x, _ in itertools.islice(loader, n))
+    if text_data.is_text_spec(cfg.data):  # token windows from the model folder's tokenizer
+        token_batches, _ = text_data.stats_batches(
+            cfg.data, net, cfg.model, seq_len=cfg.seq_len, split=cfg.split,
+            batch_size=cfg.batch_size, batches=cfg.batches, seed=cfg.seed,
+        )  # fmt: skip
+        n, images = len(token_batches), iter(token_batches)
+    else:
+        ds = classification_data(cfg.data, net, cfg.split)
+        loader = make_loader(
+            shard(ds.dataset),
+            cfg.batch_size,
+            shuffle=cfg.batches > 0,
+            seed=cfg.seed,
+            num_workers=_workers(cfg.num_workers, cfg.data),
+            distribute=False,
+        )
+        n = min(cfg.batches, len(loader)) if cfg.batches else len(loader)
+        images = (x for x, _ in itertools.islice(loader, n))
     start = time.perf_counter()
     with bad_input("--model: "):
         stats = collect_stats(
@@ -112,6 +202,7 @@ def collect_stats_from_options(
         "seconds": round(seconds, 3),
         "world_size": distributed.world_size(),
         "stats": str(path) if path else None,
+        "weights": weights,
     }
     return stats, metrics
 
@@ -174,6 +265,7 @@ def prune_with_report(
     round_to: int = 1,
     min_keep: int = 1,
     seed: int = 0,
+    uniform: bool = False,
 ) -> PruneReport:
     """Prune `model` in place, to a ratio or to a MAC-reduction target (exactly one), and
     measure it before and after."""
@@ -209,6 +301,7 @@ def prune_with_report(
             min_keep=min_keep,
             round_to=round_to,
             seed=seed,
+            uniform=uniform,
         )
     return PruneReport(
         ratio=ratio,
@@ -221,14 +314,14 @@ def prune_with_report(
         widths_before=widths_before,
         widths_after=widths_after,
         target_macs_reduction=target_macs_reduction,
-        extra={"round_to": round_to},
+        extra={"round_to": round_to, "uniform": uniform},
     )
 
 
 def prune_to_file(cfg: PruneOptions, *, out: Path | None = None) -> tuple[nn.Module, PruneReport]:
     """Build the model, prune it as `cfg` says and, with `out`, save it (safetensors with
     its architecture and where it came from, loadable by `load_model`)."""
-    net, arch = _build(cfg)
+    net, arch, weights = _build(cfg)
     report = prune_with_report(
         net,
         cfg.stats,
@@ -239,15 +332,23 @@ def prune_to_file(cfg: PruneOptions, *, out: Path | None = None) -> tuple[nn.Mod
         round_to=cfg.round_to,
         min_keep=cfg.min_keep,
         seed=cfg.seed,
+        uniform=cfg.uniform,
     )
     if out is not None:
         source = {
             "model": cfg.model,
-            "checkpoint": str(cfg.checkpoint) if cfg.checkpoint else None,
+            # absolute: finetune may run from another folder
+            "checkpoint": str(Path(cfg.checkpoint).resolve()) if cfg.checkpoint else None,
             "pretrained": cfg.pretrained,
             "model_kwargs": arch.model_kwargs,
+            "ema": cfg.ema,
         }
         save_model(net, arch, out, extra={"source": source, "prune": report.metrics()})
+        if arch.hf:  # a transformers folder: what from_pretrained makes of it
+            from vbp_cli import hf
+
+            report.extra |= hf.loadability(net)
+    report.extra["weights"] = weights
     return net, report
 
 
@@ -267,9 +368,12 @@ def build_teacher(
     checkpoint: Path | None = None,
     pretrained: bool = False,
     kwargs: dict[str, Any] | None = None,
-) -> nn.Module:
-    """The unpruned model: as given, or as recorded by `prune` in the student's file. A timm
-    name without kwargs takes the recorded kwargs (img_size, num_classes...)."""
+    ema: bool | None = None,
+) -> tuple[nn.Module, str | None]:
+    """The unpruned model: as given, or as recorded by `prune` in the student's file (with
+    the EMA choice prune made, unless `ema` says otherwise). A timm name without kwargs takes
+    the recorded kwargs (img_size, num_classes...). Also returns which weights of its
+    checkpoint were used ("ema" / "raw" / "plain", None without one)."""
     source = _recorded_source(student_path) if student_path else {}
     if teacher is None:
         if not source.get("model"):
@@ -277,17 +381,27 @@ def build_teacher(
                 f"--model {student_path} does not record its unpruned model: pass --teacher"
             )
         ckpt = source.get("checkpoint")
-        return build_model(
+        net, _, which = build_with_weights(
             source["model"],
             checkpoint=Path(ckpt) if ckpt else None,
             pretrained=bool(source.get("pretrained")),
             model_kwargs=source.get("model_kwargs") or None,
-        )[0]
+            ema=source.get("ema", True) if ema is None else ema,
+            flag="teacher checkpoint",
+        )
+        return net, which
     parsed = dict(kwargs or {})
     if not parsed and saved_model_path(teacher) is None:
         parsed = source.get("model_kwargs") or {}
-    net, _ = build_model(teacher, checkpoint=checkpoint, pretrained=pretrained, model_kwargs=parsed)
-    return net
+    net, _, which = build_with_weights(
+        teacher,
+        checkpoint=checkpoint,
+        pretrained=pretrained,
+        model_kwargs=parsed,
+        ema=True if ema is None else ema,
+        flag="--teacher-checkpoint",
+    )
+    return net, which
 
 
 def check_compatible(student: nn.Module, teacher: nn.Module) -> None:
@@ -325,8 +439,13 @@ def finetune(
     dev = torch.device(device)
     torch.manual_seed(cfg.seed)
     student, arch = load_model_with_arch(cfg.model)
-    teacher_net = build_teacher(
-        cfg.model, cfg.teacher, cfg.teacher_checkpoint, cfg.teacher_pretrained, cfg.teacher_kw
+    teacher_net, teacher_weights = build_teacher(
+        cfg.model,
+        cfg.teacher,
+        cfg.teacher_checkpoint,
+        cfg.teacher_pretrained,
+        cfg.teacher_kw,
+        ema=cfg.ema if cfg.teacher_checkpoint or not cfg.ema else None,
     )
     check_compatible(student, teacher_net)
     student.to(dev)
@@ -372,7 +491,7 @@ def finetune(
         shard(val.dataset), 256, shuffle=False, num_workers=workers, distribute=False
     )
     acc = evaluate_classifier(student, val_loader, device=dev, teacher=teacher_net, amp=cfg.amp)
-    return {**fit, **acc, "model": str(path) if path else None}
+    return {**fit, **acc, "model": str(path) if path else None, "teacher_weights": teacher_weights}
 
 
 # -- evaluate, benchmark, export -------------------------------------------------------------
@@ -385,19 +504,25 @@ def evaluate(cfg: EvaluateOptions, *, device: torch.device | str = "cpu") -> dic
     from shared.timm_data import classification_data
 
     dev = torch.device(device)
-    net, _ = _build(cfg)
-    teacher_net = None
+    net, _, weights = _build(cfg)
+    teacher_net, teacher_weights = None, None
     if cfg.teacher:
         student_path = cfg.model if saved_model_path(cfg.model) is not None else None
-        teacher_net = build_teacher(
+        teacher_net, teacher_weights = build_teacher(
             student_path, cfg.teacher, cfg.teacher_checkpoint, cfg.teacher_pretrained,
-            cfg.teacher_kw,
+            cfg.teacher_kw, ema=cfg.ema,
         )  # fmt: skip
         check_compatible(net, teacher_net)
         teacher_net.to(dev)
     example = example_input(net)
     out: dict[str, Any] = {"params": count_params(net), "macs": count_macs(net, example)}
     net.to(dev)
+    if text_data.is_text_spec(cfg.data):  # language models: perplexity on held-out text
+        split = "test" if cfg.split == "val" else cfg.split
+        return out | text_data.evaluate_lm(
+            cfg.data, net, cfg.model, seq_len=cfg.seq_len, split=split,
+            batch_size=cfg.batch_size, device=dev,
+        ) | {"device": str(dev), "weights": weights}  # fmt: skip
     ds = classification_data(cfg.data, net, cfg.split)
     workers = _workers(cfg.num_workers, cfg.data)
     loader = make_loader(ds.dataset, cfg.batch_size, shuffle=False, num_workers=workers)
@@ -411,7 +536,7 @@ def evaluate(cfg: EvaluateOptions, *, device: torch.device | str = "cpu") -> dic
             "throughput": thr["images_per_s"],
             "throughput_batch": cfg.throughput_batch,
         }
-    out["device"] = str(dev)
+    out |= {"device": str(dev), "weights": weights, "teacher_weights": teacher_weights}
     return out
 
 
@@ -422,7 +547,7 @@ def benchmark(cfg: BenchmarkOptions, *, device: torch.device | str = "cpu") -> d
     from shared.profiling import compare_speed
 
     dev = torch.device(device)
-    dense_net, _ = _build(cfg)
+    dense_net, _, weights = _build(cfg)
     pruned_net, _ = build_model(cfg.pruned)
     models = {"dense": dense_net.eval(), "pruned": pruned_net.eval()}
     example = example_input(dense_net)
@@ -440,20 +565,63 @@ def benchmark(cfg: BenchmarkOptions, *, device: torch.device | str = "cpu") -> d
         device=dev,
         amp=cfg.amp,
     )
-    return {"rows": rows, "counts": counts, "device": str(dev)}
+    return {"rows": rows, "counts": counts, "device": str(dev), "weights": weights}
+
+
+def export_path(cfg: ExportOptions) -> tuple[str, Path]:
+    """(format, output file or folder): `--onnx PATH` is `--format onnx --output PATH`;
+    without an output it goes beside a saved model (model.onnx / .ts / .pt2, the folder timm/)
+    or into the current folder, named after the timm model."""
+    from vbp_cli.export import SUFFIX
+
+    if cfg.onnx is not None:
+        if cfg.output is not None or cfg.format != "onnx":
+            raise InputError("--onnx PATH is --format onnx --output PATH: give one of them")
+        return "onnx", Path(cfg.onnx)
+    if cfg.output is not None:
+        return cfg.format, Path(cfg.output)
+    saved = saved_model_path(cfg.model)
+    if cfg.format == "timm":
+        return "timm", saved.parent / "timm" if saved is not None else Path(f"{cfg.model}-timm")
+    stem = saved.with_suffix("") if saved is not None else Path(cfg.model)
+    return cfg.format, stem.with_name(stem.name + SUFFIX[cfg.format])
 
 
 def export(cfg: ExportOptions) -> dict[str, Any]:
-    """ONNX with a dynamic batch axis, checked against PyTorch with onnxruntime; the file is
-    removed again when they differ by more than `cfg.tolerance`."""
+    """Export to ONNX, TorchScript or torch.export (.pt2) with a dynamic batch axis, or to a
+    folder timm loads; load it back the way a user without vbp does and compare its logits
+    with PyTorch's on another batch size; what was written is removed again when they differ
+    by more than `cfg.tolerance`."""
     from shared.errors import ToolkitError
-    from vbp_cli.export import check_onnx, export_onnx
+    from vbp_cli.export import check_export, export_model
 
-    net, _ = build_model(cfg.model, checkpoint=cfg.checkpoint, model_kwargs=cfg.model_kw or None)
-    example = example_input(net, 2)
-    export_onnx(net, example, cfg.onnx, opset=cfg.opset)
-    diff = check_onnx(net, cfg.onnx, example)
+    fmt, path = export_path(cfg)
+    net, arch, weights = _build(cfg)
+    net.eval()
+    if fmt == "timm" and not arch.timm_name:
+        raise InputError(f"--format timm: {cfg.model} is not a timm model")
+    try:
+        export_model(
+            net, example_input(net, 2), path, fmt, opset=cfg.opset,
+            timm_name=arch.timm_name, model_kwargs=arch.model_kwargs,
+        )  # fmt: skip
+    except Exception as exc:  # noqa: BLE001 (the exporters raise many types; name the cause)
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        raise ToolkitError(f"{fmt} export of {cfg.model} failed: {first}") from exc
+    diff = check_export(net, path, fmt, example_input(net, 3))
     if diff > cfg.tolerance:
-        cfg.onnx.unlink(missing_ok=True)
-        raise ToolkitError(f"ONNX output differs from PyTorch by {diff:.2e} > {cfg.tolerance}")
-    return {"onnx": str(cfg.onnx), "max_abs_diff": diff, "bytes": cfg.onnx.stat().st_size}
+        for written in (
+            [path / "config.json", path / "model.safetensors"] if fmt == "timm" else [path]
+        ):
+            written.unlink(missing_ok=True)
+        raise ToolkitError(f"{fmt} output differs from PyTorch by {diff:.2e} > {cfg.tolerance}")
+    files = [p for p in path.iterdir() if p.is_file()] if path.is_dir() else [path]
+    out = {"format": fmt, "path": str(path), "max_abs_diff": diff}
+    out["bytes"] = sum(p.stat().st_size for p in files)
+    if fmt == "timm":
+        out["loads_with_timm"] = json.loads((path / "config.json").read_text())["vbp"][
+            "loads_with_timm"
+        ]
+    if fmt == "onnx":
+        out["onnx"] = str(path)  # the key before --format existed
+    return {**out, "weights": weights}

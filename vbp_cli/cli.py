@@ -76,10 +76,12 @@ def benchmark_cmd(cfg: BenchmarkOptions, inv: Invocation) -> dict:
 
 @tool_command(app, "export", ExportOptions, out="none", device=False)
 def export_cmd(cfg: ExportOptions, inv: Invocation) -> dict:
-    """Export to ONNX (dynamic batch) and check it against PyTorch with onnxruntime."""
+    """Export to ONNX, TorchScript, torch.export (.pt2) or a timm folder; each file is loaded
+    back and checked against PyTorch on another batch size before it is kept."""
     from shared.deps import require
 
-    require("vbp", "onnx", "onnxruntime")
+    if cfg.onnx is not None or cfg.format == "onnx":
+        require("vbp", "onnx", "onnxruntime")
     return _api().export(cfg)
 
 

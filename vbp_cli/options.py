@@ -15,8 +15,9 @@ from shared.config import parse_json_object
 from shared.options import opt
 
 MODEL_HELP = (
-    "timm model name (e.g. deit_base_patch16_224) or the path of a model vbp wrote (a "
-    "directory or its model.safetensors)."
+    "timm model name (e.g. deit_base_patch16_224), a Hugging Face transformers folder with "
+    "config.json (LLaMA, Qwen2, Mistral, GPT-2, BERT, ViT), or the path of a model vbp wrote "
+    "(a directory or its model.safetensors)."
 )
 CHECKPOINT_HELP = (
     "Weights for a timm model name: .pth/.pt (read with weights_only) or .safetensors."
@@ -26,10 +27,18 @@ KWARGS_HELP = (
     "JSON overrides for timm.create_model, e.g. "
     '\'{"img_size": 32, "patch_size": 4, "num_classes": 10}\'.'
 )
-DATA_HELP = "Image folder (ImageNet layout, optionally with train/ and val/) or builtin:digits."
+DATA_HELP = (
+    "Image folder (ImageNet layout, optionally with train/ and val/), builtin:digits, or "
+    "text:PATH (a text file or folder, tokenised with the model folder's tokenizer)."
+)
 AMP_HELP = "Mixed precision on CUDA (bf16 where supported); ignored on CPU."
 WORKERS_HELP = "Data loader workers (-1: auto)."
 TEACHER_CKPT_HELP = "Weights for a timm-name teacher."
+EMA_HELP = (
+    "A timm train.py checkpoint (--checkpoint/--teacher-checkpoint) holding EMA weights: use "
+    "them (timm's default); --no-ema: its raw weights."
+)
+EXPORT_FORMATS = ("onnx", "torchscript", "pt2", "timm")
 TEACHER_PRETRAINED_HELP = "Teacher from timm's hub weights."
 TEACHER_KWARGS_HELP = (
     "JSON kwargs for a timm-name teacher (default: the ones the pruned model records)."
@@ -54,6 +63,7 @@ class CollectStatsOptions(_ParsesKwargs):
     model: str = opt(help=MODEL_HELP, short="-m")
     data: str = opt(help=DATA_HELP, short="-d")
     checkpoint: Path | None = opt(None, CHECKPOINT_HELP)
+    ema: bool = opt(True, EMA_HELP)
     pretrained: bool = opt(False, PRETRAINED_HELP)
     model_kwargs: str | None = opt(None, KWARGS_HELP)
     split: str = opt("train", "Split of --data to use.")
@@ -62,6 +72,7 @@ class CollectStatsOptions(_ParsesKwargs):
     num_workers: int = opt(-1, WORKERS_HELP, min=-1)
     amp: bool = opt(True, AMP_HELP)
     seed: int = opt(0, "Random seed (the order of the images with --batches).")
+    seq_len: int = opt(128, "Tokens per window with --data text:PATH.", min=2)
     model_kw: dict[str, Any] = field(default_factory=dict)
 
 
@@ -80,13 +91,23 @@ class PruneOptions(_ParsesKwargs):
         min_open=True,
         max_open=True,
     )
-    criterion: str = opt("variance", "Neuron ranking.", choices=("variance", "magnitude", "random"))
+    criterion: str = opt(
+        "variance",
+        "Neuron ranking (flap: variance x |down column|^2; wanda: |down column| x input norm).",
+        choices=("variance", "magnitude", "random", "flap", "wanda"),
+    )
+    uniform: bool = opt(
+        False,
+        "Remove the same share of every MLP (ranked within it): a transformers folder then "
+        "also loads with from_pretrained.",
+    )
     compensation: bool = opt(True, "Mean-shift compensation into fc2's bias.")
     round_to: int = opt(
         1, "Keep every hidden width a multiple of N (GEMM-friendly); 1 = exact ranking.", min=1
     )
     min_keep: int = opt(1, "Neurons kept at least per MLP.", min=1)
     checkpoint: Path | None = opt(None, CHECKPOINT_HELP)
+    ema: bool = opt(True, EMA_HELP)
     pretrained: bool = opt(False, PRETRAINED_HELP)
     model_kwargs: str | None = opt(None, KWARGS_HELP)
     seed: int = opt(0, "Random seed (the random criterion).")
@@ -103,6 +124,7 @@ class FinetuneOptions(_ParsesKwargs):
     teacher_checkpoint: Path | None = opt(None, TEACHER_CKPT_HELP)
     teacher_pretrained: bool = opt(False, TEACHER_PRETRAINED_HELP)
     teacher_kwargs: str | None = opt(None, TEACHER_KWARGS_HELP)
+    ema: bool = opt(True, EMA_HELP)
     epochs: float = opt(10.0, "Epochs over --data's train split.", min=0)
     batch_size: int = opt(64, "Images per batch.", short="-b", min=1)
     lr: float = opt(1e-4, "Peak AdamW learning rate (cosine, warm-up).", min=0, min_open=True)
@@ -125,6 +147,7 @@ class EvaluateOptions(_ParsesKwargs):
     model: str = opt(help=MODEL_HELP, short="-m")
     data: str = opt(help=DATA_HELP, short="-d")
     checkpoint: Path | None = opt(None, CHECKPOINT_HELP)
+    ema: bool = opt(True, EMA_HELP)
     pretrained: bool = opt(False, PRETRAINED_HELP)
     model_kwargs: str | None = opt(None, KWARGS_HELP)
     teacher: str | None = opt(
@@ -139,6 +162,7 @@ class EvaluateOptions(_ParsesKwargs):
     speed: bool = opt(True, "Measure latency and throughput.")
     amp: bool = opt(True, AMP_HELP)
     num_workers: int = opt(-1, WORKERS_HELP, min=-1)
+    seq_len: int = opt(128, "Tokens per window with --data text:PATH.", min=2)
     model_kw: dict[str, Any] = field(default_factory=dict)
     teacher_kw: dict[str, Any] = field(default_factory=dict)
 
@@ -148,6 +172,7 @@ class BenchmarkOptions(_ParsesKwargs):
     model: str = opt(help="The dense model (timm name or path).", short="-m")
     pruned: str = opt(help="The pruned model (path vbp wrote).")
     checkpoint: Path | None = opt(None, CHECKPOINT_HELP)
+    ema: bool = opt(True, EMA_HELP)
     pretrained: bool = opt(False, PRETRAINED_HELP)
     model_kwargs: str | None = opt(None, KWARGS_HELP)
     batch_size: list[int] = opt(
@@ -161,9 +186,22 @@ class BenchmarkOptions(_ParsesKwargs):
 @dataclass
 class ExportOptions(_ParsesKwargs):
     model: str = opt(help=MODEL_HELP, short="-m")
-    onnx: Path = opt(help="Output .onnx file.")
+    format: str = opt(
+        "onnx",
+        "onnx (onnxruntime), torchscript (torch.jit.load), pt2 (torch.export.load): each runs "
+        "without vbp or timm; timm: a folder of config.json + model.safetensors for timm's "
+        "own loader (see the README for uneven MLP widths).",
+        choices=EXPORT_FORMATS,
+    )
+    output: Path | None = opt(
+        None,
+        "Output file, a folder for timm (default: beside a saved model, model.onnx / model.ts "
+        "/ model.pt2 / timm/).",
+    )
+    onnx: Path | None = opt(None, "Output .onnx file (the same as --format onnx --output PATH).")
     opset: int = opt(18, "ONNX opset.", min=7)
-    tolerance: float = opt(1e-3, "Largest allowed |onnx - torch|.", min=0)
+    tolerance: float = opt(1e-3, "Largest allowed |exported - torch| on the logits.", min=0)
     model_kwargs: str | None = opt(None, KWARGS_HELP)
     checkpoint: Path | None = opt(None, CHECKPOINT_HELP)
+    ema: bool = opt(True, EMA_HELP)
     model_kw: dict[str, Any] = field(default_factory=dict)
