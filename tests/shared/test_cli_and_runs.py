@@ -24,6 +24,7 @@ def run_toy(*args: str, **kw) -> subprocess.CompletedProcess:
     )
 
 
+@pytest.mark.slow
 def test_train_writes_config_metrics_log_and_json(tmp_path: Path) -> None:
     out = tmp_path / "run"
     res = run_toy("train", "--out", str(out), "--steps", "10", "--json", "--device", "cpu")
@@ -39,6 +40,7 @@ def test_train_writes_config_metrics_log_and_json(tmp_path: Path) -> None:
     assert not list(out.glob(".*.tmp")), "atomic writes must leave no temp files"
 
 
+@pytest.mark.slow
 def test_config_file_supplies_options_and_flags_win(tmp_path: Path) -> None:
     cfg = tmp_path / "c.yaml"
     cfg.write_text("steps: 3\nlr: 0.01\ncheckpoint-every: 0\n")
@@ -49,6 +51,7 @@ def test_config_file_supplies_options_and_flags_win(tmp_path: Path) -> None:
     assert "steps: 3" in resolved and "lr: 0.02" in resolved and "checkpoint_every: 0" in resolved
 
 
+@pytest.mark.slow
 def test_config_file_with_unknown_key_exits_2(tmp_path: Path) -> None:
     cfg = tmp_path / "c.yaml"
     cfg.write_text("stepz: 3\n")
@@ -58,6 +61,7 @@ def test_config_file_with_unknown_key_exits_2(tmp_path: Path) -> None:
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.slow
 def test_bad_input_exits_2_with_one_line_and_leaves_nothing(tmp_path: Path) -> None:
     out = tmp_path / "run"
     res = run_toy("train", "--out", str(out), "--data", str(tmp_path / "missing.npy"))
@@ -68,6 +72,7 @@ def test_bad_input_exits_2_with_one_line_and_leaves_nothing(tmp_path: Path) -> N
     assert not out.exists(), "a run stopped by bad input must not leave its output directory"
 
 
+@pytest.mark.slow
 def test_bad_input_in_existing_empty_dir_leaves_it_empty(tmp_path: Path) -> None:
     out = tmp_path / "run"
     out.mkdir()
@@ -80,6 +85,7 @@ def _snapshot(folder: Path) -> dict[str, bytes]:
     return {str(p.relative_to(folder)): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
 
 
+@pytest.mark.slow
 def test_a_second_run_into_a_used_folder_is_refused_and_changes_nothing(tmp_path: Path) -> None:
     out = tmp_path / "run"
     assert run_toy("train", "--out", str(out), "--steps", "3").returncode == 0
@@ -90,6 +96,7 @@ def test_a_second_run_into_a_used_folder_is_refused_and_changes_nothing(tmp_path
     assert _snapshot(out) == before, "a refused run must not touch the earlier run's files"
 
 
+@pytest.mark.slow
 def test_overwrite_replaces_the_earlier_run(tmp_path: Path) -> None:
     out = tmp_path / "run"
     assert run_toy("train", "--out", str(out), "--steps", "3").returncode == 0
@@ -111,6 +118,7 @@ def test_overwrite_replaces_the_earlier_run(tmp_path: Path) -> None:
         (["--steps", "many"], "Invalid value for '--steps'"),
     ],
 )
+@pytest.mark.slow
 def test_bad_values_exit_2_with_one_line_before_any_work(
     tmp_path: Path, args: list[str], needle: str
 ) -> None:
@@ -122,6 +130,7 @@ def test_bad_values_exit_2_with_one_line_before_any_work(
     assert not out.exists()
 
 
+@pytest.mark.slow
 def test_unwritable_out_exits_2(tmp_path: Path) -> None:
     if os.geteuid() == 0:
         target = Path("/proc/toolkit-test/run")  # not creatable even for root
@@ -135,6 +144,7 @@ def test_unwritable_out_exits_2(tmp_path: Path) -> None:
     assert "Traceback" not in res.stderr
 
 
+@pytest.mark.slow
 def test_nan_loss_exits_2_with_clear_line(tmp_path: Path) -> None:
     res = run_toy("train", "--out", str(tmp_path / "run"), "--lr", "1e30", "--steps", "50")
     assert res.returncode == 2
@@ -142,11 +152,13 @@ def test_nan_loss_exits_2_with_clear_line(tmp_path: Path) -> None:
     assert "Traceback" not in res.stderr
 
 
+@pytest.mark.slow
 def test_bad_device_flag_exits_2(tmp_path: Path) -> None:
     res = run_toy("train", "--out", str(tmp_path / "run"), "--device", "tpu")
     assert res.returncode == 2 and "--device 'tpu'" in res.stderr
 
 
+@pytest.mark.slow
 def test_sigterm_saves_state_and_resume_reaches_same_result(tmp_path: Path) -> None:
     ref = run_toy("train", "--out", str(tmp_path / "ref"), "--steps", "30", "--json")
     assert ref.returncode == 0, ref.stderr
@@ -203,6 +215,7 @@ def test_sigterm_saves_state_and_resume_reaches_same_result(tmp_path: Path) -> N
     assert resumed["final_loss"] == json.loads(ref.stdout)["final_loss"]
 
 
+@pytest.mark.slow
 def test_ctrl_c_saves_state_exits_130_and_resume_finishes(tmp_path: Path) -> None:
     ref = run_toy("train", "--out", str(tmp_path / "ref"), "--steps", "25", "--json")
     expected = json.loads(ref.stdout)["weights"]
@@ -241,6 +254,7 @@ def test_doctor_refuses_a_device_name_that_does_not_exist() -> None:
     assert res.code == 2 and "--device 'bogus'" in res.stderr
 
 
+@pytest.mark.slow
 def test_version_and_help_of_every_tool() -> None:
     from shared.registry import tools
 
@@ -253,6 +267,7 @@ def test_version_and_help_of_every_tool() -> None:
 
 @pytest.mark.parametrize("tool", ["vbp", "tomerge", "kdic", "scorelidar", "hello"])
 @pytest.mark.slow
+@pytest.mark.slow
 def test_doctor_json(tool: str) -> None:
     res = subprocess.run([tool_path(tool), "doctor", "--json"], capture_output=True, text=True)
     assert res.returncode == 0, res.stderr
@@ -264,6 +279,7 @@ def test_doctor_json(tool: str) -> None:
     assert report["extras_complete"], report["extras"]
 
 
+@pytest.mark.slow
 def test_doctor_reports_slurm_environment() -> None:
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
     env |= {
@@ -281,6 +297,7 @@ def test_doctor_reports_slurm_environment() -> None:
     assert dist["master"].startswith("gpu07:")
 
 
+@pytest.mark.slow
 def test_help_is_fast() -> None:
     """`vbp --help` must not import torch or timm (users type it all the time)."""
     code = "import sys; import vbp_cli.cli; print('torch' in sys.modules, 'timm' in sys.modules)"

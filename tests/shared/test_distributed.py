@@ -341,6 +341,7 @@ def _check_collectives(results: list[dict]) -> None:
     assert sorted(results[0]["shard"] + results[1]["shard"]) == list(range(10))
 
 
+@pytest.mark.slow
 def test_two_processes_torchrun_env(tmp_path: Path) -> None:
     port = _free_port()
     envs = [
@@ -359,6 +360,7 @@ def test_two_processes_torchrun_env(tmp_path: Path) -> None:
         assert res["env"] == [r, 2, r, "127.0.0.1", port, "torchrun"]
 
 
+@pytest.mark.slow
 def test_two_processes_slurm_env(tmp_path: Path) -> None:
     port = _free_port()
     envs = [
