@@ -126,7 +126,8 @@ def build_with_weights(
         return net, arch, None
     net, arch = build_model(spec, model_kwargs=model_kwargs)
     which = load_checkpoint_weights(net, Path(checkpoint), ema=ema, flag=flag)
-    get_console().info(f"{flag} {checkpoint}: {WEIGHTS_USED[which]}")
+    if which != "plain":  # a timm train.py checkpoint: say which of its weights were taken
+        get_console().info(f"{flag} {checkpoint}: {WEIGHTS_USED[which]}")
     return net.eval(), arch, which
 
 
@@ -145,6 +146,15 @@ def _build(cfg: Any) -> tuple[nn.Module, Architecture, str | None]:
         model_kwargs=getattr(cfg, "model_kw", None) or None,
         ema=getattr(cfg, "ema", True),
     )
+
+
+def _check_data_exists(data: str) -> None:
+    """A --data folder or text file that is not there: refused before any work."""
+    if data.startswith("builtin:"):
+        return
+    path = Path(data[len("text:") :] if text_data.is_text_spec(data) else data).expanduser()
+    if not path.exists():
+        raise InputError(f"--data {data}: no such file or folder")
 
 
 def _workers(requested: int, data: str) -> int:
@@ -166,6 +176,7 @@ def collect_stats_from_options(
     from vbp_cli.stats import collect_stats
 
     dev = torch.device(device)
+    _check_data_exists(cfg.data)  # before the model is loaded
     net, arch, weights = _build(cfg)
     net.to(dev)
     if text_data.is_text_spec(cfg.data):  # token windows from the model folder's tokenizer
@@ -596,6 +607,10 @@ def export(cfg: ExportOptions) -> dict[str, Any]:
     from vbp_cli.export import check_export, export_model
 
     fmt, path = export_path(cfg)
+    for given, flag in ((cfg.checkpoint, "--checkpoint"), (cfg.model, "--model")):
+        if given is not None and Path(given).exists() and Path(given).resolve() == path.resolve():
+            out_flag = "--onnx" if cfg.onnx is not None else "--output"
+            raise InputError(f"{out_flag} {path}: is the {flag} being exported; choose another")
     net, arch, weights = _build(cfg)
     net.eval()
     if fmt == "timm" and not arch.timm_name:

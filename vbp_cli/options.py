@@ -71,7 +71,7 @@ class CollectStatsOptions(_ParsesKwargs):
     batch_size: int = opt(64, "Images per batch.", short="-b", min=1)
     num_workers: int = opt(-1, WORKERS_HELP, min=-1)
     amp: bool = opt(True, AMP_HELP)
-    seed: int = opt(0, "Random seed (the order of the images with --batches).")
+    seed: int = opt(0, "Random seed (the order of the images with --batches).", min=0)
     seq_len: int = opt(128, "Tokens per window with --data text:PATH.", min=2)
     model_kw: dict[str, Any] = field(default_factory=dict)
 
@@ -110,7 +110,7 @@ class PruneOptions(_ParsesKwargs):
     ema: bool = opt(True, EMA_HELP)
     pretrained: bool = opt(False, PRETRAINED_HELP)
     model_kwargs: str | None = opt(None, KWARGS_HELP)
-    seed: int = opt(0, "Random seed (the random criterion).")
+    seed: int = opt(0, "Random seed (the random criterion).", min=0)
     model_kw: dict[str, Any] = field(default_factory=dict)
 
 
@@ -133,7 +133,7 @@ class FinetuneOptions(_ParsesKwargs):
     kd_temperature: float = opt(2.0, "KD temperature T.", min=0.01)
     amp: bool = opt(True, AMP_HELP)
     num_workers: int = opt(-1, WORKERS_HELP, min=-1)
-    seed: int = opt(0, "Random seed.")
+    seed: int = opt(0, "Random seed.", min=0)
     checkpoint_every: int = opt(
         500,
         "Save resume state every N steps (0: only on SIGTERM/SIGUSR1/Ctrl-C).",

@@ -766,18 +766,7 @@ _number_cases()
 
 
 # -- known failures, each waiting on a named fix outside this suite's packages -------------------
-VBP_INFO = "vbp prints '--checkpoint FILE: its weights' on stderr before the error line"
-VBP_OVERWRITE = "vbp export: --onnx naming its own --checkpoint overwrites it, exit 0 (refuse it)"
-VBP_SEED = "vbp collect-stats: a --seed of -5 from --config is accepted (no min=0 declared)"
 KNOWN: dict[str, str] = {
-    "vbp-collect-stats-data-missing": VBP_INFO,
-    "vbp-prune-stats-missing": VBP_INFO,
-    "vbp-prune-stats-empty": VBP_INFO,
-    "vbp-prune-stats-random": VBP_INFO,
-    "vbp-prune-stats-booby": VBP_INFO,
-    "vbp-prune-stats-is-a-model-file": VBP_INFO,
-    "vbp-export-onnx-is-the-checkpoint": VBP_OVERWRITE,
-    "vbp-config-seed-negative": VBP_SEED,
     "vbp-export-onnx-read-only": VBP_ONNX,
 }
 for _c in CASES:
