@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import math
 import sys
 import time
 from pathlib import Path
@@ -41,14 +42,14 @@ from shared.profiling import count_params
 from shared.train import Trainer, cosine_with_warmup, step_rng
 from vbp_cli.prune import prune_model
 from vbp_cli.stats import collect_stats
-from vbp_cli.text_data import perplexity, split_windows, tokenize
+from vbp_cli.text_data import perplexity_from_nll, split_windows, tokenize, window_nll
 
 PRESETS: dict[str, dict[str, Any]] = {
-    # ~10 M parameters (7 M of them in the MLPs' 8 x 896 neurons): 800 steps of 16 x 128
-    # tokens (1.6 M tokens, ~3 passes over the training text), ~4 s/step on one core here
+    # ~10 M parameters (7 M of them in the MLPs' 8 x 896 neurons): 500 steps of 16 x 128
+    # tokens (1 M tokens, under two passes over the training text), ~7 s/step on one core
     "llama-10m": dict(
         vocab=4096, hidden=320, layers=8, heads=5, kv_heads=1, inter=896, seq_len=128,
-        steps=800, batch=16, lr=1e-3,
+        steps=500, batch=16, lr=1e-3,
     ),
     # ~16 M parameters (9.4 M of them in the MLPs' 8 x 1024 neurons): 3000 steps of
     # 32 x 128 tokens, ~13 s/step on one core here, so about 11 hours
@@ -246,6 +247,15 @@ def speed(models: dict[str, nn.Module], vocab: int, seq_len: int, repeats: int) 
     return rows
 
 
+def paired(a: torch.Tensor, b: torch.Tensor) -> dict[str, float | str]:
+    """Mean per-window NLL difference b - a with a 95% interval (the same windows scored
+    by both models), and the verdict it supports for a: "better", "worse" or "on par"."""
+    d = b - a
+    mean, half = float(d.mean()), 1.96 * float(d.std()) / math.sqrt(d.numel())
+    verdict = "better" if mean - half > 0 else "worse" if mean + half < 0 else "on par"
+    return {"diff": mean, "low": mean - half, "high": mean + half, "verdict": verdict}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--preset", choices=sorted(PRESETS), default="llama-10m")
@@ -257,7 +267,13 @@ def main() -> None:
         help="default: pydoc+docstrings (--quick: pydoc)",
     )
     parser.add_argument("--calib-windows", type=int, default=256)
-    parser.add_argument("--kd-steps", type=int, default=0, help="distillation steps per model")
+    parser.add_argument("--kd-steps", type=int, default=50, help="distillation steps per model")
+    parser.add_argument(
+        "--kd-ratios", default="0.5", help="comma-separated ratios that are also distilled"
+    )
+    parser.add_argument(
+        "--test-windows", type=int, default=256, help="held-out windows scored (evenly spaced)"
+    )
     parser.add_argument("--speed-repeats", type=int, default=5)
     add_common_args(parser)
     args = parser.parse_args()
@@ -279,21 +295,30 @@ def main() -> None:
     ids = tokenize(text, load_tokenizer(folder))
     train = split_windows(ids, p["seq_len"], "train")
     test = split_windows(ids, p["seq_len"], "test")
+    if test.shape[0] > args.test_windows:  # evenly spaced, so every part of the tail counts
+        test = test[torch.linspace(0, test.shape[0] - 1, args.test_windows).long()]
+    kd_ratios = {float(r) for r in args.kd_ratios.split(",") if r} if args.kd_steps else set()
     calib = train[torch.randperm(train.shape[0], generator=torch.Generator().manual_seed(0))]
     calib = calib[: args.calib_windows]
     stats = collect_stats(dense, calib.split(16))
-    base = perplexity(dense, test)
+    dense_nll = window_nll(dense, test)
+    base = perplexity_from_nll(dense_nll)
     rows: list[dict[str, Any]] = []
+    nlls: dict[tuple[str, float, str], torch.Tensor] = {}
     half: dict[str, nn.Module] = {}
     for ratio in ratios:
         for name, (criterion, comp) in METHODS.items():
             model = copy.deepcopy(dense)
             prune_model(model, stats, ratio, criterion=criterion, compensation=comp)
-            ppl = perplexity(model, test)
-            row = {"method": name, "ratio": ratio, **ppl, "params": count_params(model)}
-            if args.kd_steps:
+            nll = window_nll(model, test)
+            row = {"method": name, "ratio": ratio, **perplexity_from_nll(nll)}
+            row["params"] = count_params(model)
+            if ratio in kd_ratios:
                 distill(model, dense, train, args.kd_steps)
-                row["perplexity_kd"] = perplexity(model, test)["perplexity"]
+                kd_nll = window_nll(model, test)
+                row["kd"] = perplexity_from_nll(kd_nll)
+                nlls[(name, ratio, "kd")] = kd_nll
+            nlls[(name, ratio, "pruned")] = nll
             rows.append(row)
             if ratio == 0.5 and name == "VBP":
                 half[f"VBP {ratio:.0%}"] = model
@@ -316,16 +341,37 @@ def main() -> None:
         ]
         for m in METHODS
     ]
+    paired_rows, compare = [], []
+    for (m, q, stage), nll in sorted(nlls.items(), key=lambda kv: (kv[0][1], kv[0][2] == "kd")):
+        if m == "VBP":
+            continue
+        pr = {"method": m, "ratio": q, "stage": stage, **paired(nlls[("VBP", q, stage)], nll)}
+        compare.append(pr)
+        paired_rows.append([
+            m, f"{q:.0%}", stage, f"{pr['diff']:+.4f} [{pr['low']:+.4f}, {pr['high']:+.4f}]",
+            {"better": "VBP better", "worse": "VBP worse", "on par": "on par"}[pr["verdict"]],
+        ])  # fmt: skip
+    kd_table = [
+        [r["method"], f"{r['ratio']:.0%}", fmt_ppl(r), fmt_ppl(r["kd"])] for r in rows if "kd" in r
+    ]
     sections = [
         ("Setup", (
             f"Preset `{preset}`: LLaMA architecture, {info['params'] / 1e6:.2f} M parameters, "
-            f"trained {info['steps']} steps on {info['tokens']} tokens of {info['corpus']} "
-            f"({info['train_windows']} windows of {p['seq_len']}); dense test perplexity "
-            f"{fmt_ppl(base)} over {base['windows']} held-out windows. Statistics from "
-            f"{calib.shape[0]} training windows. Distillation steps: {args.kd_steps}."
+            f"trained {info['steps']} steps of {p['batch']} x {p['seq_len']} tokens drawn from "
+            f"{info['train_windows']} training windows of {info['corpus']} ({info['tokens']} "
+            f"tokens in all, the last 10% held out) in {info['train_seconds'] / 60:.0f} min; "
+            f"dense test perplexity {fmt_ppl(base)} over {base['windows']} held-out windows "
+            f"(evenly spaced over the held-out tail). Statistics from {calib.shape[0]} "
+            f"training windows. Distillation: {args.kd_steps} steps of logit KL at ratios "
+            f"{sorted(kd_ratios) or 'none'}."
         )),
         ("Perplexity right after pruning (95% interval over held-out windows)",
          markdown_table(cols, table)),
+        ("After a short distillation", markdown_table(
+            ["method", "ratio", "pruned", "distilled"], kd_table) if kd_table else "not run"),
+        ("Paired comparison with VBP (mean per-window NLL of the method minus VBP's, 95% "
+         "interval over the same held-out windows; positive means VBP is better)",
+         markdown_table(["method", "ratio", "stage", "NLL difference", "verdict"], paired_rows)),
         ("CPU speed, batch 1", markdown_table(
             ["model", "prefill tok/s", "decode tok/s", "prefill x", "decode x"],
             [[r["model"], round(r["prefill_tok_s"]), round(r["decode_tok_s"], 1),
@@ -338,7 +384,14 @@ def main() -> None:
         name,
         "VBP on a LLaMA-architecture language model",
         sections,
-        {"preset": preset, "training": info, "dense": base, "rows": rows, "speed": speed_rows},
+        {
+            "preset": preset,
+            "training": info,
+            "dense": base,
+            "rows": rows,
+            "paired_vs_vbp": compare,
+            "speed": speed_rows,
+        },
         results=RESULTS,
     )
     print(path)

@@ -102,15 +102,15 @@ def model_seq_len(model: nn.Module, requested: int) -> int:
 
 
 @torch.no_grad()
-def perplexity(
+def window_nll(
     model: nn.Module,
     windows: torch.Tensor,
     *,
     batch_size: int = 8,
     device: torch.device | str = "cpu",
-) -> dict[str, float]:
-    """Perplexity of a causal LM on token windows (next-token cross-entropy over every
-    predicted token), with a 95% interval from the spread of the per-window mean losses."""
+) -> torch.Tensor:
+    """Mean next-token cross-entropy of a causal LM on each token window (float64, one
+    value per window), so that two models can be compared window by window."""
     device = torch.device(device)
     model.eval()
     per_window: list[torch.Tensor] = []
@@ -121,7 +121,27 @@ def perplexity(
             logits[:, :-1].reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1), reduction="none"
         )
         per_window.append(loss.view(ids.shape[0], -1).mean(1).double().cpu())
-    nll = torch.cat(per_window)
+    return torch.cat(per_window)
+
+
+def perplexity(
+    model: nn.Module,
+    windows: torch.Tensor,
+    *,
+    batch_size: int = 8,
+    device: torch.device | str = "cpu",
+) -> dict[str, float]:
+    """Perplexity of a causal LM on token windows (next-token cross-entropy over every
+    predicted token), with a 95% interval from the spread of the per-window mean losses."""
+    nll = window_nll(model, windows, batch_size=batch_size, device=device)
+    return {
+        **perplexity_from_nll(nll),
+        "tokens": int(windows.shape[0] * (windows.shape[1] - 1)),
+    }
+
+
+def perplexity_from_nll(nll: torch.Tensor) -> dict[str, float]:
+    """Perplexity and its 95% interval from per-window mean NLLs (see `window_nll`)."""
     mean = float(nll.mean())
     half = 1.96 * float(nll.std()) / math.sqrt(nll.numel()) if nll.numel() > 1 else 0.0
     return {
@@ -130,7 +150,6 @@ def perplexity(
         "perplexity_high": math.exp(mean + half),
         "nll": mean,
         "windows": int(nll.numel()),
-        "tokens": int(windows.shape[0] * (windows.shape[1] - 1)),
     }
 
 
