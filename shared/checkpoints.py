@@ -52,15 +52,11 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
             raw = (f.metadata() or {}).get(METADATA_KEY)
     except (SafetensorError, OSError, ValueError) as exc:
         raise InputError(f"{path}: not a readable safetensors checkpoint ({exc})") from None
-    if raw is None:
+    if not raw:
         raise InputError(f"{path}: a safetensors file without toolkit metadata")
-    try:
-        meta = json.loads(raw)
-    except json.JSONDecodeError as exc:
-        raise InputError(f"{path}: damaged toolkit metadata (not JSON: {exc.msg})") from None
-    if not isinstance(meta, dict):
-        raise InputError(f"{path}: damaged toolkit metadata (not a JSON object)")
-    return meta
+    from shared.config import parse_json_object
+
+    return parse_json_object(raw, f"{path}: damaged toolkit metadata")
 
 
 def load_checkpoint(

@@ -17,16 +17,17 @@ import yaml
 from shared.errors import InputError
 
 
-def parse_json_object(text: str | None, flag: str) -> dict[str, Any]:
-    """The value of a JSON-object option such as --model-kwargs; {} when not given."""
+def parse_json_object(text: str | None, where: str) -> dict[str, Any]:
+    """A JSON object read from an option (--model-kwargs) or a file header; {} when empty.
+    `where` starts the one-line error (a flag, or a path and what it holds)."""
     if not text:
         return {}
     try:
         value = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise InputError(f"{flag}: not valid JSON ({exc.msg})") from None
+        raise InputError(f"{where}: not valid JSON ({exc.msg})") from None
     if not isinstance(value, dict):
-        raise InputError(f"{flag}: expected a JSON object, e.g. '{{\"num_classes\": 10}}'")
+        raise InputError(f"{where}: expected a JSON object, not {type(value).__name__}")
     return value
 
 

@@ -341,40 +341,32 @@ def _check_collectives(results: list[dict]) -> None:
     assert sorted(results[0]["shard"] + results[1]["shard"]) == list(range(10))
 
 
-@pytest.mark.slow
-def test_two_processes_torchrun_env(tmp_path: Path) -> None:
-    port = _free_port()
-    envs = [
-        {
-            "RANK": str(r),
-            "WORLD_SIZE": "2",
-            "LOCAL_RANK": str(r),
-            "MASTER_ADDR": "127.0.0.1",
-            "MASTER_PORT": str(port),
-        }
-        for r in range(2)
-    ]
-    results = _run_two(tmp_path, envs)
-    _check_collectives(results)
-    for r, res in enumerate(results):
-        assert res["env"] == [r, 2, r, "127.0.0.1", port, "torchrun"]
+# What each launcher sets for rank r; the sbatch scripts export MASTER_PORT (a free one here).
+LAUNCHER_ENVS = {
+    "torchrun": lambda r, port: {
+        "RANK": str(r),
+        "WORLD_SIZE": "2",
+        "LOCAL_RANK": str(r),
+        "MASTER_ADDR": "127.0.0.1",
+        "MASTER_PORT": str(port),
+    },
+    "slurm": lambda r, port: {
+        "SLURM_PROCID": str(r),
+        "SLURM_NTASKS": "2",
+        "SLURM_LOCALID": str(r),
+        "SLURM_JOB_NODELIST": "localhost",
+        "SLURM_JOB_ID": "98765",
+        "MASTER_PORT": str(port),
+    },
+}
 
 
 @pytest.mark.slow
-def test_two_processes_slurm_env(tmp_path: Path) -> None:
+@pytest.mark.parametrize("launcher", sorted(LAUNCHER_ENVS))
+def test_two_processes_under_each_launcher(tmp_path: Path, launcher: str) -> None:
     port = _free_port()
-    envs = [
-        {
-            "SLURM_PROCID": str(r),
-            "SLURM_NTASKS": "2",
-            "SLURM_LOCALID": str(r),
-            "SLURM_JOB_NODELIST": "localhost",
-            "SLURM_JOB_ID": "98765",
-            "MASTER_PORT": str(port),  # the sbatch scripts export it; a free one here
-        }
-        for r in range(2)
-    ]
-    results = _run_two(tmp_path, envs)
+    results = _run_two(tmp_path, [LAUNCHER_ENVS[launcher](r, port) for r in range(2)])
     _check_collectives(results)
+    host = "127.0.0.1" if launcher == "torchrun" else "localhost"
     for r, res in enumerate(results):
-        assert res["env"] == [r, 2, r, "localhost", port, "slurm"]
+        assert res["env"] == [r, 2, r, host, port, launcher]
