@@ -24,14 +24,7 @@ from typing import Any
 
 import torch
 
-from benchmarks.common import (
-    RESULTS,
-    add_common_args,
-    check_tree,
-    markdown_table,
-    save_figure,
-    write_results,
-)
+from benchmarks import common
 from hello_cli import recipes
 from hello_cli.augment import AugConfig, apply_aug, plan_epoch
 from hello_cli.data_io import load_real
@@ -153,9 +146,9 @@ def main() -> None:
         help="train nothing: one report from the student rows of earlier results files of this "
         "benchmark (e.g. IPCs or seeds run in parallel processes); their projectors must agree",
     )
-    add_common_args(parser)
+    common.add_common_args(parser)
     args = parser.parse_args()
-    check_tree(args)
+    common.check_tree(args)
     if args.combine:
         combine(args)
         return
@@ -282,7 +275,7 @@ def _mean_rows(rows: list[dict[str, Any]]) -> list[list[Any]]:
 
 def _report(args, meta, proj_rows, rows, storage, made_of: str | None = None) -> None:  # noqa: ANN001
     table = _mean_rows(rows)
-    proj_md = markdown_table(
+    proj_md = common.markdown_table(
         [
             "encoder",
             "rank / head rank",
@@ -305,7 +298,7 @@ def _report(args, meta, proj_rows, rows, storage, made_of: str | None = None) ->
             for p in proj_rows
         ],
     )
-    main_md = markdown_table(
+    main_md = common.markdown_table(
         [
             "IPC",
             "labels",
@@ -318,12 +311,12 @@ def _report(args, meta, proj_rows, rows, storage, made_of: str | None = None) ->
         ],
         table,
     )
-    storage_md = markdown_table(
+    storage_md = common.markdown_table(
         ["setting", "stored soft labels (bytes)", "projector (bytes)", "projector / stored (%)"],
         [list(r.values()) for r in storage],
     )
     _plot(table, args.name)
-    write_results(
+    common.write_results(
         "hello",
         args.name,
         "HeLlO: student accuracy and label storage on real digits",
@@ -379,9 +372,9 @@ def _plot(table: list[list[Any]], name: str) -> None:
         ax.set_ylabel("student val top-1 (%)")
         ax.set_title(f"digits, IPC {ipc}")
     fig.tight_layout()
-    out = RESULTS / "hello"
+    out = common.RESULTS / "hello"
     out.mkdir(parents=True, exist_ok=True)
-    save_figure(fig, out / f"{name}.png")
+    common.save_figure(fig, out / f"{name}.png")
 
 
 if __name__ == "__main__":

@@ -17,14 +17,7 @@ import argparse
 import json
 from pathlib import Path
 
-from benchmarks.common import (
-    RESULTS,
-    add_common_args,
-    check_tree,
-    markdown_table,
-    save_figure,
-    write_results,
-)
+from benchmarks import common
 from scorelidar_cli.zoo import RECIPES, reference_models, run_tool
 
 KITTI = Path(__file__).resolve().parents[1] / "data" / "kitti_000123.ply"
@@ -97,7 +90,7 @@ def plot(rows: list[dict], path: Path) -> None:
     ax.set_title("Teacher vs distilled student, held-out simulated scenes", fontsize=10)
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    save_figure(fig, path)
+    common.save_figure(fig, path)
 
 
 def main() -> int:
@@ -107,9 +100,9 @@ def main() -> int:
     ap.add_argument("--guidance", type=float, default=1.0)
     ap.add_argument("--solver", default="sde")
     ap.add_argument("--repeats", type=int, default=3, help="interleaved timing rounds")
-    add_common_args(ap)
+    common.add_common_args(ap)
     args = ap.parse_args()
-    check_tree(args)
+    common.check_tree(args)
     extra = ["--guidance", str(args.guidance), "--solver", args.solver]
 
     root, stages = reference_models(args.recipe)
@@ -168,14 +161,14 @@ def main() -> int:
                                                  if k.startswith("final_") or k == "steps"})]
         for stage, info in stages.items() if stage not in ("data", "heldout")
     ]  # fmt: skip
-    out_dir = RESULTS / "scorelidar"
+    out_dir = common.RESULTS / "scorelidar"
     out_dir.mkdir(parents=True, exist_ok=True)
     plot(rows, out_dir / f"{args.recipe}.png")
     n_frames = rows[0]["frames"]
     sections = [
         (
             f"Held-out simulated scenes ({n_frames} frames, seeds unseen in training)",
-            markdown_table(header, table)
+            common.markdown_table(header, table)
             + f"\n\nGuidance {args.guidance}, solver DPM-Solver++ ({args.solver}); "
             f"model radius {radius:g} m, ground truth cut to the same radius. Speed-up is "
             "relative to the teacher at 50 steps. The last row scores the partial input scan "
@@ -184,7 +177,7 @@ def main() -> int:
         ),
         (
             "Speed, measured interleaved in one process (median of --repeats rounds)",
-            markdown_table(
+            common.markdown_table(
                 ["model", "s/frame", "speed-up vs teacher 50"],
                 [[k, v, speed["teacher, 50 steps"] / v] for k, v in speed.items()],
             )
@@ -193,11 +186,11 @@ def main() -> int:
         ),
         (
             "Target (issue): student at 8 steps >= 5x faster than teacher at 50, CD <= 1.05x",
-            markdown_table(["check", "value"], [[k, v] for k, v in target.items()]),
+            common.markdown_table(["check", "value"], [[k, v] for k, v in target.items()]),
         ),
         (
             "Real KITTI scan (kitti_000123.ply, no ground truth)",
-            markdown_table(
+            common.markdown_table(
                 [
                     "model",
                     "steps",
@@ -213,10 +206,10 @@ def main() -> int:
         ),  # fmt: skip
         (
             "Training cost (this machine, cached recipe; seconds of the run that made it)",
-            markdown_table(["stage", "seconds", "final losses"], train_table),
+            common.markdown_table(["stage", "seconds", "final losses"], train_table),
         ),
     ]
-    md = write_results(
+    md = common.write_results(
         "scorelidar",
         args.recipe,
         "ScoreLiDAR: distilled few-step LiDAR completion vs its diffusion teacher",

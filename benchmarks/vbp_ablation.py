@@ -18,14 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from benchmarks.common import (
-    RESULTS,
-    add_common_args,
-    check_tree,
-    markdown_table,
-    save_figure,
-    write_results,
-)
+from benchmarks import common
 from shared.classify import FitConfig, evaluate_classifier, fit_classifier
 from shared.loaders import make_loader
 from shared.profiling import count_macs, count_params
@@ -95,9 +88,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--finetune-epochs", type=float, default=3.0)
     parser.add_argument("--model", choices=sorted(PRESETS), default="deit-tiny-32")
-    add_common_args(parser)
+    common.add_common_args(parser)
     args = parser.parse_args()
-    check_tree(args)
+    common.check_tree(args)
     torch.manual_seed(0)
 
     recipe = PRESETS[args.model]
@@ -190,13 +183,13 @@ def main() -> None:
     for ratio in RATIOS:
         at = {r["method"]: r for r in rows if r["ratio"] == ratio}
         table_rows.append([ratio, at[methods[0]]["macs"] / 1e6] + [at[m]["top1"] for m in methods])
-    sweep = markdown_table(["MLP ratio", "MMACs"] + methods, table_rows)
-    rec = markdown_table(
+    sweep = common.markdown_table(["MLP ratio", "MMACs"] + methods, table_rows)
+    rec = common.markdown_table(
         ["method (50%)", "top-1 after pruning", "top-1 after KD fine-tune"],
         [[r["method"], r["after_pruning"], r["after_finetune"]] for r in recovery],
     )
     _plot(rows, methods, base, args.model)
-    write_results(
+    common.write_results(
         "vbp",
         f"ablation-{args.model}",
         f"VBP ablation on builtin:digits ({args.model})",
@@ -214,7 +207,7 @@ def main() -> None:
         ],
         {"teacher": {**recipe, **base}, "sweep": rows, "recovery": recovery},
     )
-    print((RESULTS / "vbp" / f"ablation-{args.model}.md").read_text())
+    print((common.RESULTS / "vbp" / f"ablation-{args.model}.md").read_text())
 
 
 def _plot(rows: list[dict[str, Any]], methods: list[str], base: dict[str, Any], name: str) -> None:
@@ -233,7 +226,7 @@ def _plot(rows: list[dict[str, Any]], methods: list[str], base: dict[str, Any], 
     ax.set_title(f"Pruning a ViT trained on digits ({name})")
     ax.legend(fontsize=7)
     fig.tight_layout()
-    save_figure(fig, RESULTS / "vbp" / f"ablation-{name}.png")
+    common.save_figure(fig, common.RESULTS / "vbp" / f"ablation-{name}.png")
 
 
 if __name__ == "__main__":

@@ -12,42 +12,18 @@ Imports are lazy so that `hello --help` does not load torch.
 
 from __future__ import annotations
 
-from typing import Any
+from shared.lazy import lazy_exports
 
-__all__ = [
-    "AugConfig",
-    "DistillConfig",
-    "EncoderSpec",
-    "Projector",
-    "StudentConfig",
-    "add_lora",
-    "build_projector",
-    "distill_projector",
-    "load_projector",
-    "save_projector",
-    "synthesize_class",
-    "train_student",
-]
-
-_EXPORTS = {
-    "AugConfig": "hello_cli.augment",
-    "DistillConfig": "hello_cli.distill",
-    "distill_projector": "hello_cli.distill",
-    "EncoderSpec": "hello_cli.encoders",
-    "Projector": "hello_cli.projector",
-    "build_projector": "hello_cli.projector",
-    "load_projector": "hello_cli.projector",
-    "save_projector": "hello_cli.projector",
-    "add_lora": "hello_cli.lora",
-    "StudentConfig": "hello_cli.student",
-    "train_student": "hello_cli.student",
-    "synthesize_class": "hello_cli.synth",
+# module -> the names it exports
+_MODULES = {
+    "augment": ("AugConfig",),
+    "distill": ("DistillConfig", "distill_projector"),
+    "encoders": ("EncoderSpec",),
+    "projector": ("Projector", "build_projector", "load_projector", "save_projector"),
+    "lora": ("add_lora",),
+    "student": ("StudentConfig", "train_student"),
+    "synth": ("synthesize_class",),
 }
-
-
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        import importlib
-
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module 'hello_cli' has no attribute {name!r}")
+_EXPORTS = {name: f"hello_cli.{mod}:{name}" for mod, names in _MODULES.items() for name in names}
+__all__ = sorted(_EXPORTS)
+__getattr__ = lazy_exports(__name__, _EXPORTS)

@@ -11,9 +11,10 @@ The method's pieces are importable on their own too:
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from shared.errors import InputError
 from shared.options import opt
@@ -24,6 +25,8 @@ if TYPE_CHECKING:
     from torch import nn
 
     from hello_cli.student import StudentConfig
+
+C = TypeVar("C")
 
 LABEL_SOURCES = ("projector", "teacher", "stored", "hard")  # = hello_cli.labels.SOURCES
 
@@ -37,20 +40,6 @@ _DATA_HELP = "Real images: builtin:digits or an image folder (ImageNet layout)."
 _PROJECTOR_HELP = "Projector directory (from hello build-projector or hello distill)."
 
 
-def _teacher(required: bool = True) -> Any:
-    if required:
-        return opt(help=_TEACHER_HELP, short="-t")
-    return opt(None, "Teacher(s) for --labels teacher or stored.", short="-t")
-
-
-def _teacher_checkpoint() -> Any:
-    return opt(None, "Weights (.pth/.safetensors) for a timm-name --teacher.")
-
-
-def _teacher_kwargs() -> Any:
-    return opt(None, "JSON kwargs for a timm-name teacher.")
-
-
 def _image_size() -> Any:
     return opt(32, "Pixel size real images are loaded at; each model resizes to its own input.",
                min=4)  # fmt: skip
@@ -58,6 +47,18 @@ def _image_size() -> Any:
 
 def _seed() -> Any:
     return opt(0, "Random seed.", min=0)
+
+
+@dataclass(kw_only=True)
+class TeacherOptions:
+    """The teacher every command but build-projector reads: checkpoints, or a timm name with
+    its weights and kwargs."""
+
+    teacher: list[str] = opt(help=_TEACHER_HELP, short="-t")
+    teacher_checkpoint: list[str] | None = opt(
+        None, "Weights (.pth/.safetensors) for a timm-name --teacher."
+    )
+    teacher_kwargs: str | None = opt(None, "JSON kwargs for a timm-name teacher.")
 
 
 @dataclass(kw_only=True)
@@ -96,9 +97,8 @@ class BuildProjectorOptions:
 
 
 @dataclass(kw_only=True)
-class DistillOptions:
+class DistillOptions(TeacherOptions):
     projector: Path = opt(help=_PROJECTOR_HELP)
-    teacher: list[str] = _teacher()
     data: str = opt(help=_DATA_HELP, short="-d")
     rank: int | None = opt(
         None,
@@ -126,15 +126,12 @@ class DistillOptions:
         "teacher-taught ones (on top of a distilled projector, 22 epochs at batch 32).",
     )
     synthetic_weight: float = opt(1.0, "Weight of the synthetic-batch MSE.", min=0)
-    teacher_checkpoint: list[str] | None = _teacher_checkpoint()
-    teacher_kwargs: str | None = _teacher_kwargs()
     image_size: int = _image_size()
     seed: int = _seed()
 
 
 @dataclass(kw_only=True)
-class SynthesizeOptions:
-    teacher: list[str] = _teacher()
+class SynthesizeOptions(TeacherOptions):
     data: str = opt(help=_DATA_HELP, short="-d")
     ipc: int = opt(10, "Synthetic images per class.", min=1)
     crops_per_image: int = opt(5, "Random crops scored per real image.", min=1)
@@ -143,14 +140,14 @@ class SynthesizeOptions:
     )
     projector: Path | None = opt(None, "Projector for the optional image update.")
     refine_steps: int = opt(0, "Image-update steps against the projector (0: none).", min=0)
-    teacher_checkpoint: list[str] | None = _teacher_checkpoint()
-    teacher_kwargs: str | None = _teacher_kwargs()
     image_size: int = _image_size()
     seed: int = _seed()
 
 
 @dataclass(kw_only=True)
-class TrainStudentOptions:
+class TrainStudentOptions(TeacherOptions):
+    # optional here: only --labels teacher and stored read it
+    teacher: list[str] | None = opt(None, "Teacher(s) for --labels teacher or stored.", short="-t")
     synthetic: Path = opt(help="Image folder from hello synthesize (its images/).")
     labels: str = opt(
         help="projector (HeLlO, online) | teacher (RDED, online) | stored (SRe2L/FKD: "
@@ -160,7 +157,6 @@ class TrainStudentOptions:
     student: str = opt(help="timm model name of the student (from scratch).")
     val_data: str = opt(help="Real validation images (builtin:digits or a folder).")
     projector: Path | None = opt(None, "Projector directory (--labels projector).")
-    teacher: list[str] | None = _teacher(required=False)
     student_kwargs: str | None = opt(
         None, "JSON for timm.create_model, e.g. '{\"num_classes\": 10}'."
     )
@@ -174,21 +170,16 @@ class TrainStudentOptions:
     crop_min_scale: float = opt(0.25, "RandomResizedCrop scale.", min=0.05, max=1.0)
     flip: bool = opt(True, "Random horizontal flips.")
     cutmix: bool = opt(True, "CutMix every batch.")
-    teacher_checkpoint: list[str] | None = _teacher_checkpoint()
-    teacher_kwargs: str | None = _teacher_kwargs()
     seed: int = _seed()
 
 
 @dataclass(kw_only=True)
-class EvaluateOptions:
+class EvaluateOptions(TeacherOptions):
     projector: Path = opt(help=_PROJECTOR_HELP)
-    teacher: list[str] = _teacher()
     data: str = opt(help=_DATA_HELP, short="-d")
     ipc: int = opt(10, "IPC for the stored-label comparison.", min=1)
     epochs: int = opt(300, "Student epochs for that comparison.", min=1)
     batch_size: int = opt(32, "Student batch.", short="-b", min=1)
-    teacher_checkpoint: list[str] | None = _teacher_checkpoint()
-    teacher_kwargs: str | None = _teacher_kwargs()
     image_size: int = _image_size()
 
 
@@ -200,17 +191,16 @@ def require_extras() -> None:
 
 
 def load_teachers(
-    teacher: list[str],
-    checkpoints: list[str] | None,
-    kwargs: str | None,
-    device: torch.device | str = "cpu",
+    cfg: TeacherOptions, device: torch.device | str = "cpu"
 ) -> tuple[nn.Module, list[str] | None]:
-    """The (averaged) teacher on `device` and its class names, if it records them."""
+    """The (averaged) teacher of `cfg` on `device` and its class names, if it records them."""
     from hello_cli.teachers import load_teacher
     from shared.config import parse_json_object
 
     model, names = load_teacher(
-        teacher, checkpoints or [], parse_json_object(kwargs, "--teacher-kwargs")
+        cfg.teacher or [],
+        cfg.teacher_checkpoint or [],
+        parse_json_object(cfg.teacher_kwargs, "--teacher-kwargs"),
     )
     return model.to(device), names
 
@@ -230,6 +220,13 @@ def build_student(
     except (RuntimeError, TypeError) as exc:
         raise InputError(f"--student {name}: {exc}") from None
     return model
+
+
+def config_from(config: type[C], options: Any, **given: Any) -> C:
+    """An algorithm config whose fields take the same-named options' values (the others
+    keep their defaults, or take `given`)."""
+    names = {f.name for f in dataclasses.fields(config)} - set(given)  # type: ignore[arg-type]
+    return config(**{n: getattr(options, n) for n in names if hasattr(options, n)}, **given)
 
 
 def model_bytes(model: nn.Module) -> int:
@@ -348,9 +345,7 @@ def run_distill(
     require_extras()
     torch.manual_seed(cfg.seed)
     proj = load_projector(cfg.projector)
-    t_model, t_names = load_teachers(
-        cfg.teacher, cfg.teacher_checkpoint, cfg.teacher_kwargs, device
-    )
+    t_model, t_names = load_teachers(cfg, device)
     x, y, names = load_real(cfg.data, "train", cfg.image_size)
     check_classes(
         names, teacher=t_model, teacher_names=t_names, projector_names=proj.config.class_names
@@ -367,21 +362,12 @@ def run_distill(
             )
     trainable = lora_for_distill(proj, cfg.rank, cfg.head_rank, cfg.lora_include)
     proj.to(device)
-    dcfg = DistillConfig(
-        cfg.epochs,
-        cfg.batch_size,
-        cfg.lr,
-        ce_weight=cfg.ce_weight,
-        encoder_lr_scale=cfg.encoder_lr_scale,
-        synthetic_weight=cfg.synthetic_weight,
-        seed=cfg.seed,
-    )
     stats = distill_projector(
         proj,
         t_model,
         x.to(device),
         y.to(device),
-        dcfg,
+        config_from(DistillConfig, cfg),
         aug=AugConfig(out_size=cfg.image_size),
         synthetic=synth.to(device) if synth is not None else None,
         run=run,
@@ -418,9 +404,7 @@ def run_synthesize(
     require_extras()
     if cfg.refine_steps and cfg.projector is None:
         raise InputError("--refine-steps needs --projector")
-    t_model, t_names = load_teachers(
-        cfg.teacher, cfg.teacher_checkpoint, cfg.teacher_kwargs, device
-    )
+    t_model, t_names = load_teachers(cfg, device)
     x, y, names = load_real(cfg.data, "train", cfg.image_size)
     proj = None
     if cfg.projector is not None:
@@ -455,14 +439,7 @@ def run_synthesize(
     synth = torch.cat(images)
     labels = torch.arange(len(names)).repeat_interleave(cfg.ipc)
     if proj is not None and cfg.refine_steps:
-        with console.progress_bar("image update", cfg.refine_steps) as bar:
-            synth = refine_images(
-                synth.to(device),
-                t_model,
-                proj,
-                cfg.refine_steps,
-                on_step=lambda v: bar.advance(1, loss=v),
-            ).cpu()
+        synth = refine_images(synth.to(device), t_model, proj, cfg.refine_steps).cpu()
     metrics: dict[str, Any] = {
         "images": len(synth),
         "ipc": cfg.ipc,
@@ -502,9 +479,7 @@ def label_source(
             raise InputError(f"the projector has {proj.num_classes} classes, the data {len(names)}")
         size = storage_bytes(proj.stored_tensors())  # the projector file's payload
         return OnlineLabels(proj.to(device), size), size
-    t_model, t_names = load_teachers(
-        cfg.teacher or [], cfg.teacher_checkpoint, cfg.teacher_kwargs, device
-    )
+    t_model, t_names = load_teachers(cfg, device)
     check_classes(names, teacher=t_model, teacher_names=t_names)
     if cfg.labels == "teacher":
         return OnlineLabels(t_model, model_bytes(t_model)), model_bytes(t_model)
@@ -570,16 +545,8 @@ def run_train_student(
     kwargs = parse_json_object(cfg.student_kwargs, "--student-kwargs")
     net = build_student(cfg.student, kwargs, len(names), size)
     model = timm_pixel_input(net, size).to(device)
-    scfg = StudentConfig(
-        cfg.epochs,
-        cfg.batch_size,
-        cfg.lr,
-        loss=cfg.loss,
-        beta=cfg.beta,
-        temperature=cfg.temperature,
-        seed=cfg.seed,
-        aug=AugConfig(size, (cfg.crop_min_scale, 1.0), cfg.flip, cfg.cutmix),
-    )
+    aug = AugConfig(size, (cfg.crop_min_scale, 1.0), cfg.flip, cfg.cutmix)
+    scfg = config_from(StudentConfig, cfg, aug=aug)
     source, label_bytes = label_source(
         cfg, scfg, images=images, names=names, run=run, device=device
     )
@@ -636,9 +603,7 @@ def run_evaluate(cfg: EvaluateOptions, *, device: Any = "cpu") -> dict[str, Any]
 
     require_extras()
     proj = load_projector(cfg.projector)
-    t_model, t_names = load_teachers(
-        cfg.teacher, cfg.teacher_checkpoint, cfg.teacher_kwargs, device
-    )
+    t_model, t_names = load_teachers(cfg, device)
     xv, yv, names = load_real(cfg.data, "val", cfg.image_size)
     check_classes(
         names, teacher=t_model, teacher_names=t_names, projector_names=proj.config.class_names

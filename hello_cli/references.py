@@ -16,7 +16,6 @@ references/MANIFEST.json.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import subprocess
@@ -205,10 +204,9 @@ def load_shipped_projector(path: Path, folder: Path | None = None) -> Projector:
 
 
 # -- entry points -----------------------------------------------------------------------------
-def _default_out() -> Path:
-    from shared.references import ROOT
-
-    return ROOT / "hello"
+def build(name: str, out: Path, work: Path, log: Any = print) -> Path:
+    """Build artefact `name` ('synthetic' | 'projector') into `out`, its runs in `work`."""
+    return (build_synthetic if name == "synthetic" else build_projector)(out, work, log)
 
 
 def shipped(name: str, log: Any = print) -> Path:
@@ -227,32 +225,14 @@ def shipped(name: str, log: Any = print) -> Path:
         log(f"hello: no shipped {name}; building it with `python -m hello_cli.references {name}`")
         out.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(prefix="hello-refs-") as tmp:
-            build = build_synthetic if name == "synthetic" else build_projector
-            build(out, Path(tmp), log)
+            build(name, out, Path(tmp), log)
     return target
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m hello_cli.references", description=__doc__)
-    ap.add_argument("names", nargs="+", choices=NAMES, help="artefacts to build, in order")
-    ap.add_argument("--out", type=Path, default=None, help="folder (default references/hello)")
-    ap.add_argument("--work", type=Path, default=None, help="keep the intermediate runs here")
-    args = ap.parse_args(argv)
-    from shared.references import record
+    from shared.references import builder_main
 
-    out = args.out or _default_out()
-    out.mkdir(parents=True, exist_ok=True)
-    shipping = out.resolve() == _default_out().resolve()
-    with tempfile.TemporaryDirectory(prefix="hello-refs-") as tmp:
-        work = args.work or Path(tmp)
-        for name in args.names:
-            build = build_synthetic if name == "synthetic" else build_projector
-            path = build(out, work)
-            if shipping:
-                cmd = ["python", "-m", "hello_cli.references", name]
-                record(f"hello/{name}", path, cmd, note(name))
-            print(f"{name}: {path} ({path.stat().st_size / 1e6:.3f} MB)")
-    return 0
+    return builder_main("hello", NAMES, build, note, argv, description=__doc__, size_decimals=3)
 
 
 if __name__ == "__main__":

@@ -4,8 +4,6 @@ image update then nudges the pixels so projector and teacher agree more."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -91,18 +89,21 @@ def refine_images(
     projector: nn.Module,
     steps: int,
     lr: float = 0.01,
-    on_step: Callable[[float], None] | None = None,
 ) -> torch.Tensor:
-    """Gradient steps on the pixels to reduce MSE(projector, teacher) on those images."""
+    """Adam steps on the pixels (kept in [0, 1]) to reduce MSE(projector, teacher) on those
+    images, on the toolkit's training loop (progress bar "image update", a NaN loss stops)."""
+    from shared.train import Trainer
+
     x = images.clone().requires_grad_(True)
     opt = torch.optim.Adam([x], lr=lr)
-    for _ in range(steps):
+    trainer = Trainer(steps, device=x.device, description="image update")
+
+    def step_fn(step: int) -> dict[str, torch.Tensor]:
         loss = F.mse_loss(projector(x), teacher(x).float())
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        trainer.optimize(loss, opt)
         with torch.no_grad():
             x.clamp_(0.0, 1.0)
-        if on_step is not None:
-            on_step(float(loss))
+        return {"loss": loss}
+
+    trainer.fit(step_fn)
     return x.detach()

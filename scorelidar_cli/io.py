@@ -141,13 +141,32 @@ def write_calib(path: str | Path, tr: np.ndarray) -> None:
     write_text(path, p0 + "\n" + line + "\n")
 
 
-def _body(pts: np.ndarray, binary: bool) -> bytes:
-    """The vertex data of a PLY/PCD file: little-endian float32, or one text line per point."""
+def _write_points(path: str | Path, header: str, points: np.ndarray, binary: bool) -> None:
+    """A PLY/PCD file: its header, then x, y, z as little-endian float32 or one text line per
+    point."""
+    pts = np.asarray(points, dtype=np.float32)[:, :3]
     if binary:
-        return pts.astype("<f4").tobytes()
-    buf = io.BytesIO()
-    np.savetxt(buf, pts, fmt="%.6f")
-    return buf.getvalue()
+        body = pts.astype("<f4").tobytes()
+    else:
+        buf = io.BytesIO()
+        np.savetxt(buf, pts, fmt="%.6f")
+        body = buf.getvalue()
+    write_bytes(path, header.encode("ascii") + body)
+
+
+def _records(
+    path: Path, data: bytes, offset: int, dtype: np.dtype, count: int, what: str
+) -> dict[str, np.ndarray]:
+    """The fields of `count` binary records of `dtype` starting at byte `offset` of a PLY/PCD
+    file; a body shorter than announced is refused."""
+    if len(data) - offset < count * dtype.itemsize:
+        raise InputError(f"{path}: truncated ({count} {what} announced)")
+    rec = np.frombuffer(data, dtype=dtype, count=count, offset=offset)
+    return {name: rec[name] for name in dtype.names or ()}
+
+
+def _xyz(cols: dict[str, np.ndarray]) -> np.ndarray:
+    return np.stack([cols["x"], cols["y"], cols["z"]], axis=1).astype(np.float32)
 
 
 # -- PLY ---------------------------------------------------------------------------------------
@@ -197,23 +216,19 @@ def read_ply(path: str | Path) -> np.ndarray:
     elif fmt in ("binary_little_endian", "binary_big_endian"):
         order = "<" if fmt == "binary_little_endian" else ">"
         dtype = np.dtype([(n, order + t) for n, t in props])
-        if len(data) - body_start < count * dtype.itemsize:
-            raise InputError(f"{path}: truncated ({count} vertices announced)")
-        rec = np.frombuffer(data, dtype=dtype, count=count, offset=body_start)
-        cols = {n: rec[n] for n in names}
+        cols = _records(path, data, body_start, dtype, count, "vertices")
     else:
         raise InputError(f"{path}: unknown PLY format {fmt!r}")
-    return np.stack([cols["x"], cols["y"], cols["z"]], axis=1).astype(np.float32)
+    return _xyz(cols)
 
 
 def write_ply(path: str | Path, points: np.ndarray, binary: bool = True) -> None:
-    pts = np.asarray(points, dtype=np.float32)[:, :3]
     fmt = "binary_little_endian" if binary else "ascii"
     header = (
-        f"ply\nformat {fmt} 1.0\ncomment written by scorelidar\nelement vertex {len(pts)}\n"
+        f"ply\nformat {fmt} 1.0\ncomment written by scorelidar\nelement vertex {len(points)}\n"
         "property float x\nproperty float y\nproperty float z\nend_header\n"
     )
-    write_bytes(path, header.encode("ascii") + _body(pts, binary))
+    _write_points(path, header, points, binary)
 
 
 # -- NPY and PCD ---------------------------------------------------------------------------------
@@ -271,23 +286,20 @@ def read_pcd(path: str | Path) -> np.ndarray:
                 for f, s, t, c in zip(fields, sizes, types, counts, strict=True)
             ]
         )
-        if len(data) - pos < points * dtype.itemsize:
-            raise InputError(f"{path}: truncated ({points} points announced)")
-        rec = np.frombuffer(data, dtype=dtype, count=points, offset=pos)
-        cols = {f: rec[f] for f in fields}
+        cols = _records(path, data, pos, dtype, points, "points")
     else:
         raise InputError(f"{path}: PCD DATA {fmt!r} is not supported (ascii or binary)")
-    return np.stack([cols["x"], cols["y"], cols["z"]], axis=1).astype(np.float32)
+    return _xyz(cols)
 
 
 def write_pcd(path: str | Path, points: np.ndarray, binary: bool = True) -> None:
-    pts = np.asarray(points, dtype=np.float32)[:, :3]
+    n = len(points)
     header = (
         "# .PCD v0.7\nVERSION 0.7\nFIELDS x y z\nSIZE 4 4 4\nTYPE F F F\nCOUNT 1 1 1\n"
-        f"WIDTH {len(pts)}\nHEIGHT 1\nVIEWPOINT 0 0 0 1 0 0 0\nPOINTS {len(pts)}\n"
+        f"WIDTH {n}\nHEIGHT 1\nVIEWPOINT 0 0 0 1 0 0 0\nPOINTS {n}\n"
         f"DATA {'binary' if binary else 'ascii'}\n"
     )
-    write_bytes(path, header.encode("ascii") + _body(pts, binary))
+    _write_points(path, header, points, binary)
 
 
 def write_scan(path: str | Path, points: np.ndarray) -> None:

@@ -14,21 +14,13 @@ convolutions set it), so it is deterministic.
 
 from __future__ import annotations
 
-import argparse
 import shlex
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
 NAMES = ("teacher", "student")
 RECIPE = "bench-v3"
-
-
-def _default_out() -> Path:
-    from shared.references import ROOT
-
-    return ROOT / "scorelidar"
 
 
 def _recipe_command(stage: str) -> str:
@@ -94,26 +86,15 @@ def build(name: str, out: Path, work: Path, log: Any = print) -> Path:
     return target
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m scorelidar_cli.references", description=__doc__)
-    ap.add_argument("names", nargs="+", choices=NAMES, help="references to build, in order")
-    ap.add_argument("--out", type=Path, default=None, help="folder (default references/scorelidar)")
-    ap.add_argument("--work", type=Path, default=None, help="keep intermediate runs here")
-    args = ap.parse_args(argv)
-    from shared.references import record
+def note(name: str) -> str:
+    """The manifest note: the recipe command behind the file."""
+    return f"{RECIPE} recipe: {_recipe_command(name)}"
 
-    out = args.out or _default_out()
-    shipping = out.resolve() == _default_out().resolve()
-    with tempfile.TemporaryDirectory(prefix="scorelidar-refs-") as tmp:
-        work = args.work or Path(tmp)
-        for name in args.names:
-            path = build(name, out, work)
-            if shipping:
-                note = f"{RECIPE} recipe: {_recipe_command(name)}"
-                record(f"scorelidar/{name}", path,
-                       ["python", "-m", "scorelidar_cli.references", name], note)  # fmt: skip
-            print(f"{name}: {path} ({path.stat().st_size / 1e6:.2f} MB)")
-    return 0
+
+def main(argv: list[str] | None = None) -> int:
+    from shared.references import builder_main
+
+    return builder_main("scorelidar", NAMES, build, note, argv, description=__doc__)
 
 
 if __name__ == "__main__":

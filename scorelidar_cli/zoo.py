@@ -11,51 +11,42 @@ import time
 from pathlib import Path
 from typing import Any
 
+# the training scenes and teacher of every recipe (the same commands and seeds)
+_DATA = ["simulate", "--scenes", "6", "--frames", "8", "--seed", "0"]
+_TEACHER = ["train-teacher", "--preset", "small", "--steps", "600", "--batch-size", "1"]
+
+
+def _v1_recipe(distill_steps: int) -> dict[str, list[str]]:
+    """bench-v1's stages: two held-out scenes, students distilled for `distill_steps`."""
+    student = ["distill", "--steps", str(distill_steps)]
+    return {
+        "data": _DATA,
+        "heldout": ["simulate", "--scenes", "2", "--frames", "4", "--seed", "1"],
+        "teacher": _TEACHER,
+        "student": student,
+        "student-no-structural": [*student, "--no-structural"],
+    }
+
+
+# bench-v3's students train along their own 8-step sampler
+_V3_STUDENT = ["distill", "--steps", "160", "--sampler-steps", "8"]
+
 RECIPES: dict[str, dict[str, list[str]]] = {
     # about 12 minutes at one thread
-    "bench-v1": {
-        "data": ["simulate", "--scenes", "6", "--frames", "8", "--seed", "0"],
-        "heldout": ["simulate", "--scenes", "2", "--frames", "4", "--seed", "1"],
-        "teacher": ["train-teacher", "--preset", "small", "--steps", "600", "--batch-size", "1"],
-        "student": ["distill", "--steps", "80"],
-        "student-no-structural": ["distill", "--steps", "80", "--no-structural"],
-    },
-    # the same data and teacher as bench-v1 (same commands and seeds), longer distillation
-    "bench-v2": {
-        "data": ["simulate", "--scenes", "6", "--frames", "8", "--seed", "0"],
-        "heldout": ["simulate", "--scenes", "2", "--frames", "4", "--seed", "1"],
-        "teacher": ["train-teacher", "--preset", "small", "--steps", "600", "--batch-size", "1"],
-        "student": ["distill", "--steps", "250"],
-        "student-no-structural": ["distill", "--steps", "250", "--no-structural"],
-    },
+    "bench-v1": _v1_recipe(80),
+    # the same data and teacher as bench-v1, longer distillation
+    "bench-v2": _v1_recipe(250),
     # bench-v1's data and teacher; the student trained along its own 8-step sampler with a
     # stronger scene term (chosen on separate validation scenes, seed 2), beside the paper's
     # one-step training and two ablations; scored on 16 frames of scenes never used (seed 3)
     "bench-v3": {
-        "data": ["simulate", "--scenes", "6", "--frames", "8", "--seed", "0"],
+        "data": _DATA,
         "heldout": ["simulate", "--scenes", "4", "--frames", "4", "--seed", "3"],
-        "teacher": ["train-teacher", "--preset", "small", "--steps", "600", "--batch-size", "1"],
-        "student": ["distill", "--steps", "160", "--sampler-steps", "8", "--scene-weight", "2"],
+        "teacher": _TEACHER,
+        "student": [*_V3_STUDENT, "--scene-weight", "2"],
         "student-paper": ["distill", "--steps", "160"],
-        "student-no-structural": [
-            "distill",
-            "--steps",
-            "160",
-            "--sampler-steps",
-            "8",
-            "--no-structural",
-        ],
-        "student-no-vsd": [
-            "distill",
-            "--steps",
-            "160",
-            "--sampler-steps",
-            "8",
-            "--scene-weight",
-            "2",
-            "--vsd-weight",
-            "0",
-        ],
+        "student-no-structural": [*_V3_STUDENT, "--no-structural"],
+        "student-no-vsd": [*_V3_STUDENT, "--scene-weight", "2", "--vsd-weight", "0"],
     },
 }
 

@@ -18,6 +18,8 @@ import os
 import shlex
 import subprocess
 import sys
+import tempfile
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -103,6 +105,41 @@ def rebuild(names: list[str]) -> int:
         if res.returncode != 0:
             print(f"{name}: exit {res.returncode}", file=sys.stderr)
             return res.returncode
+    return 0
+
+
+def builder_main(
+    tool: str,
+    names: Sequence[str],
+    build: Callable[[str, Path, Path], Path],
+    note: Callable[[str], str],
+    argv: list[str] | None = None,
+    *,
+    description: str | None = None,
+    size_decimals: int = 2,
+) -> int:
+    """The command line of a tool's reference builder, `python -m <tool>_cli.references NAME...
+    [--out DIR] [--work DIR]`: `build(name, out, work)` writes each file into `out` (default
+    references/<tool>) with its intermediate runs in `work` (a temporary folder unless
+    given); a file written into references/<tool> is recorded in the manifest with the
+    command that rebuilds it and `note(name)`."""
+    module = f"{tool}_cli.references"
+    default_out = ROOT / tool
+    ap = argparse.ArgumentParser(prog=f"python -m {module}", description=description)
+    ap.add_argument("names", nargs="+", choices=names, help="references to build, in order")
+    ap.add_argument("--out", type=Path, default=None, help=f"folder (default references/{tool})")
+    ap.add_argument("--work", type=Path, default=None, help="keep the intermediate runs here")
+    args = ap.parse_args(argv)
+    out = args.out or default_out
+    out.mkdir(parents=True, exist_ok=True)
+    shipping = out.resolve() == default_out.resolve()
+    with tempfile.TemporaryDirectory(prefix=f"{tool}-refs-") as tmp:
+        work = args.work or Path(tmp)
+        for name in args.names:
+            path = build(name, out, work)
+            if shipping:
+                record(f"{tool}/{name}", path, ["python", "-m", module, name], note(name))
+            print(f"{name}: {path} ({path.stat().st_size / 1e6:.{size_decimals}f} MB)")
     return 0
 
 

@@ -13,31 +13,17 @@ from __future__ import annotations
 
 from shared.lazy import lazy_exports
 
-__all__ = [
-    "MagnitudeImportance",
-    "NeuronImportance",
-    "NeuronStats",
-    "RandomImportance",
-    "VarianceImportance",
-    "collect_stats",
-    "find_mlps",
-    "load_model",
-    "prune",
-    "save_model",
-]
-
-__getattr__ = lazy_exports(
-    __name__,
-    {
-        "collect_stats": "vbp_cli.stats:collect_stats",
-        "NeuronStats": "vbp_cli.stats:NeuronStats",
-        "prune": "vbp_cli.prune:prune_model",
-        "find_mlps": "vbp_cli.mlps:find_mlps",
-        "NeuronImportance": "vbp_cli.prune:NeuronImportance",
-        "VarianceImportance": "vbp_cli.prune:VarianceImportance",
-        "MagnitudeImportance": "vbp_cli.prune:MagnitudeImportance",
-        "RandomImportance": "vbp_cli.prune:RandomImportance",
-        "load_model": "vbp_cli.models:load_model",
-        "save_model": "vbp_cli.models:save_model",
-    },
-)
+_EXPORTS = {
+    "collect_stats": "vbp_cli.stats:collect_stats",
+    "NeuronStats": "vbp_cli.stats:NeuronStats",
+    "prune": "vbp_cli.prune:prune_model",
+    "find_mlps": "vbp_cli.mlps:find_mlps",
+    "NeuronImportance": "vbp_cli.prune:NeuronImportance",
+    "VarianceImportance": "vbp_cli.prune:VarianceImportance",
+    "MagnitudeImportance": "vbp_cli.prune:MagnitudeImportance",
+    "RandomImportance": "vbp_cli.prune:RandomImportance",
+    "load_model": "vbp_cli.models:load_model",
+    "save_model": "vbp_cli.models:save_model",
+}
+__all__ = sorted(_EXPORTS)
+__getattr__ = lazy_exports(__name__, _EXPORTS)

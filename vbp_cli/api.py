@@ -13,8 +13,8 @@ import itertools
 import json
 import time
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
-from dataclasses import dataclass, field
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +24,7 @@ from torch import nn
 from shared.console import get_console
 from shared.errors import InputError
 from shared.profiling import count_macs, count_params
-from vbp_cli import text_data
+from vbp_cli import options, text_data
 from vbp_cli.mlps import VBPError, find_mlps
 from vbp_cli.models import (
     MODEL_FILE,
@@ -33,14 +33,6 @@ from vbp_cli.models import (
     example_input,
     save_model,
     saved_model_path,
-)
-from vbp_cli.options import (
-    BenchmarkOptions,
-    CollectStatsOptions,
-    EvaluateOptions,
-    ExportOptions,
-    FinetuneOptions,
-    PruneOptions,
 )
 from vbp_cli.prune import (
     check_stats_match,
@@ -165,7 +157,7 @@ def _workers(requested: int, data: str) -> int:
 
 # -- collect-stats ---------------------------------------------------------------------------
 def collect_stats_from_options(
-    cfg: CollectStatsOptions, *, out: Path | None = None, device: torch.device | str = "cpu"
+    cfg: options.CollectStatsOptions, *, out: Path | None = None, device: torch.device | str = "cpu"
 ) -> tuple[dict[str, NeuronStats], dict[str, Any]]:
     """VBP statistics of the model over `cfg.data` (under torchrun each rank takes a share of
     the images; the result is merged exactly); saved to `out`/stats.safetensors when given.
@@ -180,10 +172,10 @@ def collect_stats_from_options(
     net, arch, weights = _build(cfg)
     net.to(dev)
     if text_data.is_text_spec(cfg.data):  # token windows from the model folder's tokenizer
+        text = text_data.TextWindows(cfg.data, cfg.model, cfg.seq_len, cfg.split)
         token_batches, _ = text_data.stats_batches(
-            cfg.data, net, cfg.model, seq_len=cfg.seq_len, split=cfg.split,
-            batch_size=cfg.batch_size, batches=cfg.batches, seed=cfg.seed,
-        )  # fmt: skip
+            text, net, batch_size=cfg.batch_size, batches=cfg.batches, seed=cfg.seed
+        )
         n, images = len(token_batches), iter(token_batches)
     else:
         ds = classification_data(cfg.data, net, cfg.split)
@@ -329,22 +321,27 @@ def prune_with_report(
     )
 
 
-def prune_to_file(cfg: PruneOptions, *, out: Path | None = None) -> tuple[nn.Module, PruneReport]:
+# the options of `prune` that are `prune_with_report`'s keywords of the same names
+PRUNE_SETTINGS = (
+    "ratio",
+    "target_macs_reduction",
+    "criterion",
+    "compensation",
+    "round_to",
+    "min_keep",
+    "seed",
+    "uniform",
+)
+
+
+def prune_to_file(
+    cfg: options.PruneOptions, *, out: Path | None = None
+) -> tuple[nn.Module, PruneReport]:
     """Build the model, prune it as `cfg` says and, with `out`, save it (safetensors with
     its architecture and where it came from, loadable by `load_model`)."""
     net, arch, weights = _build(cfg)
-    report = prune_with_report(
-        net,
-        cfg.stats,
-        ratio=cfg.ratio,
-        target_macs_reduction=cfg.target_macs_reduction,
-        criterion=cfg.criterion,
-        compensation=cfg.compensation,
-        round_to=cfg.round_to,
-        min_keep=cfg.min_keep,
-        seed=cfg.seed,
-        uniform=cfg.uniform,
-    )
+    settings = {name: getattr(cfg, name) for name in PRUNE_SETTINGS}
+    report = prune_with_report(net, cfg.stats, **settings)
     if out is not None:
         source = {
             "model": cfg.model,
@@ -432,7 +429,7 @@ def check_compatible(student: nn.Module, teacher: nn.Module) -> None:
 
 # -- finetune --------------------------------------------------------------------------------
 def finetune(
-    cfg: FinetuneOptions,
+    cfg: options.FinetuneOptions,
     *,
     device: torch.device | str = "cpu",
     run: Any | None = None,
@@ -477,13 +474,9 @@ def finetune(
         raise InputError(
             f"--data {cfg.data}: fewer training images than --batch-size {cfg.batch_size}"
         )
+    # the training settings finetune has options for (epochs, lr, KD...); the rest default
     fit_cfg = FitConfig(
-        epochs=cfg.epochs,
-        lr=cfg.lr,
-        weight_decay=cfg.weight_decay,
-        kd_alpha=cfg.kd_alpha,
-        kd_temperature=cfg.kd_temperature,
-        amp=cfg.amp,
+        **{f.name: getattr(cfg, f.name) for f in fields(FitConfig) if hasattr(cfg, f.name)}
     )
     fit = fit_classifier(
         distributed.wrap_ddp(student, dev),
@@ -506,7 +499,7 @@ def finetune(
 
 
 # -- evaluate, benchmark, export -------------------------------------------------------------
-def evaluate(cfg: EvaluateOptions, *, device: torch.device | str = "cpu") -> dict[str, Any]:
+def evaluate(cfg: options.EvaluateOptions, *, device: torch.device | str = "cpu") -> dict[str, Any]:
     """Top-1/top-5 (and agreement with a teacher), params, MACs, batch-1 latency and
     throughput."""
     from shared.classify import evaluate_classifier
@@ -530,10 +523,9 @@ def evaluate(cfg: EvaluateOptions, *, device: torch.device | str = "cpu") -> dic
     net.to(dev)
     if text_data.is_text_spec(cfg.data):  # language models: perplexity on held-out text
         split = "test" if cfg.split == "val" else cfg.split
-        return out | text_data.evaluate_lm(
-            cfg.data, net, cfg.model, seq_len=cfg.seq_len, split=split,
-            batch_size=cfg.batch_size, device=dev,
-        ) | {"device": str(dev), "weights": weights}  # fmt: skip
+        text = text_data.TextWindows(cfg.data, cfg.model, cfg.seq_len, split)
+        lm = text_data.evaluate_lm(text, net, batch_size=cfg.batch_size, device=dev)
+        return out | lm | {"device": str(dev), "weights": weights}
     ds = classification_data(cfg.data, net, cfg.split)
     workers = _workers(cfg.num_workers, cfg.data)
     loader = make_loader(ds.dataset, cfg.batch_size, shuffle=False, num_workers=workers)
@@ -551,7 +543,9 @@ def evaluate(cfg: EvaluateOptions, *, device: torch.device | str = "cpu") -> dic
     return out
 
 
-def benchmark(cfg: BenchmarkOptions, *, device: torch.device | str = "cpu") -> dict[str, Any]:
+def benchmark(
+    cfg: options.BenchmarkOptions, *, device: torch.device | str = "cpu"
+) -> dict[str, Any]:
     """Dense and pruned models timed interleaved in one run (shared.profiling.compare_speed):
     one row per (batch size, model) with ms/batch, images/s and the speed-up over dense,
     plus both models' parameter and MAC counts."""
@@ -579,7 +573,7 @@ def benchmark(cfg: BenchmarkOptions, *, device: torch.device | str = "cpu") -> d
     return {"rows": rows, "counts": counts, "device": str(dev), "weights": weights}
 
 
-def export_path(cfg: ExportOptions) -> tuple[str, Path]:
+def export_path(cfg: options.ExportOptions) -> tuple[str, Path]:
     """(format, output file or folder): `--onnx PATH` is `--format onnx --output PATH`;
     without an output it goes beside a saved model (model.onnx / .ts / .pt2, the folder timm/)
     or into the current folder, named after the timm model."""
@@ -598,38 +592,46 @@ def export_path(cfg: ExportOptions) -> tuple[str, Path]:
     return cfg.format, stem.with_name(stem.name + SUFFIX[cfg.format])
 
 
-def export(cfg: ExportOptions) -> dict[str, Any]:
+def export(cfg: options.ExportOptions) -> dict[str, Any]:
     """Export to ONNX, TorchScript or torch.export (.pt2) with a dynamic batch axis, or to a
     folder timm loads; load it back the way a user without vbp does and compare its logits
-    with PyTorch's on another batch size; what was written is removed again when they differ
-    by more than `cfg.tolerance`."""
+    with PyTorch's on another batch size. A file is kept only when they differ by at most
+    `cfg.tolerance` (an earlier one stays otherwise); a timm folder's files are removed again."""
     from shared.errors import ToolkitError
+    from shared.io import atomic_path
     from vbp_cli.export import check_export, export_model
 
     fmt, path = export_path(cfg)
+    out_flag = "--onnx" if cfg.onnx is not None else "--output"
     for given, flag in ((cfg.checkpoint, "--checkpoint"), (cfg.model, "--model")):
         if given is not None and Path(given).exists() and Path(given).resolve() == path.resolve():
-            out_flag = "--onnx" if cfg.onnx is not None else "--output"
             raise InputError(f"{out_flag} {path}: is the {flag} being exported; choose another")
-    net, arch, weights = _build(cfg)
-    net.eval()
-    if fmt == "timm" and not arch.timm_name:
-        raise InputError(f"--format timm: {cfg.model} is not a timm model")
-    try:
-        export_model(
-            net, example_input(net, 2), path, fmt, opset=cfg.opset,
-            timm_name=arch.timm_name, model_kwargs=arch.model_kwargs,
-        )  # fmt: skip
-    except Exception as exc:  # noqa: BLE001 (the exporters raise many types; name the cause)
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
-        raise ToolkitError(f"{fmt} export of {cfg.model} failed: {first}") from exc
-    diff = check_export(net, path, fmt, example_input(net, 3))
-    if diff > cfg.tolerance:
-        for written in (
-            [path / "config.json", path / "model.safetensors"] if fmt == "timm" else [path]
-        ):
-            written.unlink(missing_ok=True)
-        raise ToolkitError(f"{fmt} output differs from PyTorch by {diff:.2e} > {cfg.tolerance}")
+    with ExitStack() as staged:
+        # A file format is written to a temporary file beside `path` and renamed onto it once
+        # it passed the check below; making that file checks the destination (writable, not
+        # a folder) before the model is loaded. A timm folder is written in place.
+        try:
+            target = path if fmt == "timm" else staged.enter_context(atomic_path(path))
+        except InputError as exc:
+            raise InputError(f"{out_flag} {exc}") from None
+        net, arch, weights = _build(cfg)
+        net.eval()
+        if fmt == "timm" and not arch.timm_name:
+            raise InputError(f"--format timm: {cfg.model} is not a timm model")
+        try:
+            export_model(
+                net, example_input(net, 2), target, fmt, opset=cfg.opset,
+                timm_name=arch.timm_name, model_kwargs=arch.model_kwargs,
+            )  # fmt: skip
+        except Exception as exc:  # noqa: BLE001 (the exporters raise many types; name the cause)
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+            raise ToolkitError(f"{fmt} export of {cfg.model} failed: {first}") from exc
+        diff = check_export(net, target, fmt, example_input(net, 3))
+        if diff > cfg.tolerance:
+            if fmt == "timm":
+                for written in (path / "config.json", path / "model.safetensors"):
+                    written.unlink(missing_ok=True)
+            raise ToolkitError(f"{fmt} output differs from PyTorch by {diff:.2e} > {cfg.tolerance}")
     files = [p for p in path.iterdir() if p.is_file()] if path.is_dir() else [path]
     out = {"format": fmt, "path": str(path), "max_abs_diff": diff}
     out["bytes"] = sum(p.stat().st_size for p in files)

@@ -102,8 +102,8 @@ def run_exported(path: Path, fmt: str, images: torch.Tensor) -> np.ndarray:
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
         module = torch.jit.load(str(path)) if fmt == "torchscript" else None
-        if fmt == "pt2":
-            module = torch.export.load(str(path)).module()
+        if fmt == "pt2":  # from a buffer: the file may be a temporary one not named .pt2
+            module = torch.export.load(io.BytesIO(Path(path).read_bytes())).module()
         if module is None:
             raise ValueError(f"unknown export format {fmt!r}")
         return module(images).float().numpy()

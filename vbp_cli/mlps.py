@@ -67,20 +67,28 @@ def weight_matrix(layer: nn.Module) -> torch.Tensor:
     return w.reshape(w.shape[0], -1)
 
 
-def out_features(layer: nn.Module) -> int:
+# each side's width as (nn.Linear, GPT-2 Conv1D, 1x1 convolution) name it
+_WIDTH_ATTRS = {
+    "in": ("in_features", "nx", "in_channels"),
+    "out": ("out_features", "nf", "out_channels"),
+}
+
+
+def _width(layer: nn.Module, side: str) -> int:
+    linear, conv1d, conv = _WIDTH_ATTRS[side]
     if isinstance(layer, nn.Linear):
-        return layer.out_features
+        return getattr(layer, linear)
     if _is_conv1d(layer):
-        return int(layer.nf)
-    return layer.out_channels
+        return int(getattr(layer, conv1d))
+    return getattr(layer, conv)
+
+
+def out_features(layer: nn.Module) -> int:
+    return _width(layer, "out")
 
 
 def in_features(layer: nn.Module) -> int:
-    if isinstance(layer, nn.Linear):
-        return layer.in_features
-    if _is_conv1d(layer):
-        return int(layer.nx)
-    return layer.in_channels
+    return _width(layer, "in")
 
 
 def resized_layer(
@@ -90,8 +98,8 @@ def resized_layer(
     bias: bool | None = None,
 ) -> nn.Module:
     """A fresh layer of `layer`'s type with other widths (and bias, if given)."""
-    fin = in_features if in_features is not None else globals()["in_features"](layer)
-    fout = out_features if out_features is not None else globals()["out_features"](layer)
+    fin = in_features if in_features is not None else _width(layer, "in")
+    fout = out_features if out_features is not None else _width(layer, "out")
     bias = layer.bias is not None if bias is None else bias
     kw = {"device": layer.weight.device, "dtype": layer.weight.dtype}
     if isinstance(layer, nn.Linear):

@@ -59,13 +59,19 @@ class _ParsesKwargs:
 
 
 @dataclass
-class CollectStatsOptions(_ParsesKwargs):
+class _ModelOnData(_ParsesKwargs):
+    """The leading options of the commands that run a model over --data."""
+
     model: str = opt(help=MODEL_HELP, short="-m")
     data: str = opt(help=DATA_HELP, short="-d")
     checkpoint: Path | None = opt(None, CHECKPOINT_HELP)
     ema: bool = opt(True, EMA_HELP)
     pretrained: bool = opt(False, PRETRAINED_HELP)
     model_kwargs: str | None = opt(None, KWARGS_HELP)
+
+
+@dataclass
+class CollectStatsOptions(_ModelOnData):
     split: str = opt("train", "Split of --data to use.")
     batches: int = opt(0, "Batches to use (0: the whole split).", min=0)
     batch_size: int = opt(64, "Images per batch.", short="-b", min=1)
@@ -143,13 +149,7 @@ class FinetuneOptions(_ParsesKwargs):
 
 
 @dataclass
-class EvaluateOptions(_ParsesKwargs):
-    model: str = opt(help=MODEL_HELP, short="-m")
-    data: str = opt(help=DATA_HELP, short="-d")
-    checkpoint: Path | None = opt(None, CHECKPOINT_HELP)
-    ema: bool = opt(True, EMA_HELP)
-    pretrained: bool = opt(False, PRETRAINED_HELP)
-    model_kwargs: str | None = opt(None, KWARGS_HELP)
+class EvaluateOptions(_ModelOnData):
     teacher: str | None = opt(
         None, "Also report top-1 agreement with this model (timm name or vbp path)."
     )

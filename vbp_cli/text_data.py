@@ -10,6 +10,7 @@ The last `HELD_OUT` share of the windows is held out: split "train" is the rest,
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -153,23 +154,31 @@ def perplexity_from_nll(nll: torch.Tensor) -> dict[str, float]:
     }
 
 
+@dataclass(frozen=True)
+class TextWindows:
+    """Which token windows `--data text:PATH` gives a model: the text `spec`, cut with the
+    tokenizer in `tokenizer_folder` into windows of `seq_len` tokens (capped by the model's
+    position limit), the windows of `split`."""
+
+    spec: str
+    tokenizer_folder: str | Path
+    seq_len: int
+    split: str
+
+    def of(self, model: nn.Module) -> torch.Tensor:
+        seq_len = model_seq_len(model, self.seq_len)
+        return text_windows(self.spec, self.tokenizer_folder, seq_len, self.split)
+
+
 def stats_batches(
-    spec: str,
-    model: nn.Module,
-    model_folder: str | Path,
-    *,
-    seq_len: int,
-    split: str,
-    batch_size: int,
-    batches: int,
-    seed: int,
+    text: TextWindows, model: nn.Module, *, batch_size: int, batches: int, seed: int
 ) -> tuple[list[torch.Tensor], int]:
-    """Token-id batches for collect-stats: this rank's share of the windows of `split`
-    (shuffled with `seed` when only `batches` batches are used); returns them and the count
-    of windows in all."""
+    """Token-id batches for collect-stats: this rank's share of the windows (shuffled with
+    `seed` when only `batches` batches are used); returns them and the count of windows in
+    all."""
     from shared import distributed
 
-    windows = text_windows(spec, model_folder, model_seq_len(model, seq_len), split)
+    windows = text.of(model)
     if batches:
         order = torch.randperm(windows.shape[0], generator=torch.Generator().manual_seed(seed))
         windows = windows[order[: batches * batch_size * distributed.world_size()]]
@@ -178,23 +187,16 @@ def stats_batches(
 
 
 def evaluate_lm(
-    spec: str,
-    model: nn.Module,
-    model_folder: str | Path,
-    *,
-    seq_len: int,
-    split: str,
-    batch_size: int,
-    device: torch.device | str,
+    text: TextWindows, model: nn.Module, *, batch_size: int, device: torch.device | str
 ) -> dict[str, Any]:
-    """Perplexity of a causal LM on the held-out windows (split "val"/"test") of `spec`."""
+    """Perplexity of a causal LM on the held-out windows (split "val"/"test") of the text."""
     from vbp_cli import hf
 
     if not hf.is_causal_lm(model):
         raise InputError(
-            f"--data {spec}: perplexity needs a causal language model "
+            f"--data {text.spec}: perplexity needs a causal language model "
             f"({', '.join(hf.CAUSAL_LM)}), not {type(model).__name__}"
         )
-    windows = text_windows(spec, model_folder, model_seq_len(model, seq_len), split)
+    windows = text.of(model)
     model.to(device)
-    return perplexity(model, windows, batch_size=batch_size, device=device) | {"split": split}
+    return perplexity(model, windows, batch_size=batch_size, device=device) | {"split": text.split}

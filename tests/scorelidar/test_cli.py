@@ -32,6 +32,15 @@ def ok_json(*args: str | Path, cwd: Path) -> dict:
     return json.loads(out)
 
 
+# the module's training data: sequence 00 of the simulated scenes
+TRAIN_DATA = ("--data", "sim", "--sequences", "00")
+
+
+def distill(root: Path, out: str, *args: str) -> dict:
+    """`scorelidar distill` of the module's teacher into `out`; its --json result."""
+    return ok_json("distill", "--teacher", "teacher", *TRAIN_DATA, "--out", out, *args, cwd=root)
+
+
 def _digest(folder: Path) -> dict[str, str]:
     return {
         str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
@@ -190,10 +199,7 @@ def root(tmp_path_factory: pytest.TempPathFactory, sim: Path) -> Path:
     )  # fmt: skip
     assert teacher["steps"] == 6 and teacher["frames"] == 6 and np.isfinite(teacher["final_loss"])
     assert (root / "teacher" / "train.jsonl").exists()
-    student = ok_json(
-        "distill", "--teacher", "teacher", "--data", "sim", "--sequences", "00",
-        "--out", "student", "--steps", "3", cwd=root,
-    )  # fmt: skip
+    student = distill(root, "student", "--steps", "3")
     assert student["frames"] == 3 and np.isfinite(student["final_scene_cd"])
     return root
 
@@ -216,10 +222,7 @@ def test_evaluate_compares_models_and_steps(root: Path) -> None:
 
 @pytest.mark.slow
 def test_no_structural_ablation_is_recorded(root: Path) -> None:
-    res = ok_json(
-        "distill", "--teacher", "teacher", "--data", "sim", "--sequences", "00",
-        "--out", "ablation", "--steps", "1", "--no-structural", cwd=root,
-    )  # fmt: skip
+    res = distill(root, "ablation", "--steps", "1", "--no-structural")
     assert "final_scene_cd" not in res and "final_vsd" in res
     meta = json.loads((root / "ablation" / "metrics.json").read_text())
     assert meta["status"] == "ok"
@@ -230,10 +233,7 @@ def test_no_structural_ablation_is_recorded(root: Path) -> None:
 
 @pytest.mark.slow
 def test_distill_records_the_students_own_sampler(root: Path) -> None:
-    res = ok_json(
-        "distill", "--teacher", "teacher", "--data", "sim", "--sequences", "00",
-        "--out", "k4", "--steps", "2", "--sampler-steps", "4", cwd=root,
-    )  # fmt: skip
+    res = distill(root, "k4", "--steps", "2", "--sampler-steps", "4")
     assert np.isfinite(res["final_loss"])
     assert "sampler_steps: 4" in (root / "k4" / "config.yaml").read_text()
     from scorelidar_cli.pipeline import load_model
@@ -274,7 +274,7 @@ def test_sigterm_saves_state_and_exits_75(root: Path) -> None:
 @pytest.mark.slow
 def test_refinement_net_trains_and_multiplies_completion_points(root: Path) -> None:
     res = ok_json(
-        "train-refine", "--model", "student", "--data", "sim", "--sequences", "00",
+        "train-refine", "--model", "student", *TRAIN_DATA,
         "--steps", "2", "--completion-steps", "1", "--out", "refine", cwd=root,
     )  # fmt: skip
     assert res["steps"] == 2 and np.isfinite(res["final_chamfer"])

@@ -15,6 +15,15 @@ import pytest
 from tests.helpers import REPO
 
 
+def run_module(*args: str, timeout: int) -> str:
+    """The output of `python -m args...` run from the repository root, which must succeed."""
+    res = subprocess.run(
+        [sys.executable, "-m", *args], cwd=REPO, capture_output=True, text=True, timeout=timeout
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    return res.stdout
+
+
 def test_shipped_digits_vit_is_found_without_training(monkeypatch: pytest.MonkeyPatch) -> None:
     from shared import reference
     from shared.references import manifest
@@ -58,12 +67,9 @@ def test_rebuilt_digits_vit_is_bit_identical(tmp_path: Path) -> None:
     builder reproduces the shipped file exactly on the same CPU type."""
     from shared.references import manifest
 
-    res = subprocess.run(
-        [sys.executable, "-m", "vbp_cli.references", "digits-vit", "--dir", str(tmp_path),
-         "--no-record"],
-        cwd=REPO, capture_output=True, text=True, timeout=3000,
-    )  # fmt: skip
-    assert res.returncode == 0, res.stderr[-2000:]
+    run_module(
+        "vbp_cli.references", "digits-vit", "--dir", str(tmp_path), "--no-record", timeout=3000
+    )
     entry = manifest()["vbp/digits-vit"]
     rebuilt = tmp_path / Path(entry["file"]).name
     assert hashlib.sha256(rebuilt.read_bytes()).hexdigest() == entry["sha256"]
@@ -72,12 +78,10 @@ def test_rebuilt_digits_vit_is_bit_identical(tmp_path: Path) -> None:
 @pytest.mark.slow
 @pytest.mark.timeout(1200)  # about a minute on 2 idle cores
 def test_demo_shows_pruning_kd_and_speed(tmp_path: Path) -> None:
-    res = subprocess.run(
-        [sys.executable, "-m", "vbp_cli.demo", "--out", str(tmp_path), "--json", "--repeats", "1"],
-        cwd=REPO, capture_output=True, text=True, timeout=900,
-    )  # fmt: skip
-    assert res.returncode == 0, res.stderr[-3000:]
-    lines = res.stdout.strip().splitlines()
+    out = run_module(
+        "vbp_cli.demo", "--out", str(tmp_path), "--json", "--repeats", "1", timeout=900
+    )
+    lines = out.strip().splitlines()
     assert len(lines) == 1
     report = json.loads(lines[0])
     f = report["figures"]

@@ -18,11 +18,19 @@ from tests.helpers import BIN, CliResult, run_cli, tool_path
 ARCH = {"img_size": 32, "patch_size": 4, "num_classes": 10, "depth": 3, "num_heads": 2}
 KW = json.dumps({**ARCH, "embed_dim": 48})
 MODEL = ["--model", "vit_tiny_patch16_224", "--model-kwargs", KW, "--checkpoint", "weights.pth"]
+FINETUNE = ["finetune", "--model", "pruned", "--data", "builtin:digits"]  # the pipeline's model
 
 
 def vbp(*args: str, cwd: Path) -> CliResult:
     """`vbp args...` in this process."""
     return run_cli("vbp", *args, cwd=cwd)
+
+
+def vbp_json(*args: str, cwd: Path) -> dict:
+    """The metrics of `vbp args... --json`, which must succeed."""
+    res = vbp(*args, "--json", cwd=cwd)
+    assert res.code == 0, res.stderr
+    return json.loads(res.stdout)
 
 
 @pytest.fixture(scope="module")
@@ -36,28 +44,14 @@ def pipeline(tmp_path_factory: pytest.TempPathFactory) -> Path:
         timm.create_model("vit_tiny_patch16_224", **json.loads(KW)).state_dict(),
         root / "weights.pth",
     )
-    res = vbp(
-        "collect-stats",
-        *MODEL,
-        "--data",
-        "builtin:digits",
-        "--batches",
-        "4",
-        "--batch-size",
-        "32",
-        "--out",
-        "stats",
-        "--json",
-        cwd=root,
-    )
-    assert res.code == 0, res.stderr
-    stats = json.loads(res.stdout)
+    stats = vbp_json(
+        "collect-stats", *MODEL, "--data", "builtin:digits", "--batches", "4", "--batch-size", "32",
+        "--out", "stats", cwd=root,
+    )  # fmt: skip
     assert stats["samples_per_neuron"] == 4 * 32 * 65 and stats["mlps"] == 3
-    res = vbp(
-        "prune", *MODEL, "--stats", "stats", "--ratio", "0.5", "--out", "pruned", "--json", cwd=root
+    report = vbp_json(
+        "prune", *MODEL, "--stats", "stats", "--ratio", "0.5", "--out", "pruned", cwd=root
     )
-    assert res.code == 0, res.stderr
-    report = json.loads(res.stdout)
     assert report["macs_after"] < report["macs_before"]
     assert sum(report["widths_after"].values()) == 3 * 192 // 2
     assert (root / "pruned" / "model.safetensors").exists()
@@ -65,49 +59,25 @@ def pipeline(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_evaluate_json_keys(pipeline: Path) -> None:
-    res = vbp(
-        "evaluate",
-        "--model",
-        "pruned",
-        "--data",
-        "builtin:digits",
-        "--teacher",
-        "vit_tiny_patch16_224",
-        "--no-speed",
-        "--json",
-        cwd=pipeline,
-    )
-    assert res.code == 0, res.stderr
-    out = json.loads(res.stdout)
+    out = vbp_json(
+        "evaluate", "--model", "pruned", "--data", "builtin:digits", "--teacher",
+        "vit_tiny_patch16_224", "--no-speed", cwd=pipeline,
+    )  # fmt: skip
     assert {"top1", "top5", "params", "macs", "teacher_agreement"} <= set(out)
     assert out["images"] == 360 and 0 <= out["top1"] <= out["top5"] <= 100
 
 
 def test_target_macs_reduction(pipeline: Path) -> None:
-    res = vbp(
-        "prune",
-        *MODEL,
-        "--stats",
-        "stats",
-        "--target-macs-reduction",
-        "0.2",
-        "--round-to",
-        "8",
-        "--out",
-        "target",
-        "--json",
-        cwd=pipeline,
-    )
-    assert res.code == 0, res.stderr
-    out = json.loads(res.stdout)
+    out = vbp_json(
+        "prune", *MODEL, "--stats", "stats", "--target-macs-reduction", "0.2", "--round-to", "8",
+        "--out", "target", cwd=pipeline,
+    )  # fmt: skip
     assert 0.2 <= out["macs_reduction"] < 0.23
     assert all(w % 8 == 0 for w in out["widths_after"].values())
 
 
 def test_export_onnx_matches_torch(pipeline: Path) -> None:
-    res = vbp("export", "--model", "pruned", "--onnx", "pruned.onnx", "--json", cwd=pipeline)
-    assert res.code == 0, res.stderr
-    out = json.loads(res.stdout)
+    out = vbp_json("export", "--model", "pruned", "--onnx", "pruned.onnx", cwd=pipeline)
     assert out["max_abs_diff"] < 1e-4 and (pipeline / "pruned.onnx").stat().st_size > 0
 
 
@@ -120,12 +90,10 @@ def _vit_macs(widths: list[int], dim: int = 48, tokens: int = 65, patch: int = 4
 
 
 def test_benchmark_reports_true_counts_and_consistent_timings(pipeline: Path) -> None:
-    res = vbp(
+    out = vbp_json(
         "benchmark", *MODEL, "--pruned", "pruned", "-b", "1", "-b", "3", "--repeats", "2",
-        "--device", "cpu", "--json", cwd=pipeline,
+        "--device", "cpu", cwd=pipeline,
     )  # fmt: skip
-    assert res.code == 0, res.stderr
-    out = json.loads(res.stdout)
     from safetensors.torch import load_file
 
     widths = json.loads((pipeline / "pruned" / "metrics.json").read_text())["widths_after"]
@@ -282,21 +250,15 @@ def test_bad_inputs_exit_2_and_leave_nothing(pipeline: Path, tmp_path: Path) -> 
         (["--kd-alpha", "1.5"], "--kd-alpha: must be <= 1"),
     ]:
         out = tmp_path / "ft-bad"
-        res = vbp("finetune", "--model", "pruned", "--data", "builtin:digits", *args,
-                  "--out", str(out), cwd=pipeline)  # fmt: skip
+        res = vbp(*FINETUNE, *args, "--out", str(out), cwd=pipeline)
         assert res.code == 2 and message in _one_error_line(res), (args, res.stderr)
         assert not out.exists()
 
 
 @pytest.mark.slow
 def test_finetune_short_run_writes_a_trained_model(pipeline: Path) -> None:
-    res = vbp(
-        "finetune", "--model", "pruned", "--data", "builtin:digits", "--epochs", "0.05",
-        "--batch-size", "16", "--lr", "1e-3", "--device", "cpu", "--out", "ft-short", "--json",
-        cwd=pipeline,
-    )  # fmt: skip
-    assert res.code == 0, res.stderr
-    out = json.loads(res.stdout)
+    args = ["--epochs", "0.05", "--batch-size", "16", "--lr", "1e-3", "--device", "cpu"]
+    out = vbp_json(*FINETUNE, *args, "--out", "ft-short", cwd=pipeline)
     assert out["steps"] == round(0.05 * (1437 // 16)) and out["final_loss"] > 0
     from safetensors.torch import load_file
 
@@ -311,11 +273,7 @@ def test_finetune_short_run_writes_a_trained_model(pipeline: Path) -> None:
 @pytest.mark.slow
 def test_finetune_killed_and_resumed_matches_uninterrupted(pipeline: Path) -> None:
     common = [
-        "finetune",
-        "--model",
-        "pruned",
-        "--data",
-        "builtin:digits",
+        *FINETUNE,
         "--epochs",
         "0.4",
         "--batch-size",
