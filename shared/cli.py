@@ -144,14 +144,20 @@ def run_app(app: typer.Typer, argv: list[str] | None = None) -> None:
 
 def _route_library_output() -> None:
     """Third-party warnings become one line through our console (logged; hidden by --quiet),
-    each shown once, instead of multi-line blocks between our own messages; the progress bars
-    and advice blocks of hub libraries are switched off (ours report progress)."""
+    each shown once, instead of multi-line blocks between our own messages; deprecation
+    notices about a library's own internals go to the log only (a user cannot act on them,
+    and they would stand before an error line). The progress bars and advice blocks of hub
+    libraries are switched off (ours report progress)."""
     import os
     import warnings
 
+    internal = (DeprecationWarning, PendingDeprecationWarning, FutureWarning)
+
     def show(message, category, filename, lineno, file=None, line=None) -> None:  # noqa: ANN001
         text = " ".join(str(message).split())
-        get_console().library_warning(f"{category.__name__}: {text[:300]}")
+        get_console().library_warning(
+            f"{category.__name__}: {text[:300]}", screen=not issubclass(category, internal)
+        )
 
     warnings.showwarning = show
     warnings.simplefilter("once")

@@ -108,10 +108,11 @@ class Console:
         if self.main:
             self.err.print(f"warning: {message}", style="yellow", markup=False)
 
-    def library_warning(self, message: str) -> None:
-        """A third-party warning: one line in the log, on screen unless --quiet."""
+    def library_warning(self, message: str, screen: bool = True) -> None:
+        """A third-party warning: one line in the log; on screen too unless --quiet or
+        `screen` is False."""
         self._to_log("WARN", message)
-        if self.main and not self.quiet:
+        if screen and self.main and not self.quiet:
             self.err.print(f"warning: {message}", style="yellow", markup=False)
 
     def error(self, message: str) -> None:

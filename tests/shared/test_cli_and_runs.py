@@ -306,6 +306,8 @@ def test_help_is_fast() -> None:
 
 
 def test_library_warnings_are_one_line_and_quiet_hides_them(capsys: pytest.CaptureFixture) -> None:
+    """A library warning is one line (none with --quiet); a deprecation notice about a
+    library's internals goes to the log only, so nothing stands before the error line."""
     import warnings
 
     from shared.cli import create_app, run_app
@@ -317,6 +319,7 @@ def test_library_warnings_are_one_line_and_quiet_hides_them(capsys: pytest.Captu
     @tool_command(app, "go", out="none", device=False)
     def go(inv) -> None:  # noqa: ANN001
         warnings.warn("a library's\nmulti-line\n  advice block", UserWarning, stacklevel=1)
+        warnings.warn("torch.jit.script is deprecated", FutureWarning, stacklevel=1)
         raise InputError("--x: bad")
 
     for quiet in (False, True):
