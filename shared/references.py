@@ -23,6 +23,19 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+# The digits ViT that several tools share (vbp prunes it, hello distils from it, tomerge
+# checks generated digits with it): one recipe, so one cached or shipped checkpoint serves all.
+DIGITS_VIT = "vit_tiny_patch16_224"
+DIGITS_VIT_KWARGS: dict[str, Any] = {
+    "img_size": 16,
+    "patch_size": 4,
+    "num_classes": 10,
+    "embed_dim": 96,
+    "depth": 6,
+    "num_heads": 3,
+}
+DIGITS_VIT_RECIPE: dict[str, Any] = {"epochs": 30, "lr": 2e-3}
+
 REPO = Path(__file__).resolve().parent.parent
 ROOT = REPO / "references"
 MANIFEST = ROOT / "MANIFEST.json"

@@ -18,16 +18,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
-DEMO_MODEL = "vit_tiny_patch16_224"
-DEMO_KWARGS: dict[str, Any] = {
-    "img_size": 16,
-    "patch_size": 4,
-    "num_classes": 10,
-    "embed_dim": 96,
-    "depth": 6,
-    "num_heads": 3,
-}
-DEMO_RECIPE: dict[str, Any] = {"epochs": 30, "lr": 2e-3}
+from shared.references import DIGITS_VIT as DEMO_MODEL
+from shared.references import DIGITS_VIT_KWARGS as DEMO_KWARGS
+from shared.references import DIGITS_VIT_RECIPE as DEMO_RECIPE
+
 REFERENCES = {"digits-vit": (DEMO_MODEL, DEMO_KWARGS, DEMO_RECIPE)}
 
 
