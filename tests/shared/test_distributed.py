@@ -50,30 +50,28 @@ def no_launcher(monkeypatch: pytest.MonkeyPatch) -> None:
 # --- detect_env ---------------------------------------------------------------------------
 
 
+def torchrun_env(rank: int, world: int, addr: str, port: int, local: int | None = None) -> dict:
+    """What torchrun sets for one process."""
+    local = rank if local is None else local
+    return {"RANK": str(rank), "WORLD_SIZE": str(world), "LOCAL_RANK": str(local),
+            "MASTER_ADDR": addr, "MASTER_PORT": str(port)}  # fmt: skip
+
+
+def slurm_env(rank: int, tasks: int, nodelist: str, job: str, local: int | None = None) -> dict:
+    """What srun sets for one task (no MASTER_PORT: the sbatch scripts export it)."""
+    local = rank if local is None else local
+    return {"SLURM_PROCID": str(rank), "SLURM_NTASKS": str(tasks), "SLURM_LOCALID": str(local),
+            "SLURM_JOB_NODELIST": nodelist, "SLURM_JOB_ID": job}  # fmt: skip
+
+
 def test_detect_env_torchrun() -> None:
-    env = D.detect_env(
-        {
-            "RANK": "3",
-            "WORLD_SIZE": "8",
-            "LOCAL_RANK": "1",
-            "MASTER_ADDR": "node07",
-            "MASTER_PORT": "29555",
-        }
-    )
+    env = D.detect_env(torchrun_env(3, 8, "node07", 29555, local=1))
     assert env == D.DistEnv(3, 8, 1, "node07", 29555, "torchrun")
     assert env.is_distributed and not env.is_main
 
 
 def test_detect_env_slurm_nodelist_and_derived_port() -> None:
-    env = D.detect_env(
-        {
-            "SLURM_PROCID": "1",
-            "SLURM_NTASKS": "2",
-            "SLURM_LOCALID": "1",
-            "SLURM_JOB_NODELIST": "gpu[07-09]",
-            "SLURM_JOB_ID": "4321987",
-        }
-    )
+    env = D.detect_env(slurm_env(1, 2, "gpu[07-09]", "4321987"))
     assert env == D.DistEnv(1, 2, 1, "gpu07", 20000 + 4321987 % 10000, "slurm")
     assert 20000 <= env.master_port <= 29999
 
@@ -81,13 +79,9 @@ def test_detect_env_slurm_nodelist_and_derived_port() -> None:
 def test_detect_env_slurm_prefers_step_nodelist_and_master_port() -> None:
     env = D.detect_env(
         {
-            "SLURM_PROCID": "0",
-            "SLURM_NTASKS": "4",
+            **slurm_env(0, 4, "a[1-4],b[3-4]", "17"),
             "SLURM_STEP_NUM_TASKS": "2",
-            "SLURM_LOCALID": "0",
             "SLURM_STEP_NODELIST": "b[3-4]",
-            "SLURM_JOB_NODELIST": "a[1-4],b[3-4]",
-            "SLURM_JOB_ID": "17",
             "MASTER_PORT": "23456",
         }
     )
@@ -104,17 +98,7 @@ def test_detect_env_slurm_single_task_is_world_one() -> None:
 
 def test_detect_env_torchrun_takes_precedence_over_slurm() -> None:
     env = D.detect_env(
-        {
-            "RANK": "1",
-            "WORLD_SIZE": "4",
-            "LOCAL_RANK": "1",
-            "MASTER_ADDR": "10.0.0.1",
-            "MASTER_PORT": "29500",
-            "SLURM_PROCID": "0",
-            "SLURM_NTASKS": "1",
-            "SLURM_LOCALID": "0",
-            "SLURM_JOB_NODELIST": "node[01-02]",
-        }
+        {**torchrun_env(1, 4, "10.0.0.1", 29500), **slurm_env(0, 1, "node[01-02]", "3")}
     )
     assert (env.launcher, env.rank, env.world_size, env.master_addr) == (
         "torchrun",
@@ -341,23 +325,10 @@ def _check_collectives(results: list[dict]) -> None:
     assert sorted(results[0]["shard"] + results[1]["shard"]) == list(range(10))
 
 
-# What each launcher sets for rank r; the sbatch scripts export MASTER_PORT (a free one here).
+# What each launcher sets for rank r of two; the sbatch scripts export MASTER_PORT.
 LAUNCHER_ENVS = {
-    "torchrun": lambda r, port: {
-        "RANK": str(r),
-        "WORLD_SIZE": "2",
-        "LOCAL_RANK": str(r),
-        "MASTER_ADDR": "127.0.0.1",
-        "MASTER_PORT": str(port),
-    },
-    "slurm": lambda r, port: {
-        "SLURM_PROCID": str(r),
-        "SLURM_NTASKS": "2",
-        "SLURM_LOCALID": str(r),
-        "SLURM_JOB_NODELIST": "localhost",
-        "SLURM_JOB_ID": "98765",
-        "MASTER_PORT": str(port),
-    },
+    "torchrun": lambda r, port: torchrun_env(r, 2, "127.0.0.1", port),
+    "slurm": lambda r, port: {**slurm_env(r, 2, "localhost", "98765"), "MASTER_PORT": str(port)},
 }
 
 
