@@ -11,8 +11,8 @@ Reported per method and ratio: PSNR / SSIM of each sample to the unmerged sample
 same seed, and the accuracy of a digits classifier (the cached reference ViT) on the
 samples: does the image still show the requested class? Without --train-steps / --quick the
 UNet is the shipped reference (references/tomerge/digits-unet-<size>px.safetensors, one
-attention head, see tomerge_cli.references); with them it is trained here with the
-recipe below (eight heads) and cached under $TOOLKIT_CACHE (default ./.cache).
+attention head, see tomerge_cli.references); with them it is trained here with the recipe
+of tomerge_cli.references (eight heads) and cached under $TOOLKIT_CACHE (default ./.cache).
 """
 
 from __future__ import annotations
@@ -24,7 +24,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from benchmarks.common import (
@@ -38,126 +37,28 @@ from benchmarks.common import (
 
 REPO = Path(__file__).resolve().parent.parent
 SIZE = 16  # default image side; --size 32 trains and samples at 32x32
-CLASSES = 10
-EMBED = 64
-# the vbp demo's / hello's digits classifier (cached, trained on builtin:digits)
-CLASSIFIER = (
-    "vit_tiny_patch16_224",
-    {"img_size": 16, "patch_size": 4, "num_classes": 10, "embed_dim": 96, "depth": 6,
-     "num_heads": 3},
-    {"epochs": 30, "lr": 2e-3},
-)  # fmt: skip
+HEADS = 8  # attention heads of the UNet trained here (the shipped references have one)
+LR = 2e-3
 
 
-class DigitsDiffusion(nn.Module):
-    """UNet2DConditionModel with a class embedding as its one-token 'text' (class 10 = null)."""
-
-    def __init__(self, size: int = SIZE) -> None:
-        super().__init__()
-        from diffusers import UNet2DConditionModel
-
-        self.size = size
-        self.unet = UNet2DConditionModel(
-            sample_size=size,
-            in_channels=1,
-            out_channels=1,
-            block_out_channels=(16, 32, 32),
-            layers_per_block=1,
-            down_block_types=("CrossAttnDownBlock2D", "DownBlock2D", "DownBlock2D"),
-            up_block_types=("UpBlock2D", "UpBlock2D", "CrossAttnUpBlock2D"),
-            cross_attention_dim=EMBED,
-            attention_head_dim=8,
-            norm_num_groups=8,
-        )
-        self.classes = nn.Embedding(CLASSES + 1, EMBED)
-
-    def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return self.unet(x, t, self.classes(y)[:, None]).sample
-
-
-def train(steps: int, batch: int, size: int, seed: int = 0) -> DigitsDiffusion:
-    from diffusers import DDPMScheduler
-
-    from shared.builtin_data import load_digits_tensors
-
-    torch.manual_seed(seed)
-    x, y = load_digits_tensors("train", size, channels=1)
-    x = x * 2 - 1
-    model = DigitsDiffusion(size)
-    sched = DDPMScheduler(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2")
-    opt = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=0.0)
-    lr = torch.optim.lr_scheduler.OneCycleLR(opt, 2e-3, total_steps=steps, pct_start=0.05)
-    start = time.time()
-    for step in range(steps):
-        idx = torch.randint(len(x), (batch,))
-        x0, cls = x[idx], y[idx].clone()
-        cls[torch.rand(batch) < 0.1] = CLASSES  # CFG dropout
-        noise = torch.randn_like(x0)
-        t = torch.randint(0, 1000, (batch,))
-        loss = F.mse_loss(model(sched.add_noise(x0, noise, t), t, cls), noise)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        lr.step()
-        if step % 100 == 0:
-            print(f"step {step}/{steps} loss {loss.item():.4f} ({time.time() - start:.0f} s)")
-    return model.eval()
-
-
-def trained_model(steps: int, batch: int, size: int) -> tuple[DigitsDiffusion, float]:
+def trained_model(steps: int, batch: int, size: int) -> tuple[nn.Module, float]:
+    """The UNet trained with tomerge_cli.references' recipe (eight heads), cached."""
     from safetensors.torch import load_file, save_file
+
+    from tomerge_cli.references import DigitsDiffusion, Recipe, train
 
     cache = Path(os.environ.get("TOOLKIT_CACHE") or REPO / ".cache") / "tomerge"
     suffix = "" if size == SIZE else f"-{size}px"
     path = cache / f"digits-unet-{steps}x{batch}{suffix}.safetensors"
-    model = DigitsDiffusion(size).eval()
+    model = DigitsDiffusion(size, HEADS).eval()
     if path.exists():
         model.load_state_dict(load_file(path))
         return model, 0.0
     start = time.time()
-    model = train(steps, batch, size)
+    model, _ = train(Recipe(size=size, steps=steps, batch=batch, lr=LR, seed=0), heads=HEADS)
     cache.mkdir(parents=True, exist_ok=True)
     save_file(model.state_dict(), path)
     return model, time.time() - start
-
-
-@torch.inference_mode()
-def sample(
-    model: DigitsDiffusion, labels: torch.Tensor, seed: int, steps: int, guidance: float
-) -> torch.Tensor:
-    """DDIM with classifier-free guidance as a pipeline does it: one batch [uncond; cond]."""
-    from diffusers import DDIMScheduler
-
-    sched = DDIMScheduler(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2")
-    sched.set_timesteps(steps)
-    size = model.size
-    x = torch.randn(len(labels), 1, size, size, generator=torch.Generator().manual_seed(seed))
-    null = torch.full_like(labels, CLASSES)
-    for t in sched.timesteps:
-        eps_u, eps_c = model(torch.cat([x, x]), t, torch.cat([null, labels])).chunk(2)
-        x = sched.step(eps_u + guidance * (eps_c - eps_u), t, x).prev_sample
-    return ((x + 1) / 2).clamp(0, 1)
-
-
-def classifier() -> tuple[nn.Module, Any]:
-    from timm.data import resolve_data_config
-
-    from shared.reference import load_reference, reference_classifier
-
-    os.environ.setdefault("TOOLKIT_CACHE", str(REPO / ".cache"))
-    name, kwargs, recipe = CLASSIFIER
-    path, meta = reference_classifier(name, kwargs, **recipe)
-    model = load_reference(path)
-    cfg = resolve_data_config({}, model=model)
-    mean = torch.tensor(cfg["mean"]).view(1, 3, 1, 1)
-    std = torch.tensor(cfg["std"]).view(1, 3, 1, 1)
-
-    @torch.inference_mode()
-    def predict(imgs: torch.Tensor) -> torch.Tensor:
-        x = F.interpolate(imgs, size=(16, 16), mode="bilinear", antialias=True)
-        return model((x.expand(-1, 3, -1, -1) - mean) / std).argmax(1)
-
-    return predict, meta
 
 
 def main() -> None:
@@ -183,8 +84,9 @@ def main() -> None:
     per_class = args.per_class or (4 if args.quick else 20)
 
     import tomerge_cli
+    from tomerge_cli.demo import digits_classifier, sample
     from tomerge_cli.fidelity import psnr, ssim
-    from tomerge_cli.references import RECIPES, reference_model
+    from tomerge_cli.references import CLASSES, RECIPES, reference_model
 
     shipped = f"digits-unet-{args.size}px"
     if args.train_steps is None and not args.quick and shipped in RECIPES:
@@ -195,7 +97,8 @@ def main() -> None:
         batch = args.batch
         train_steps = args.train_steps or (100 if args.quick else 500)
         model, train_s = trained_model(train_steps, args.batch, args.size)
-    predict, cls_meta = classifier()
+    os.environ.setdefault("TOOLKIT_CACHE", str(REPO / ".cache"))
+    predict, cls_meta, _ = digits_classifier()
     labels = torch.arange(CLASSES).repeat_interleave(per_class)
     chunks = labels.split(50)
 
@@ -286,6 +189,7 @@ def _real_digits(size: int) -> tuple[torch.Tensor, torch.Tensor]:
 def _save_grid(grid: dict[str, torch.Tensor], labels: torch.Tensor, path: Path) -> None:
     from shared.images import save_image
     from tomerge_cli.fidelity import image_grid
+    from tomerge_cli.references import CLASSES
 
     first = [int((labels == c).nonzero()[0]) for c in range(CLASSES)]
     rows = [[imgs[i].expand(3, -1, -1) for i in first] for imgs in grid.values()]

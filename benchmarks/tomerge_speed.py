@@ -23,14 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from benchmarks.common import (
-    RESULTS,
-    add_common_args,
-    check_tree,
-    markdown_table,
-    save_figure,
-    write_results,
-)
+from benchmarks import common
 from shared.profiling import compare_speed
 
 SD15_UNET = {"cross_attention_dim": 768, "sample_size": 64}  # the rest is diffusers' default
@@ -233,9 +226,9 @@ def main() -> None:
     parser.add_argument(
         "--merge-crossattn", action="store_true", help="every method also merges attn2's queries"
     )
-    add_common_args(parser)
+    common.add_common_args(parser)
     args = parser.parse_args()
-    check_tree(args)
+    common.check_tree(args)
     size = args.size or (256 if args.quick else 512)
     ratios = args.ratios or ([0.5] if args.quick else [0.5, 0.7])
     repeats = args.repeats or (2 if args.quick else 3)
@@ -284,18 +277,18 @@ def main() -> None:
             f"UNet step, {size}x{size} (latent {latent}x{latent}, {n} tokens at full "
             "resolution), CFG batch 2, float32; layers merged: "
             + ", ".join(["attn1"] + [k.removeprefix("merge_") for k, on in layers.items() if on]),
-            markdown_table(
+            common.markdown_table(
                 ["attention", "variant", "s / step", "s / image-step", "speed-up"], rows
             ),
         ),
         (
             f"Merge bookkeeping per full-resolution attention call (N={n}, C=320, B=2)",
-            markdown_table(["ratio", "what", "ms"], book_rows),
+            common.markdown_table(["ratio", "what", "ms"], book_rows),
         ),
         (
             f"SDPA cost of each layer of one full-resolution block (SD 1.5 has {FULL_RES_BLOCKS}), "
             "ms: what merging it can save before bookkeeping",
-            markdown_table(["ratio", "layer", f"N={n}", "N - r", "saved"], cost_rows),
+            common.markdown_table(["ratio", "layer", f"N={n}", "N - r", "saved"], cost_rows),
         ),
     ]
     name = "speed-quick" if args.quick else "speed"
@@ -304,14 +297,14 @@ def main() -> None:
     if args.attention != "both":
         name += f"-{args.attention}"
     name = args.name or name
-    path = write_results(
+    path = common.write_results(
         "tomerge",
         name,
         "tomerge speed: SD 1.5 UNet step, unmerged vs tomesd vs tomerge",
         sections,
         data,
     )
-    _plot(rows, RESULTS / "tomerge" / f"{name}.png")
+    _plot(rows, common.RESULTS / "tomerge" / f"{name}.png")
     print(path.read_text())
 
 
@@ -331,7 +324,7 @@ def _plot(rows: list[tuple], path: Any) -> None:
         ax.set_xlabel("speed-up over unmerged (UNet step)")
         ax.invert_yaxis()
     fig.tight_layout()
-    save_figure(fig, path)
+    common.save_figure(fig, path)
 
 
 if __name__ == "__main__":

@@ -22,17 +22,12 @@ from typing import Any, TypeVar
 from shared.console import get_console
 from shared.errors import InputError, Preempted
 from shared.options import opt, validate
-
-# merge.MAX_RATIO, repeated so that `tomerge --help` does not import torch (a test checks)
-MAX_RATIO = 0.75
+from tomerge_cli.constants import DOWNSAMPLES, IMPORTANCE, MAX_RATIO, MODES
 
 T = TypeVar("T")
-MODES = ("importance", "tome", "none")
 METHODS = ("tomesd", "tome", "importance")  # compared against unmerged by `benchmark`
 BACKENDS = ("sdpa", "math")
 DTYPES = ("float32", "float16", "bfloat16")
-DOWNSAMPLES = (1, 2, 4, 8)
-IMPORTANCE = ("cfg", "step-delta", "auto")  # dit.IMPORTANCE (no torch import for --help)
 IMPORTANCE_HELP = (
     "Importance signal of importance mode: cfg (the paper: |eps_cond - eps_uncond|, needs "
     "guidance > 1), step-delta (|eps_t - eps_t-1|, for guidance-distilled and turbo models "

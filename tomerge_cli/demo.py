@@ -57,26 +57,20 @@ def quiet_libraries() -> None:
 
 
 # -- the digits classifier -------------------------------------------------------------
-def classifier_path() -> tuple[Path, str]:
-    """The digits ViT: the shipped one (vbp ships it, references/vbp/), else the cached one,
-    else trained now and cached (shared.reference, minutes)."""
-    from shared.reference import reference_classifier
+def digits_classifier() -> tuple[Callable[[torch.Tensor], torch.Tensor], dict[str, Any], str]:
+    """predict(images in [0, 1], (N, 1, S, S)) -> class ids, the model's metadata and where
+    it came from. The digits ViT: the shipped one (vbp ships it, references/vbp/), else the
+    cached one, else trained now and cached (shared.reference, minutes)."""
+    import torch.nn.functional as F
+    from timm.data import resolve_data_config
+
+    from shared.reference import load_reference, reference_classifier
     from shared.references import ROOT
 
     name, kwargs, recipe = CLASSIFIER
     path, meta = reference_classifier(name, kwargs, **recipe)
     where = "shipped" if ROOT in Path(path).resolve().parents else "cached"
-    return path, f"{where}, val top-1 {meta.get('val_top1', float('nan')):.1f}%"
-
-
-def digits_classifier() -> tuple[Callable[[torch.Tensor], torch.Tensor], str]:
-    """predict(images in [0, 1], (N, 1, S, S)) -> class ids, and where the model came from."""
-    import torch.nn.functional as F
-    from timm.data import resolve_data_config
-
-    from shared.reference import load_reference
-
-    path, source = classifier_path()
+    source = f"{where}, val top-1 {meta.get('val_top1', float('nan')):.1f}%"
     model = load_reference(path)
     cfg = resolve_data_config({}, model=model)
     mean = torch.tensor(cfg["mean"]).view(1, 3, 1, 1)
@@ -88,7 +82,7 @@ def digits_classifier() -> tuple[Callable[[torch.Tensor], torch.Tensor], str]:
         x = F.interpolate(imgs, size=(side, side), mode="bilinear", antialias=True)
         return model((x.expand(-1, 3, -1, -1) - mean) / std).argmax(1)
 
-    return predict, source
+    return predict, meta, source
 
 
 # -- sampling ----------------------------------------------------------------------------
@@ -306,7 +300,7 @@ def run(out: Path) -> dict[str, Any]:
     console = get_console()
     quiet_libraries()
     model = reference_model(DEMO_MODEL)
-    predict, cls_source = digits_classifier()
+    predict, _, cls_source = digits_classifier()
     fid = fidelity_run(model, predict)
     speed = speed_run()
     n = len(fid["unmerged"]["images"])

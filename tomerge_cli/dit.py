@@ -37,10 +37,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from tomerge_cli.merge import Merge, importance_map, match_tokens, tokens_removed
+from tomerge_cli.constants import IMPORTANCE
+from tomerge_cli.merge import Merge, importance_map
 from tomerge_cli.patch import Settings, TokenMerger, spatial_blocks
 
-IMPORTANCE = ("cfg", "step-delta", "auto")
 SUPPORTED = (
     "BasicTransformerBlock (Stable Diffusion 1.x/2.x, SDXL, PixArt, AnimateDiff), "
     "JointTransformerBlock (SD3, SD3.5), FluxTransformerBlock and FluxSingleTransformerBlock "
@@ -209,20 +209,12 @@ class DiTTokenMerger(_ImportanceSignals, TokenMerger):
         """The matching of one block from its image tokens (B, N, C)."""
         if self.grid is None or x.ndim != 3:
             return None
-        b, n, _ = x.shape
+        n = x.shape[1]
         h, w = self.grid
         if h * w != n:
             self._warn_once(f"grid{n}", f"tomerge: {n} image tokens fit no grid; not merged")
             return None
-        r = tokens_removed(n, self.settings.ratio)
-        if r == 0:
-            return None
-        partition, average = self._partition(n, h, w, b)
-        merge = match_tokens(x, partition, r, average=average)
-        self.stats["merged_calls"] += 1
-        self.stats["tokens_in"] += n
-        self.stats["tokens_kept"] += merge.n_kept
-        return merge
+        return self._match(x, h, w)
 
     # -- per block ---------------------------------------------------------------
     def _hook_block(self, block: nn.Module) -> None:

@@ -23,7 +23,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-MAX_RATIO = 0.75  # at most 3 of 4 tokens can go: a quarter of them are destinations
+from tomerge_cli.constants import MAX_RATIO
+
 POOL_FACTOR = 1.4  # the importance pool holds 1.4x as many tokens as are kept
 
 

@@ -14,14 +14,14 @@ from __future__ import annotations
 import hashlib
 import inspect
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 import torch
 from torch import nn
 
+from tomerge_cli.constants import DOWNSAMPLES, MAX_RATIO, MODES
 from tomerge_cli.merge import (
-    MAX_RATIO,
     Merge,
     Partition,
     check_ratio,
@@ -34,7 +34,6 @@ from tomerge_cli.merge import (
     tokens_removed,
 )
 
-MODES = ("importance", "tome", "none")
 _ATTR = "_tomerge"
 # denoisers whose 5-D input and output are (B, F, C, H, W), frames before channels
 FRAMES_FIRST = ("UNetSpatioTemporalConditionModel",)
@@ -117,11 +116,12 @@ def apply_patch(
     joint attention (and MLP with merge_mlp); Flux's rotary rows follow the kept tokens.
     Other blocks (Wan, Sana, ...) raise a ValueError naming them.
     """
+    arguments = dict(locals())  # first: the parameters only
     if mode not in MODES:
         raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
     if no_cfg not in ("fallback", "error"):
         raise ValueError(f"no_cfg must be 'fallback' or 'error', got {no_cfg!r}")
-    if max_downsample not in (1, 2, 4, 8):
+    if max_downsample not in DOWNSAMPLES:
         raise ValueError(f"max_downsample must be 1, 2, 4 or 8, got {max_downsample}")
     if prune_steps < 0 or importance_start < 0:
         raise ValueError("prune_steps and importance_start must be >= 0")
@@ -133,26 +133,13 @@ def apply_patch(
             f"tokens as destinations whatever sx and sy (tomesd allows up to "
             f"{1 - 1 / (sx * sy):.3g} with sx={sx}, sy={sy})"
         )
-    settings = Settings(
-        ratio=check_ratio(ratio),
-        mode=mode,
-        max_downsample=max_downsample,
-        merge_attn=merge_attn,
-        merge_crossattn=merge_crossattn,
-        merge_mlp=merge_mlp,
-        prune_steps=prune_steps,
-        importance_start=importance_start,
-        blocks=tuple(blocks) if blocks is not None else None,
-        sx=sx,
-        sy=sy,
-        use_rand=use_rand,
-        dst_choice=dst_choice,
-        seed=seed,
-        no_cfg=no_cfg,
-    )
+    # every Settings field is an argument of the same name
+    values = {f.name: arguments[f.name] for f in fields(Settings)}
+    values.update(ratio=check_ratio(ratio), blocks=tuple(blocks) if blocks is not None else None)
     from tomerge_cli.dit import check_importance, make_merger  # imports this module
 
-    settings.importance = check_importance(importance)
+    values["importance"] = check_importance(importance)
+    settings = Settings(**values)
     remove_patch(model)
     net = denoiser(model)
     patcher = make_merger(net, settings)
@@ -460,7 +447,7 @@ class TokenMerger:
 
     def _matching(self, x: torch.Tensor) -> Merge | None:
         s = self.settings
-        b, n, _ = x.shape
+        n = x.shape[1]
         if self.latent_hw is None:
             return None
         grid = token_grid(n, self.latent_hw, self.patch)
@@ -472,9 +459,17 @@ class TokenMerger:
         if level > s.max_downsample:
             self.step.skipped_levels.add(level)
             return None
-        r = tokens_removed(n, s.ratio)
-        if r == 0:
+        merge = self._match(x, h, w)
+        if merge is None:
             self.step.why_not.add(f"ratio {s.ratio} removes no token of {n}")
+        return merge
+
+    def _match(self, x: torch.Tensor, h: int, w: int) -> Merge | None:
+        """The matching of tokens x (B, h * w, C) on the step's partition, counted in the
+        stats; None when the ratio removes no token."""
+        b, n, _ = x.shape
+        r = tokens_removed(n, self.settings.ratio)
+        if r == 0:
             return None
         partition, average = self._partition(n, h, w, b)
         merge = match_tokens(x, partition, r, average=average)

@@ -4,13 +4,14 @@
 
 The class-conditional digits diffusion model the demo samples: a tiny diffusers
 UNet2DConditionModel (attention at full resolution, a class embedding as its one-token
-"text", class 10 = null for classifier-free guidance) trained on builtin:digits with the
-recipe of benchmarks/tomerge_fidelity.py (DDPM, cosine betas, AdamW 2e-3 with one-cycle,
-10% CFG dropout). Two changes keep the build within minutes on a shared 2-core CPU: one
-attention head of 16 channels instead of eight of two (the score matrices, which dominate
-the cost at 1,024 tokens, are 8x smaller), and a curriculum: `digits-unet-16px` is trained at
-16x16 from scratch, `digits-unet-32px` starts from it and is fine-tuned at 32x32 (the 32 px
-recipe of the benchmark, 600 steps from scratch, took 75 minutes of one core).
+"text", class 10 = null for classifier-free guidance) trained on builtin:digits (DDPM,
+cosine betas, AdamW 2e-3 with one-cycle, 10% CFG dropout; benchmarks/tomerge_fidelity.py
+trains its eight-head UNets with the same `train`). Two changes keep the build within
+minutes on a shared 2-core CPU: one attention head of 16 channels instead of eight of two
+(the score matrices, which dominate the cost at 1,024 tokens, are 8x smaller), and a
+curriculum: `digits-unet-16px` is trained at 16x16 from scratch, `digits-unet-32px` starts
+from it and is fine-tuned at 32x32 (the 32 px recipe of the benchmark, 600 steps from
+scratch, took 75 minutes of one core).
 
 Training runs on one CPU thread with every random draw derived from (seed, step), so a
 rebuild on the same CPU type gives a bit-identical file.
@@ -77,8 +78,11 @@ class DigitsDiffusion(nn.Module):
         return self.unet(x, t, self.classes(y)[:, None]).sample
 
 
-def train(recipe: Recipe, init: DigitsDiffusion | None = None) -> tuple[DigitsDiffusion, float]:
-    """The trained model and its final loss (mean of the last tenth of the steps)."""
+def train(
+    recipe: Recipe, init: DigitsDiffusion | None = None, heads: int = 1
+) -> tuple[DigitsDiffusion, float]:
+    """The trained model and its final loss (mean of the last tenth of the steps). `heads`:
+    attention heads of the UNet (the shipped references have one)."""
     from diffusers import DDPMScheduler
 
     from shared.builtin_data import load_digits_tensors
@@ -87,7 +91,7 @@ def train(recipe: Recipe, init: DigitsDiffusion | None = None) -> tuple[DigitsDi
     torch.manual_seed(recipe.seed)
     x, y = load_digits_tensors("train", recipe.size, channels=1)
     x = x * 2 - 1
-    model = DigitsDiffusion(recipe.size)
+    model = DigitsDiffusion(recipe.size, heads)
     if init is not None:
         model.load_state_dict(init.state_dict())
     sched = DDPMScheduler(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2")

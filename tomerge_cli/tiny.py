@@ -76,30 +76,44 @@ def clip_tokenizer(directory: Path) -> Any:
     )
 
 
+def _text_encoder(tokenizer_dir: Path | None, family: str) -> tuple[Any, Any]:
+    """(tokenizer, text encoder), or (None, None) without `tokenizer_dir` (the pipeline then
+    takes prompt_embeds). The tokenizer is CLIP's (`clip_tokenizer`); the encoder a
+    two-layer CLIP text model (family "clip", SD) or a one-layer T5 encoder ("t5", PixArt,
+    the CLIP tokenizer standing in for T5's)."""
+    if tokenizer_dir is None:
+        return None, None
+    tokenizer = clip_tokenizer(tokenizer_dir)
+    if family == "clip":
+        from transformers import CLIPTextConfig, CLIPTextModel
+
+        config = CLIPTextConfig(
+            vocab_size=tokenizer.vocab_size,
+            hidden_size=EMBED,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            max_position_embeddings=77,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+        return tokenizer, CLIPTextModel(config)
+    from transformers import T5Config, T5EncoderModel
+
+    config = T5Config(
+        vocab_size=tokenizer.vocab_size, d_model=EMBED, d_kv=8, d_ff=64, num_layers=1, num_heads=2
+    )
+    return tokenizer, T5EncoderModel(config)
+
+
 def tiny_sd(tokenizer_dir: Path | None = None, seed: int = 0) -> Any:
     """StableDiffusionPipeline; with `tokenizer_dir` it has a tokenizer and text encoder
     (so it takes text prompts), otherwise pass prompt_embeds."""
     from diffusers import StableDiffusionPipeline, UNet2DConditionModel
 
     torch.manual_seed(seed)
-    tokenizer = text_encoder = None
-    if tokenizer_dir is not None:
-        from transformers import CLIPTextConfig, CLIPTextModel
-
-        tokenizer = clip_tokenizer(tokenizer_dir)
-        text_encoder = CLIPTextModel(
-            CLIPTextConfig(
-                vocab_size=tokenizer.vocab_size,
-                hidden_size=EMBED,
-                intermediate_size=64,
-                num_hidden_layers=2,
-                num_attention_heads=2,
-                max_position_embeddings=77,
-                bos_token_id=tokenizer.bos_token_id,
-                eos_token_id=tokenizer.eos_token_id,
-                pad_token_id=tokenizer.pad_token_id,
-            )
-        )
+    tokenizer, text_encoder = _text_encoder(tokenizer_dir, "clip")
     return StableDiffusionPipeline(
         vae=_vae(),
         text_encoder=text_encoder,
@@ -153,21 +167,7 @@ def tiny_pixart(seed: int = 0, layers: int = 8, tokenizer_dir: Path | None = Non
     from diffusers import PixArtAlphaPipeline, PixArtTransformer2DModel
 
     torch.manual_seed(seed)
-    tokenizer = text_encoder = None
-    if tokenizer_dir is not None:
-        from transformers import T5Config, T5EncoderModel
-
-        tokenizer = clip_tokenizer(tokenizer_dir)
-        text_encoder = T5EncoderModel(
-            T5Config(
-                vocab_size=tokenizer.vocab_size,
-                d_model=EMBED,
-                d_kv=8,
-                d_ff=64,
-                num_layers=1,
-                num_heads=2,
-            )
-        )
+    tokenizer, text_encoder = _text_encoder(tokenizer_dir, "t5")
     transformer = PixArtTransformer2DModel(
         sample_size=16,
         num_layers=layers,

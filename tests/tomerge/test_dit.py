@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import tomerge_cli
+from tests.tomerge.conftest import generate, no_hooks
 from tomerge_cli import dit
 from tomerge_cli.merge import Merge, importance_map
 
@@ -114,13 +115,6 @@ def _sd3_latents(seed: int = 0) -> torch.Tensor:
 
 def _argument(args: tuple, kwargs: dict) -> torch.Tensor:
     return args[0] if args else kwargs["hidden_states"]
-
-
-def _no_hooks(model) -> bool:
-    return all(
-        not m._forward_pre_hooks and not m._forward_hooks and "forward" not in vars(m)
-        for m in model.modules()
-    )
 
 
 def test_sd3_merges_image_tokens_only_and_leaves_the_text_input_alone() -> None:
@@ -283,7 +277,7 @@ def test_ratio_zero_and_remove_patch_are_bit_identical(family: str) -> None:
         assert model.transformer_blocks[0].attn2 is not None
     tomerge_cli.remove_patch(model)
     assert torch.equal(torch.stack(sample(model, latents)), base)
-    assert _no_hooks(model)
+    assert no_hooks(model)
 
 
 @pytest.mark.parametrize("family", ["sd3", "flux"])
@@ -360,7 +354,7 @@ def test_bad_importance_is_refused() -> None:
     model = _sd3()
     with pytest.raises(ValueError, match="importance must be one of cfg, step-delta, auto"):
         tomerge_cli.apply_patch(model, importance="bogus")
-    assert tomerge_cli.get_merger(model) is None and _no_hooks(model)
+    assert tomerge_cli.get_merger(model) is None and no_hooks(model)
 
 
 def test_an_unsupported_transformer_block_is_named() -> None:
@@ -381,7 +375,7 @@ def test_an_unsupported_transformer_block_is_named() -> None:
     )
     with pytest.raises(ValueError, match="SanaTransformerBlock.*FluxSingleTransformerBlock"):
         tomerge_cli.apply_patch(model)
-    assert _no_hooks(model)
+    assert no_hooks(model)
 
 
 @pytest.mark.slow  # a whole (tiny) pipeline
@@ -390,19 +384,10 @@ def test_unet_pipelines_take_step_delta_importance_without_cfg() -> None:
     from tomerge_cli import tiny
 
     pipe = tiny.tiny_sd()
-    cond, _ = tiny.prompt_embeds()
     tomerge_cli.apply_patch(pipe, ratio=0.5, importance="auto", prune_steps=1)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        out = pipe(
-            prompt_embeds=cond,
-            num_inference_steps=3,
-            guidance_scale=1.0,
-            height=16,
-            width=16,
-            generator=torch.Generator().manual_seed(0),
-            output_type="pt",
-        ).images
+        out = generate(pipe, 3, guidance=1.0, seed=0, negative_prompt_embeds=None)
     merger = tomerge_cli.get_merger(pipe)
     assert isinstance(merger, dit.ImportanceTokenMerger)
     assert merger.stats["partitions"] == {"importance": 1, "grid": 1, "grid_prune": 1}

@@ -8,10 +8,8 @@ import pytest
 import torch
 
 import tomerge_cli
+from tests.tomerge.conftest import SIZE, attention_tokens, generate, no_hooks
 from tomerge_cli import tiny
-from tomerge_cli.patch import spatial_blocks
-
-SIZE = 16  # pixels = latent size: the tiny VAE does not downsample
 
 
 @pytest.fixture(scope="module")
@@ -19,26 +17,8 @@ def sd():
     return tiny.tiny_sd()
 
 
-def _run(pipe, seed: int = 1, guidance: float = 5.0, steps: int = 4, **kw) -> torch.Tensor:
-    cond, uncond = tiny.prompt_embeds()
-    return pipe(
-        prompt_embeds=cond,
-        negative_prompt_embeds=uncond,
-        num_inference_steps=steps,
-        guidance_scale=guidance,
-        height=SIZE,
-        width=SIZE,
-        generator=torch.Generator().manual_seed(seed),
-        output_type="pt",
-        **kw,
-    ).images
-
-
-def _attn1_token_counts(pipe) -> list[int]:
-    counts: list[int] = []
-    for block in spatial_blocks(pipe.unet):
-        block.attn1.register_forward_hook(lambda m, a, o: counts.append(o.shape[1]))
-    return counts
+def _run(pipe, seed: int = 1, guidance: float = 5.0, steps: int = 4) -> torch.Tensor:
+    return generate(pipe, steps, guidance=guidance, seed=seed)
 
 
 @pytest.mark.slow
@@ -46,10 +26,8 @@ def _attn1_token_counts(pipe) -> list[int]:
 def test_merged_attention_sees_n_minus_int_n_ratio_tokens(ratio: float) -> None:
     pipe = tiny.tiny_sd()
     tomerge_cli.apply_patch(pipe, ratio=ratio, mode="importance")
-    seen: list[int] = []
-    for block in spatial_blocks(pipe.unet):  # runs after the merge hook: sees merged input
-        block.attn1.register_forward_pre_hook(lambda m, a: seen.append(a[0].shape[1]))
-    _run(pipe, steps=3)
+    with attention_tokens(pipe.unet) as seen:  # runs after the merge hook: sees merged input
+        _run(pipe, steps=3)
     n = SIZE * SIZE
     assert n - int(n * ratio) in seen  # full-resolution blocks are merged
     assert set(seen) <= {n - int(n * ratio), n // 4}  # the half-resolution block is not
@@ -67,7 +45,7 @@ def test_ratio_zero_and_remove_patch_are_bit_identical(sd) -> None:
     assert not torch.equal(merged, base)  # the patch does something...
     tomerge_cli.remove_patch(sd)
     assert torch.equal(_run(sd), base)  # ...and leaves nothing behind
-    assert all(not m._forward_pre_hooks and not m._forward_hooks for m in sd.unet.modules())
+    assert no_hooks(sd.unet)
 
 
 @pytest.mark.slow
@@ -156,23 +134,13 @@ def test_a_model_without_transformer_blocks_gets_a_clear_message() -> None:
 @pytest.mark.slow
 def test_sdxl_shaped_pipeline_merges_from_downsample_2() -> None:
     pipe = tiny.tiny_sdxl()
-    cond, uncond = tiny.prompt_embeds(width=2 * tiny.EMBED)
-    kw = dict(
-        prompt_embeds=cond,
-        negative_prompt_embeds=uncond,
-        pooled_prompt_embeds=torch.randn(1, 2 * tiny.EMBED),
-        negative_pooled_prompt_embeds=torch.randn(1, 2 * tiny.EMBED),
-        num_inference_steps=3,
-        guidance_scale=5.0,
-        height=32,
-        width=32,
-        output_type="pt",
-    )
+    pooled = torch.randn(1, 2 * tiny.EMBED), torch.randn(1, 2 * tiny.EMBED)
+    kw = dict(pooled_prompt_embeds=pooled[0], negative_pooled_prompt_embeds=pooled[1])
     tomerge_cli.apply_patch(pipe, ratio=0.5)  # max_downsample 1: SDXL has nothing there
-    pipe(**kw)
+    generate(pipe, 3, size=32, **kw)
     assert tomerge_cli.get_merger(pipe).stats["merged_calls"] == 0
     tomerge_cli.apply_patch(pipe, ratio=0.5, max_downsample=2)
-    out = pipe(**kw).images
+    out = generate(pipe, 3, size=32, **kw)
     stats = tomerge_cli.get_merger(pipe).stats
     assert stats["merged_calls"] == 3 * 3  # down 1 + up 2 blocks at level 2, 3 steps
     assert stats["tokens_kept"] * 2 == stats["tokens_in"]
@@ -182,29 +150,12 @@ def test_sdxl_shaped_pipeline_merges_from_downsample_2() -> None:
 @pytest.mark.slow
 def test_pixart_patches_the_middle_blocks_with_ada_norm_single() -> None:
     pipe = tiny.tiny_pixart(layers=8)
-    cond, uncond = tiny.prompt_embeds()
-    mask = torch.ones(1, cond.shape[1])
-    kw = dict(
-        prompt_embeds=cond,
-        negative_prompt_embeds=uncond,
-        prompt_attention_mask=mask,
-        negative_prompt_attention_mask=mask,
-        negative_prompt=None,
-        use_resolution_binning=False,
-        num_inference_steps=4,
-        guidance_scale=4.5,
-        height=32,
-        width=32,
-        output_type="pt",
-        generator=torch.Generator().manual_seed(0),
-    )
-    base = pipe(**kw).images
+    base = generate(pipe, 4, guidance=4.5, seed=0, size=32)
     tomerge_cli.apply_patch(pipe, ratio=0.5, merge_crossattn=True)
     merger = tomerge_cli.get_merger(pipe)
     blocks = pipe.transformer.transformer_blocks
     assert merger.blocks == list(blocks[2:6])  # middle half of 8
-    kw["generator"] = torch.Generator().manual_seed(0)
-    out = pipe(**kw).images
+    out = generate(pipe, 4, guidance=4.5, seed=0, size=32)
     assert merger.stats["merged_calls"] == 4 * 4
     assert merger.stats["partitions"]["importance"] == 2  # steps 2 and 3
     assert merger.importance.shape == (1, 32, 32)  # learned sigma dropped, latent shape
@@ -214,22 +165,12 @@ def test_pixart_patches_the_middle_blocks_with_ada_norm_single() -> None:
 @pytest.mark.slow
 def test_animatediff_merges_spatial_attention_per_frame_only() -> None:
     pipe = tiny.tiny_animatediff()
-    cond, uncond = tiny.prompt_embeds()
     tomerge_cli.apply_patch(pipe, ratio=0.5)
     merger = tomerge_cli.get_merger(pipe)
     frames = 3
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        out = pipe(
-            prompt_embeds=cond,
-            negative_prompt_embeds=uncond,
-            num_frames=frames,
-            num_inference_steps=3,
-            guidance_scale=5.0,
-            height=SIZE,
-            width=SIZE,
-            output_type="pt",
-        ).frames
+        out = generate(pipe, 3, num_frames=frames)
     assert torch.isfinite(out).all()
     assert merger.stats["tokens_in"] == merger.stats["merged_calls"] * SIZE * SIZE  # per frame
     assert merger.importance.shape == (frames, SIZE, SIZE)

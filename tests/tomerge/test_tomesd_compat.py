@@ -5,72 +5,30 @@ nothing can be merged, a warning must say why."""
 
 from __future__ import annotations
 
-import contextlib
 import warnings
-from collections.abc import Iterator
 
 import pytest
 import torch
 
 import tomerge_cli as tomesd  # the swap a tomesd user makes
+from tests.tomerge.conftest import SIZE, attention_tokens, generate, no_hooks
 from tomerge_cli import api, dit, tiny
-from tomerge_cli.patch import spatial_blocks
 
-SIZE = 16  # latent side of the tiny UNet pipelines (their VAE does not downsample)
 N = SIZE * SIZE
 
 
-@contextlib.contextmanager
-def attention_tokens(model: torch.nn.Module) -> Iterator[list[int]]:
-    """Token counts entering the self-attention of every spatial (or DiT) block, per call."""
-    seen: list[int] = []
-    blocks = dit.dit_blocks(model) or spatial_blocks(model)
-    handles = []
-    for block in blocks:
-        attn = getattr(block, "attn1", None) or block.attn
-        handles.append(
-            attn.register_forward_pre_hook(
-                lambda m, a, k: seen.append((a[0] if a else k["hidden_states"]).shape[1]),
-                with_kwargs=True,
-            )
-        )
-    try:
-        yield seen
-    finally:
-        for handle in handles:
-            handle.remove()
-
-
-def _no_hooks(model: torch.nn.Module) -> bool:
-    return all(not m._forward_pre_hooks and not m._forward_hooks for m in model.modules())
-
-
 def _sd_run(pipe) -> None:
-    cond, uncond = tiny.prompt_embeds()
-    pipe(
-        prompt_embeds=cond,
-        negative_prompt_embeds=uncond,
-        num_inference_steps=2,
-        guidance_scale=5.0,
-        height=SIZE,
-        width=SIZE,
-        generator=torch.Generator().manual_seed(0),
-        output_type="pt",
-    )
+    generate(pipe, 2, seed=0)
 
 
 def _sdxl_run(pipe) -> None:
-    cond, uncond = tiny.prompt_embeds(width=2 * tiny.EMBED)
-    pipe(
-        prompt_embeds=cond,
-        negative_prompt_embeds=uncond,
-        pooled_prompt_embeds=torch.zeros(1, 2 * tiny.EMBED),
-        negative_pooled_prompt_embeds=torch.ones(1, 2 * tiny.EMBED),
-        num_inference_steps=2,
-        guidance_scale=5.0,
-        height=2 * SIZE,
-        width=2 * SIZE,
-        output_type="pt",
+    pooled = torch.zeros(1, 2 * tiny.EMBED), torch.ones(1, 2 * tiny.EMBED)
+    generate(
+        pipe,
+        2,
+        size=2 * SIZE,
+        pooled_prompt_embeds=pooled[0],
+        negative_pooled_prompt_embeds=pooled[1],
     )
 
 
@@ -138,7 +96,7 @@ def test_sd_documented_calls_merge_like_tomesd_itself() -> None:
     assert set(seen["keywords"]) == {N - int(N * 0.3), N // 4 - int(N // 4 * 0.3)}
     tomesd.apply_patch(pipe, ratio=0.5)
     tomesd.remove_patch(pipe)
-    assert _no_hooks(pipe.unet) and tomesd.get_merger(pipe) is None
+    assert no_hooks(pipe.unet) and tomesd.get_merger(pipe) is None
     assert _tokens(pipe, _sd_run, lambda: None) == base
 
 
@@ -147,7 +105,7 @@ def test_tomesd_extreme_ratio_is_refused_with_the_reason() -> None:
     pipe = tiny.tiny_sd()
     with pytest.raises(ValueError, match=r"ratio must be in \[0, 0.75\].*whatever sx and sy"):
         tomesd.apply_patch(pipe, ratio=0.9, sx=4, sy=4, max_downsample=2)
-    assert tomesd.get_merger(pipe) is None and _no_hooks(pipe.unet)
+    assert tomesd.get_merger(pipe) is None and no_hooks(pipe.unet)
 
 
 @pytest.mark.slow  # three tiny SDXL generations
@@ -170,43 +128,20 @@ def test_sdxl_with_tomesd_defaults_warns_that_nothing_is_merged() -> None:
     n2 = (2 * SIZE // 2) ** 2
     assert n2 - int(n2 * 0.5) in seen and n2 not in seen
     tomesd.remove_patch(pipe)
-    assert _no_hooks(pipe.unet)
+    assert no_hooks(pipe.unet)
 
 
 def test_a_setting_that_merges_nothing_warns_at_run_time() -> None:
     """No static reason known (a ratio too small for the token count): the first step says so."""
     pipe = tiny.tiny_sd()
     tomesd.apply_patch(pipe.unet, 0.001)
-    cond, uncond = tiny.prompt_embeds()
     with pytest.warns(UserWarning, match="no layer was merged: ratio 0.001 removes no token"):
-        pipe(
-            prompt_embeds=cond,
-            negative_prompt_embeds=uncond,
-            num_inference_steps=1,
-            height=SIZE,
-            width=SIZE,
-            output_type="pt",
-        )
+        generate(pipe, 1, guidance=7.5)  # the pipeline's default guidance
 
 
 @pytest.mark.slow  # two tiny PixArt generations
 def test_pixart_documented_calls_merge() -> None:
     pipe = tiny.tiny_pixart(layers=8)
-    cond, uncond = tiny.prompt_embeds()
-    mask = torch.ones(1, cond.shape[1])
-    kw = dict(
-        prompt_embeds=cond,
-        negative_prompt_embeds=uncond,
-        prompt_attention_mask=mask,
-        negative_prompt_attention_mask=mask,
-        negative_prompt=None,
-        use_resolution_binning=False,
-        num_inference_steps=2,
-        guidance_scale=4.5,
-        height=32,
-        width=32,
-        output_type="pt",
-    )
     n = (32 // 2) ** 2  # patch size 2
     for call in (
         lambda: tomesd.apply_patch(pipe, ratio=0.5),
@@ -214,33 +149,23 @@ def test_pixart_documented_calls_merge() -> None:
     ):
         call()
         with attention_tokens(pipe.transformer) as seen:
-            pipe(**kw)
+            generate(pipe, 2, guidance=4.5, size=32)
         merged = n - int(n * 0.5)
         assert seen.count(merged) == 4 * 2 and seen.count(n) == 4 * 2  # middle half of 8
         tomesd.remove_patch(pipe)
-        assert _no_hooks(pipe.transformer)
+        assert no_hooks(pipe.transformer)
 
 
 @pytest.mark.slow  # a tiny AnimateDiff generation
 def test_animatediff_documented_call_merges_spatial_attention_only() -> None:
     pipe = tiny.tiny_animatediff()
-    cond, uncond = tiny.prompt_embeds()
     tomesd.apply_patch(pipe, ratio=0.5)
     with attention_tokens(pipe.unet) as seen, warnings.catch_warnings():
         warnings.simplefilter("ignore")  # diffusers' own deprecation notes
-        pipe(
-            prompt_embeds=cond,
-            negative_prompt_embeds=uncond,
-            num_frames=2,
-            num_inference_steps=2,
-            guidance_scale=5.0,
-            height=SIZE,
-            width=SIZE,
-            output_type="pt",
-        )
+        generate(pipe, 2, num_frames=2)
     assert seen.count(N // 2) == 3 * 2  # three full-resolution spatial blocks, two steps
     tomesd.remove_patch(pipe)
-    assert _no_hooks(pipe.unet)
+    assert no_hooks(pipe.unet)
 
 
 def test_sd3_and_flux_transformers_merge_with_the_tomesd_call() -> None:
@@ -273,7 +198,7 @@ def test_sd3_and_flux_transformers_merge_with_the_tomesd_call() -> None:
         _sample_flux(flux, _flux_latents(), steps=3)
     assert seen and max(seen) < n  # single blocks: text + merged image tokens
     tomesd.remove_patch(flux)
-    assert _no_hooks(flux)
+    assert no_hooks(flux)
 
 
 def _tiny_svd_unet():
@@ -332,7 +257,7 @@ def test_stable_video_diffusion_cfg_batch_is_recognised() -> None:
     temporal = [m for n, m in unet.named_modules() if "temporal_transformer_blocks" in n]
     assert temporal and all(not m._forward_pre_hooks for m in temporal)
     tomesd.remove_patch(unet)
-    assert _no_hooks(unet)
+    assert no_hooks(unet)
 
 
 def test_importance_option_reaches_apply_patch(monkeypatch) -> None:
