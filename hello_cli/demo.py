@@ -16,7 +16,6 @@ benchmark's spread between seeds is 3-9 points, which one seed cannot show).
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import sys
 import time
@@ -198,9 +197,9 @@ def _human(n: float) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m hello_cli.demo", description=__doc__)
-    ap.add_argument("--out", type=Path, default=Path("runs/demo/hello"), help="outputs")
-    ap.add_argument("--json", action="store_true", help="one JSON object on stdout")
+    from shared.demo import demo_parser
+
+    ap = demo_parser("hello_cli.demo", __doc__, "runs/demo/hello")
     ap.add_argument("--seeds", type=int, default=1, help="student seeds (0..N-1)")
     ap.add_argument("--epochs", type=int, default=60, help="student epochs (benchmark: 60)")
     args = ap.parse_args(argv)

@@ -168,12 +168,9 @@ def save_projector(projector: Projector, directory: str | Path, **extra: Any) ->
 
 
 def projector_file(path: str | Path) -> Path:
-    path = Path(path)
-    if path.is_dir():
-        path = path / FILE_NAME
-    if not path.exists():
-        raise InputError(f"--projector {path}: not found (expected a directory from hello)")
-    return path
+    from shared.checkpoints import artefact_file
+
+    return artefact_file(path, FILE_NAME, "a projector folder from hello")
 
 
 def load_projector(path: str | Path) -> Projector:

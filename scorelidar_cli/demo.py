@@ -13,7 +13,6 @@ the student must beat: distillation is worth it only if it is better than that.
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import sys
 import warnings
@@ -104,9 +103,9 @@ def _spread(values: list[float]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m scorelidar_cli.demo", description=__doc__)
-    ap.add_argument("--out", type=Path, default=Path("runs/demo/scorelidar"), help="outputs")
-    ap.add_argument("--json", action="store_true", help="one JSON object on stdout")
+    from shared.demo import demo_parser
+
+    ap = demo_parser("scorelidar_cli.demo", __doc__, "runs/demo/scorelidar")
     ap.add_argument("--repeats", type=int, default=2, help="timing rounds (order rotated)")
     ap.add_argument("--frames", type=int, default=2, help=f"held-out frames (1-{HELDOUT_FRAMES})")
     args = ap.parse_args(argv)

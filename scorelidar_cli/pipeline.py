@@ -122,12 +122,9 @@ def save_model(
 
 
 def model_file(path: str | Path) -> Path:
-    path = Path(path)
-    if path.is_dir():
-        path = path / MODEL_FILE
-    if not path.exists():
-        raise InputError(f"{path}: no such model (expected a directory with {MODEL_FILE})")
-    return path
+    from shared.checkpoints import artefact_file
+
+    return artefact_file(path, MODEL_FILE, "a model folder from scorelidar")
 
 
 def load_model(path: str | Path) -> tuple[CompletionUNet, dict[str, Any]]:

@@ -136,6 +136,17 @@ def unwrap_state_dict(obj: Any, path: str | Path, ema: bool = True) -> dict[str,
     return tensors
 
 
+def artefact_file(path: str | Path, name: str, what: str) -> Path:
+    """`path` itself, or `path/name` when it is a run folder; one line when neither exists
+    (`what` says which tool's output was expected, e.g. "a projector folder from hello")."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / name
+    if not path.exists():
+        raise InputError(f"{path}: not found (expected {what}, or its {name})")
+    return path
+
+
 def _existing(path: str | Path) -> Path:
     path = Path(path)
     if not path.exists():

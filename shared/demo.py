@@ -19,6 +19,14 @@ from pathlib import Path
 from typing import Any
 
 
+def demo_parser(module: str, doc: str | None, out: str) -> argparse.ArgumentParser:
+    """The command line every demo module shares (`--out`, `--json`); a demo adds its own."""
+    ap = argparse.ArgumentParser(prog=f"python -m {module}", description=doc)
+    ap.add_argument("--out", type=Path, default=Path(out), help="output folder")
+    ap.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    return ap
+
+
 def _tool(name: str) -> str:
     return str(Path(sys.executable).parent / name)
 
@@ -44,9 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     from shared.console import configure
     from shared.registry import tools
 
-    ap = argparse.ArgumentParser(prog="python -m shared.demo", description=__doc__)
-    ap.add_argument("--out", type=Path, default=Path("runs/demo"), help="demo outputs")
-    ap.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    ap = demo_parser("shared.demo", __doc__, "runs/demo")
     ap.add_argument("--tools", nargs="*", help="only these tools (default: all registered)")
     args = ap.parse_args(argv)
     console = configure(json_mode=args.json)
