@@ -5,8 +5,8 @@ model in one process on the held-out photos with real bitstreams and writes
 benchmarks/results/kdic/{results.md,results.json,rd.png}.
 
 (a) teacher: mbt2018-mean trained from scratch at each lambda
-(b) student (build-student at half width) distilled stage-wise (implicit RD supervision),
-    then fine-tuned end to end
+(b) student (build-student at half width: mbt2018-mean itself at N/2, M kept) distilled
+    stage-wise (implicit RD supervision), then fine-tuned end to end
 (c) the same student architecture trained from scratch for the same total steps
 (d) as (b) with explicit feature-MSE supervision
 At the first lambda every model is trained in full; at each further lambda every model is
@@ -164,8 +164,14 @@ def _add_rd_costs(result: dict) -> None:
         for p in c["points"]:
             lm = float(yaml.safe_load((Path(p["source"]) / "config.yaml").read_text())["lmbda"])
             p["lmbda"] = lm
-            costs = [rd_cost(i["bpp"], i["psnr"], lm) for i in p["images"]]
+            costs = [rd_cost(_payload(i), i["psnr"], lm) for i in p["images"]]
             p["rd_cost"] = sum(costs) / len(costs)
+
+
+def _payload(point: dict) -> float:
+    """The rate of a point or image: payload bpp (compressai's strings); results written
+    before payload and file were told apart only have the file's `bpp`."""
+    return point.get("payload_bpp", point.get("bpp"))
 
 
 def _rd_cost_table(r: dict) -> list[str]:
@@ -197,7 +203,9 @@ def _markdown(r: dict) -> str:
         f"- teacher: {m['teacher']}, lambdas {m['lmbdas']}, 64 px crops of builtin:photos "
         f"(train split), batch 8, Adam lr 1e-3; steps {m['steps']}",
         f"- evaluation: held-out builtin:photos ({', '.join(r['images'])}), full size, "
-        "bpp from the .kdic bytes, PSNR/MS-SSIM on 8-bit reconstructions; BD-rate (akima, "
+        "payload bpp from compressai's strings (as compressai's eval_model and the papers "
+        "count it; curves, BD-rates and RD costs use it) and file bpp from the .kdic file "
+        "(header included), PSNR/MS-SSIM on 8-bit reconstructions; BD-rate (akima, "
         f"PSNR) against **{r['anchor']}**; times are mean seconds per image in this one run",
         "",
         "| model | BD-rate vs teacher | kMAC/px | kMAC vs teacher | params | params vs teacher "
@@ -217,14 +225,16 @@ def _markdown(r: dict) -> str:
             f"{c['params']:,} | {c['params'] / t['params']:.0%} | {ce / te:.2f} | {cd / td:.2f} |"
         )
     lines += ["", "RD points:", "",
-              "| model | checkpoint | bpp | PSNR dB | MS-SSIM | enc s | dec s |",
-              "| --- | --- | --- | --- | --- | --- | --- |"]  # fmt: skip
+              "| model | checkpoint | payload bpp | file bpp | PSNR dB | MS-SSIM | enc s | dec s |",
+              "| --- | --- | --- | --- | --- | --- | --- | --- |"]  # fmt: skip
     for c in r["curves"]:
         for p in c["points"]:
             ms = "n/a" if p["ms_ssim"] is None else f"{p['ms_ssim']:.4f}"
+            payload = f"{p['payload_bpp']:.4f}" if "payload_bpp" in p else "n/a"
             lines.append(
-                f"| {c['label']} | {Path(p['source']).name} | {p['bpp']:.4f} | "
-                f"{p['psnr']:.3f} | {ms} | {p['enc_s']:.3f} | {p['dec_s']:.3f} |"
+                f"| {c['label']} | {Path(p['source']).name} | {payload} | "
+                f"{p.get('file_bpp', p.get('bpp')):.4f} | {p['psnr']:.3f} | {ms} | "
+                f"{p['enc_s']:.3f} | {p['dec_s']:.3f} |"
             )
     lines += ["", *_rd_cost_table(r)]
     lines += [

@@ -37,6 +37,7 @@ __all__ = [
     "evaluate",
     "finetune",
     "load_codec",
+    "loading_arch",
     "stage_schedule",
 ]
 MODEL_FILE = "model.safetensors"
@@ -72,11 +73,22 @@ def arch_spec(cfg: Any, widths: str | None = None, blocks: str | None = None) ->
     return spec
 
 
+def loading_arch(cfg: Any, widths: str | None = None, blocks: str | None = None) -> dict | None:
+    """--arch for reading a checkpoint: N and M only where --N/--M/--quality give them (a
+    foreign checkpoint's widths are otherwise read off its weights)."""
+    spec = arch_spec(cfg, widths, blocks)
+    if spec is None or spec["name"] == "s2c-conv" or cfg.quality is not None:
+        return spec
+    given = {"N": cfg.n, "M": cfg.m}
+    return {"name": spec["name"], **{k: v for k, v in given.items() if v is not None}}
+
+
 def load_codec(
     source: str | None, flag: str, arch: dict[str, Any] | None, pretrained: bool = False
 ) -> tuple[nn.Module, dict[str, Any]]:
     """A model from a checkpoint file or run directory, a foreign compressai checkpoint with
-    `arch`, or compressai's zoo weights (`pretrained`). `flag` names the option in errors."""
+    `arch` (see `loading_arch`), or compressai's zoo weights (`pretrained`). `flag` names
+    the option in errors."""
     from kdic_cli.models import MODEL_NAMES, load_model
 
     if pretrained:
@@ -153,22 +165,26 @@ def build_student(
     cfg: BuildStudentOptions, out: Path | None = None
 ) -> tuple[nn.Module, dict[str, Any]]:
     """Teacher-guided student: fewer channels (blocks, FFN expansion for s2c-conv), the
-    teacher's highest-energy channels kept. Returns the student and its costs."""
-    from kdic_cli.models import fingerprint
+    teacher's highest-energy channels kept; by default (`widths="class"`) an instance of the
+    teacher's compressai class at N * width. Returns the student and its costs."""
+    from kdic_cli.models import describe, fingerprint
     from kdic_cli.student import build_student as build
 
     _check_crop(cfg.crop)
     torch.manual_seed(cfg.seed)
-    t_model, t_meta = load_codec(cfg.teacher, "--teacher", arch_spec(cfg), cfg.pretrained)
+    t_model, t_meta = load_codec(cfg.teacher, "--teacher", loading_arch(cfg), cfg.pretrained)
+    # as distill sees the teacher: before any forward (masked convolutions zero their
+    # masked weights in place on the first one)
+    t_fingerprint = fingerprint(t_model).hex()
     images = _calibration(cfg.calib, cfg.crop, cfg.calib_images, cfg.seed)
     try:
         student, info = build(t_model, images, cfg.width, _ints(cfg.blocks, "--blocks"),
-                              cfg.ffn_ratio)  # fmt: skip
+                              cfg.ffn_ratio, cfg.widths)  # fmt: skip
     except ValueError as exc:
-        raise InputError(f"--width/--blocks/--ffn-ratio: {exc}") from None
+        raise InputError(f"--width/--widths/--blocks/--ffn-ratio: {exc}") from None
     student.update(force=True)
     info["teacher"] = t_meta.get("path", "compressai zoo")
-    info["teacher_fingerprint"] = fingerprint(t_model).hex()
+    info["teacher_fingerprint"] = t_fingerprint
     saved = _save(student, out, {"kdic_student": info})
     tp, sp = _profile(t_model), _profile(student)
     metrics = {
@@ -176,6 +192,7 @@ def build_student(
         "teacher_kmac_per_px": tp["kmac_per_px"], "student_kmac_per_px": sp["kmac_per_px"],
         "params_ratio": sp["params"] / tp["params"],
         "kmac_ratio": sp["kmac_per_px"] / tp["kmac_per_px"],
+        "architecture": describe(student.kdic_spec), "stagewise": info["stagewise"],
         **({"student": saved["model"]} if saved else {}),
     }  # fmt: skip
     return student, metrics
@@ -237,7 +254,7 @@ def distill(
     _check_crop(cfg.crop)
     dev = torch.device(device)
     torch.manual_seed(cfg.seed)
-    t_model, _ = load_codec(cfg.teacher, "--teacher", arch_spec(cfg))
+    t_model, _ = load_codec(cfg.teacher, "--teacher", loading_arch(cfg))
     s_model, s_meta = load_codec(cfg.student, "--student", None)
     info = s_meta.get("kdic_student")
     if not info:
@@ -245,6 +262,12 @@ def distill(
     if info.get("teacher_fingerprint") != fingerprint(t_model).hex():
         raise InputError(
             f"--student {cfg.student}: built from another teacher than --teacher {cfg.teacher}"
+        )
+    if info.get("stagewise") is False:
+        raise InputError(
+            f"--student {cfg.student}: {info['not_stagewise']}; for stage-wise distillation "
+            "build it with `kdic build-student --widths free`, or train this one end to end "
+            "(`kdic finetune --model`)"
         )
     t_model.to(dev).train()
     s_model.to(dev).train()
@@ -304,7 +327,8 @@ def finetune(
             raise InputError("--model or --arch: say what to train")
         net = new_model(spec)
     else:
-        net, meta = load_codec(cfg.model, "--model", spec)
+        arch = loading_arch(cfg, cfg.s2c_widths, cfg.s2c_blocks)
+        net, meta = load_codec(cfg.model, "--model", arch)
         if cfg.scratch:
             net = new_model(net.kdic_spec)
         elif meta.get("kdic_student"):
@@ -326,9 +350,10 @@ def finetune(
 
 # -- evaluate, compress, decompress -------------------------------------------------------
 def evaluate(cfg: EvaluateOptions, console: Any = None) -> dict[str, Any]:
-    """Real compress/decompress per image: bpp from the bytes, PSNR and MS-SSIM on 8-bit
-    reconstructions, times, params, kMAC/px, BD-rate against the first curve; the RD plot
-    when `cfg.plot` is set."""
+    """Real compress/decompress per image: payload bpp (compressai's strings, comparable
+    with compressai's eval_model and the papers; the RD curves and BD-rates use it) and file
+    bpp (the .kdic file with its header), PSNR and MS-SSIM on 8-bit reconstructions, times,
+    params, kMAC/px, BD-rate against the first curve; the RD plot when `cfg.plot` is set."""
     from kdic_cli.data import eval_images
     from kdic_cli.evaluate import evaluate_curves, plot_rd
 
@@ -336,7 +361,7 @@ def evaluate(cfg: EvaluateOptions, console: Any = None) -> dict[str, Any]:
     names = list(cfg.label or [])
     if names and len(names) != len(curves):
         raise InputError(f"--label: {len(names)} labels for {len(curves)} curves")
-    spec = arch_spec(cfg)
+    spec = loading_arch(cfg)
     loaded = []
     for i, curve in enumerate(curves):
         loaded.append([load_codec(src, "--model", spec)[0] for src in curve])
@@ -355,27 +380,25 @@ def evaluate(cfg: EvaluateOptions, console: Any = None) -> dict[str, Any]:
 def compress(cfg: CompressOptions) -> dict[str, Any]:
     """Compress one image into a .kdic file (a real entropy-coded bitstream)."""
     from kdic_cli.codec_io import compress_image
-    from kdic_cli.metrics import bpp
     from shared.images import load_image
     from shared.io import write_bytes
 
     _refuse_overwriting_inputs(cfg.output, [cfg.image, cfg.model])
     x = load_image(cfg.image)
-    net, _ = load_codec(cfg.model, "--model", arch_spec(cfg), cfg.pretrained)
+    net, _ = load_codec(cfg.model, "--model", loading_arch(cfg), cfg.pretrained)
     start = time.perf_counter()
     data = compress_image(net, x)
     seconds = time.perf_counter() - start
     write_bytes(cfg.output, data)
     h, w = x.shape[-2:]
     return {"image": str(cfg.image), "output": str(cfg.output), "bytes": len(data),
-            "bpp": bpp(len(data), h, w), "width": w, "height": h,
-            "encode_s": seconds}  # fmt: skip
+            **_rates(data, h, w), "width": w, "height": h, "encode_s": seconds}  # fmt: skip
 
 
 def decompress(cfg: DecompressOptions) -> dict[str, Any]:
     """Decode a .kdic file to a PNG; refuses files written by another model."""
     from kdic_cli.codec_io import ContainerError, decompress_bytes
-    from kdic_cli.metrics import bpp, psnr
+    from kdic_cli.metrics import psnr
     from shared.images import load_image, save_image
 
     if not cfg.file.is_file():
@@ -384,7 +407,7 @@ def decompress(cfg: DecompressOptions) -> dict[str, Any]:
     # the reference is read before anything is written: a bad one leaves no output behind
     ref = load_image(cfg.reference) if cfg.reference is not None else None
     data = cfg.file.read_bytes()
-    net, _ = load_codec(cfg.model, "--model", arch_spec(cfg), cfg.pretrained)
+    net, _ = load_codec(cfg.model, "--model", loading_arch(cfg), cfg.pretrained)
     start = time.perf_counter()
     try:
         x_hat = decompress_bytes(net, data)
@@ -399,10 +422,18 @@ def decompress(cfg: DecompressOptions) -> dict[str, Any]:
     save_image(x_hat, cfg.output)
     h, w = x_hat.shape[-2:]
     res: dict[str, Any] = {"file": str(cfg.file), "output": str(cfg.output),
-                           "bpp": bpp(len(data), h, w), "decode_s": seconds}  # fmt: skip
+                           **_rates(data, h, w), "decode_s": seconds}  # fmt: skip
     if ref is not None:
         res["psnr"] = psnr(ref, x_hat)
     return res
+
+
+def _rates(data: bytes, h: int, w: int) -> dict[str, float]:
+    """bpp of the .kdic file (header included) and payload_bpp of compressai's strings."""
+    from kdic_cli.codec_io import payload_bytes
+    from kdic_cli.metrics import bpp
+
+    return {"bpp": bpp(len(data), h, w), "payload_bpp": bpp(payload_bytes(data), h, w)}
 
 
 def _refuse_overwriting_inputs(output: Path, inputs: list[Path | str | None]) -> None:

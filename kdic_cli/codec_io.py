@@ -23,7 +23,7 @@ from torch import Tensor, nn
 from kdic_cli.models import fingerprint
 
 __all__ = ["MAGIC", "VERSION", "ContainerError", "compress_image", "decompress_bytes",
-           "pack", "unpack"]  # fmt: skip
+           "pack", "payload_bytes", "unpack"]  # fmt: skip
 
 MAGIC = b"KDIC"
 VERSION = 1
@@ -113,6 +113,18 @@ def unpack(data: bytes) -> dict[str, Any]:
         raise ContainerError("corrupt payload (trailing bytes)")
     return {"fingerprint": fp, "size": (h, w), "padded": (ph, pw), "strings": strings,
             "shape": _torch_shape(shape)}  # fmt: skip
+
+
+def _string_bytes(strings: Any) -> int:
+    if isinstance(strings, (bytes, bytearray)):
+        return len(strings)
+    return sum(_string_bytes(s) for s in strings)
+
+
+def payload_bytes(data: bytes) -> int:
+    """Bytes of compressai's own strings in a .kdic file: what compressai's eval_model and
+    the papers count as the rate (the file adds its header, the shape and length prefixes)."""
+    return _string_bytes(unpack(data)["strings"])
 
 
 def pad_image(x: Tensor, align: int = ALIGN) -> tuple[Tensor, tuple[int, int]]:

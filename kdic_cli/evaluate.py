@@ -1,5 +1,7 @@
 """Evaluation over real bitstreams: per image compress -> bytes -> decompress, then RD
-points, costs and BD-rate of each curve against the first."""
+points, costs and BD-rate of each curve against the first. The rate is the payload bpp
+(compressai's strings, as compressai's eval_model and the papers count it); the file bpp
+(the .kdic container, header included) is reported beside it."""
 
 from __future__ import annotations
 
@@ -11,16 +13,18 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from kdic_cli.codec_io import compress_image, decompress_bytes
+from kdic_cli.codec_io import compress_image, decompress_bytes, payload_bytes
 from kdic_cli.metrics import bd_rate, bpp, ms_ssim, psnr
 from kdic_cli.models import fingerprint
 
 __all__ = ["evaluate_curves", "evaluate_model", "plot_rd"]
+_MEANS = ("payload_bpp", "file_bpp", "psnr", "enc_s", "dec_s")  # averaged over the images
 
 
 def evaluate_model(model: nn.Module, images: list[tuple[str, Tensor]], console: Any = None,
                    desc: str = "") -> dict[str, Any]:  # fmt: skip
-    """Mean bpp (from the bytes), PSNR, MS-SSIM, encode and decode seconds per image."""
+    """Means per image of the payload bpp (compressai's strings, the RD axis), the file bpp
+    (the whole .kdic file), PSNR, MS-SSIM, encode and decode seconds."""
     fp = fingerprint(model)
     rows = []
     it = console.progress(images, desc) if console is not None else images
@@ -35,7 +39,8 @@ def evaluate_model(model: nn.Module, images: list[tuple[str, Tensor]], console: 
             rows.append(
                 {
                     "image": name,
-                    "bpp": bpp(len(data), h, w),
+                    "payload_bpp": bpp(payload_bytes(data), h, w),
+                    "file_bpp": bpp(len(data), h, w),
                     "psnr": psnr(x, x_hat),
                     "ms_ssim": ms_ssim(x, x_hat),
                     "enc_s": t1 - t0,
@@ -43,14 +48,8 @@ def evaluate_model(model: nn.Module, images: list[tuple[str, Tensor]], console: 
                 }
             )
     ms = [r["ms_ssim"] for r in rows if r["ms_ssim"] is not None]
-    return {
-        "bpp": statistics.fmean(r["bpp"] for r in rows),
-        "psnr": statistics.fmean(r["psnr"] for r in rows),
-        "ms_ssim": statistics.fmean(ms) if ms else None,
-        "enc_s": statistics.fmean(r["enc_s"] for r in rows),
-        "dec_s": statistics.fmean(r["dec_s"] for r in rows),
-        "images": rows,
-    }
+    means = {k: statistics.fmean(r[k] for r in rows) for k in _MEANS}
+    return {**means, "ms_ssim": statistics.fmean(ms) if ms else None, "images": rows}
 
 
 def evaluate_curves(
@@ -65,7 +64,7 @@ def evaluate_curves(
         for model, src in zip(models, srcs, strict=True):
             p = evaluate_model(model, images, console, f"{label} {Path(src).parent.name}")
             points.append({"source": src, **p})
-        points.sort(key=lambda p: p["bpp"])
+        points.sort(key=lambda p: p["payload_bpp"])
         x = torch.rand(1, 3, 256, 256)
         out.append({
             "label": label, "points": points, "params": count_params(models[0]),
@@ -73,10 +72,13 @@ def evaluate_curves(
         })  # fmt: skip
     anchor = out[0]["points"]
     for c in out:
-        c["bd_rate_psnr"] = bd_rate([p["bpp"] for p in anchor], [p["psnr"] for p in anchor],
-                                    [p["bpp"] for p in c["points"]],
-                                    [p["psnr"] for p in c["points"]])  # fmt: skip
+        c["bd_rate_psnr"] = bd_rate(*_curve(anchor), *_curve(c["points"]))
     return {"anchor": out[0]["label"], "images": [n for n, _ in images], "curves": out}
+
+
+def _curve(points: list[dict[str, Any]]) -> tuple[list[float], list[float]]:
+    """(payload bpp, PSNR) of a curve: the rate as compressai and the papers count it."""
+    return [p["payload_bpp"] for p in points], [p["psnr"] for p in points]
 
 
 def plot_rd(result: dict[str, Any], path: str | Path) -> Path:
@@ -91,9 +93,8 @@ def plot_rd(result: dict[str, Any], path: str | Path) -> Path:
     for c in result["curves"]:
         bd = c.get("bd_rate_psnr")
         tag = f" ({bd:+.1f}%)" if bd is not None and c is not result["curves"][0] else ""
-        ax.plot([p["bpp"] for p in c["points"]], [p["psnr"] for p in c["points"]], "o-",
-                label=f"{c['label']}{tag}")  # fmt: skip
-    ax.set_xlabel("bpp (real bitstreams)")
+        ax.plot(*_curve(c["points"]), "o-", label=f"{c['label']}{tag}")
+    ax.set_xlabel("payload bpp (compressai strings of real bitstreams)")
     ax.set_ylabel("PSNR (dB, 8-bit)")
     ax.grid(alpha=0.3)
     ax.legend(title=f"BD-rate vs {result['anchor']}", fontsize=8)

@@ -24,7 +24,9 @@ __all__ = [
     "LAMBDAS",
     "MODEL_NAMES",
     "build_model",
+    "describe",
     "fingerprint",
+    "foreign_spec",
     "load_model",
     "make_spec",
     "model_spec",
@@ -200,13 +202,84 @@ def save_model(path: str | Path, model: nn.Module, extra: dict[str, Any] | None 
     )
 
 
+# Where compressai's `from_state_dict` reads N and M (and, for ELIC, whose loader keeps
+# M=320, M from g_a's last convolution): a foreign checkpoint needs no --N/--M.
+_WIDTH_KEYS = {
+    "bmshj2018-hyperprior": (("N", "g_a.0.weight"), ("M", "g_a.6.weight")),
+    "mbt2018-mean": (("N", "g_a.0.weight"), ("M", "g_a.6.weight")),
+    "mbt2018": (("N", "g_a.0.weight"), ("M", "g_a.6.weight")),
+    "cheng2020-anchor": (("N", "g_a.0.conv1.weight"),),
+    "elic2022-official": (("N", "g_a.0.weight"), ("M", "g_a.13.weight")),
+}
+# entropy coder tables: sized by update(), resized by compressai's load_state_dict
+CDF_BUFFERS = ("_quantized_cdf", "_offset", "_cdf_length", "scale_table")
+
+
+def foreign_spec(arch: dict[str, Any], state: dict[str, torch.Tensor], source: str) -> dict:
+    """The spec of a foreign checkpoint of `arch["name"]`: N and M read off its weights
+    where `arch` leaves them out (an S2C-Conv spec is taken as given)."""
+    name = arch["name"]
+    if name not in _WIDTH_KEYS:
+        return arch
+    widths = {}
+    for width, key in _WIDTH_KEYS[name]:
+        if arch.get(width) is not None:
+            widths[width] = arch[width]
+        elif key in state:
+            widths[width] = int(state[key].shape[0])
+        else:
+            raise InputError(f"{source}: no tensor {key}, not a {name} checkpoint")
+    return make_spec(name, **widths)
+
+
+def describe(spec: dict[str, Any]) -> str:
+    """E.g. "mbt2018-mean N=128 M=192" (free-width students: "... with resized layers")."""
+    parts = [spec.get("name", "?")] + [f"{k}={spec[k]}" for k in ("N", "M") if k in spec]
+    return " ".join(parts) + (" with resized layers" if spec.get("resize") else "")
+
+
 def _load_weights(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
-    """compressai's own loading: resizes the CDF buffers of the entropy models first."""
+    """Check every tensor's name and shape (one line naming the first misfit), then load
+    with compressai's own `load_state_dict` (it resizes the CDF buffers)."""
+    what = describe(getattr(model, "kdic_spec", None) or {})
+    expected = model.state_dict()
+    for key, tensor in expected.items():
+        if key.endswith(CDF_BUFFERS):
+            continue
+        if key not in state:
+            raise InputError(f"{source}: weights do not fit {what}: no tensor {key} in the file")
+        got, want = tuple(state[key].shape), tuple(tensor.shape)
+        if got != want:
+            raise InputError(
+                f"{source}: weights do not fit {what}: {key} is {got} in the file, {want} "
+                "in the model"
+            )
+    extra = sorted(set(state) - set(expected))
+    if extra:
+        raise InputError(
+            f"{source}: weights do not fit {what}: {extra[0]} (and {len(extra) - 1} more) "
+            "not in the model"
+        )
     try:
         model.load_state_dict(dict(state), strict=True)
     except (RuntimeError, KeyError, ValueError) as exc:
         first = str(exc).strip().splitlines()[0]
-        raise InputError(f"{source}: weights do not fit the model ({first})") from None
+        raise InputError(f"{source}: weights do not fit {what} ({first})") from None
+
+
+def _is_toolkit_file(path: Path) -> bool:
+    """A safetensors file carrying toolkit metadata (else: plain foreign weights)."""
+    from safetensors import SafetensorError, safe_open
+
+    from shared.checkpoints import METADATA_KEY
+
+    if path.suffix != ".safetensors":
+        return False
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return METADATA_KEY in (f.metadata() or {})
+    except (SafetensorError, OSError, ValueError):  # load_checkpoint names the problem
+        return True
 
 
 def load_model(
@@ -216,8 +289,9 @@ def load_model(
     pretrained: bool = False,
 ) -> tuple[nn.Module, dict[str, Any]]:
     """A model and its metadata from a toolkit checkpoint (file or run directory), a
-    foreign compressai checkpoint (`arch` says which architecture), or, with
-    `pretrained`, compressai's zoo download for `arch` (needs a network).
+    foreign compressai checkpoint (.pth/.pth.tar or plain .safetensors; `arch` names the
+    architecture, N and M it leaves out are read off the weights), or, with `pretrained`,
+    compressai's zoo download for `arch` (needs a network).
 
     The model is returned in eval mode with its entropy coder tables up to date."""
     if pretrained:
@@ -231,7 +305,7 @@ def load_model(
             path = path / CHECKPOINT_NAME
         if not path.exists():
             raise InputError(f"{path}: no such file")
-        if path.suffix == ".safetensors":
+        if _is_toolkit_file(path):
             from shared.checkpoints import load_checkpoint
 
             state, meta = load_checkpoint(path, tool="kdic")
@@ -242,9 +316,11 @@ def load_model(
             if arch is None:
                 raise InputError(
                     f"{path}: a foreign checkpoint; say its architecture with --arch "
-                    "(e.g. --arch mbt2018-mean --N 128 --M 192)"
+                    "(e.g. --arch mbt2018-mean; N and M are read off the weights)"
                 )
-            state, spec, meta = load_state_dict(path), arch, {"architecture": arch}
+            state = load_state_dict(path)
+            spec = foreign_spec(arch, state, str(path))
+            meta = {"architecture": spec}
         model = build_model(spec)
         model.kdic_spec = spec
         _load_weights(model, state, str(path))

@@ -84,21 +84,14 @@ def _blocks(
 
 
 class S2CConv(MeanScaleHyperprior):
-    """S2C-Conv image codec. `N` is the hyperprior width, `M` the latent width."""
+    """S2C-Conv image codec; `config` are the keyword arguments of `s2c_config` (stage
+    widths, blocks, FFN ratio, `M` the latent width, `N` the hyperprior width, ...)."""
 
-    def __init__(
-        self,
-        widths: Sequence[int] = (64, 96, 128),
-        blocks: Sequence[int] = (1, 2, 2),
-        ffn_ratio: float = 2.0,
-        M: int = 192,
-        N: int = 128,
-        kernel_size: int = 5,
-        hidden: Sequence[Sequence[int]] | None = None,
-        **kwargs: Any,
-    ) -> None:
-        super().__init__(N=N, M=M, **kwargs)
-        self.config = s2c_config(widths, blocks, ffn_ratio, M, N, kernel_size, hidden)
+    def __init__(self, **config: Any) -> None:
+        cfg = s2c_config(**config)
+        super().__init__(N=cfg["N"], M=cfg["M"])
+        self.config = cfg
+        M, ffn_ratio = cfg["M"], cfg["ffn_ratio"]
         c1, c2, c3 = self.config["widths"]
         d1, d2, d3 = self.config["blocks"]
         k = self.config["kernel_size"]

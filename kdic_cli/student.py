@@ -1,18 +1,29 @@
 """Teacher-guided student construction: same classes and stage layout, fewer channels.
 
-The student is the teacher with every *free* channel group narrowed by `width`
-(and, for S2C-Conv, fewer blocks and a smaller FFN expansion), initialised from the
-teacher by keeping, in each group, the channels that carry the most energy on
-calibration images.
+The student is initialised from the teacher by keeping, in each channel group, the
+channels that carry the most energy on calibration images. Which widths the groups get:
+
+- class (default): exactly what the teacher's compressai class builds at N * width, the
+  latent width M kept (`class_spec`), so compressai's own loaders (`from_state_dict`,
+  eval_model) read the student. For bmshj2018-hyperprior, mbt2018-mean and mbt2018 every
+  interface of the stage-wise hybrids keeps its width. cheng2020-anchor ties M to N and
+  elic2022-official derives its hyper-parameters and parameter aggregation from N: there
+  the student's channels outside the narrowed groups are the teacher's leading ones, and
+  the student is marked as not stage-wise (it trains end to end).
+- free: every *free* channel group narrowed by `width` (uneven widths, a kdic-only spec
+  with resized layers); all interfaces kept whole, so stage-wise distillation works for
+  every class.
+S2C-Conv (this toolkit's own class) narrows its stage widths, and optionally its blocks
+and FFN expansion, the same way in both modes.
 
 A channel group is a set of tensors whose channel axes must shrink together: the output
 of a convolution, everything a depth-wise conv, GDN or activation passes through, and
 all operands of a residual add. Groups are found by tracing the analysis/synthesis and
 hyper transforms with torch.fx. Groups that touch the image, the latent y (its width M
 is kept), the hyper-synthesis output, or an operation whose channel mapping is not
-element-wise (concatenation, pixel shuffle, ...) are frozen at full width, so the
-student always fits the teacher's entropy model interfaces. The hyper-latent z group is
-shared by h_a's output, the entropy bottleneck and h_s's input.
+element-wise (concatenation, pixel shuffle, ...) are frozen (kept whole by free
+widths), so a free student always fits the teacher's entropy model interfaces. The
+hyper-latent z group is shared by h_a's output, the entropy bottleneck and h_s's input.
 """
 
 from __future__ import annotations
@@ -27,7 +38,7 @@ import torch
 import torch.fx as fx
 from torch import Tensor, nn
 
-__all__ = ["ChannelPlan", "analyse_channels", "build_student", "TRANSFORMS"]
+__all__ = ["ChannelPlan", "analyse_channels", "build_student", "class_spec", "TRANSFORMS"]
 
 TRANSFORMS = ("g_a", "h_a", "h_s", "g_s")
 _ELEMENTWISE_MODULES = (
@@ -299,38 +310,49 @@ def _idx(plan: ChannelPlan, keep: dict[int, Tensor], g: int | None) -> Tensor | 
     return keep.get(plan.find(g))
 
 
-def _take(t: Tensor, dim: int, idx: Tensor | None) -> Tensor:
-    return t if idx is None else t.index_select(dim, idx)
-
-
-def _copy_leaf(src: nn.Module, dst: nn.Module, leaf: Leaf, i_in, i_out) -> None:
+def _leaf_index(leaf: Leaf, i_in: Tensor | None, i_out: Tensor | None) -> dict[str, dict]:
+    """Kept channel indices of a leaf's tensors: state-dict suffix -> {axis: indices}."""
     from compressai.layers import GDN
 
-    with torch.no_grad():
-        if isinstance(src, nn.ConvTranspose2d):
-            w = _take(_take(src.weight, 0, i_in), 1, i_out)
-        elif isinstance(src, nn.Conv2d):
-            w = _take(src.weight, 0, i_out)
-            if not leaf.depthwise:
-                w = _take(w, 1, i_in)
-            if hasattr(src, "mask"):
-                dst.mask.copy_(_take(_take(src.mask, 0, i_out), 1, None if leaf.depthwise
-                                     else i_in))  # fmt: skip
-        elif isinstance(src, GDN):
-            dst.beta.copy_(_take(src.beta, 0, i_in))
-            dst.gamma.copy_(_take(_take(src.gamma, 0, i_in), 1, i_in))
-            return
-        else:
-            return
-        dst.weight.copy_(w)
-        if src.bias is not None:
-            dst.bias.copy_(_take(src.bias, 0, i_out))
+    m, out, inp = leaf.module, {0: i_out}, {1: i_in}
+    if isinstance(m, nn.ConvTranspose2d):
+        axes = {"weight": {0: i_in, 1: i_out}, "bias": out}
+    elif isinstance(m, nn.Conv2d):
+        w = out if leaf.depthwise else {**out, **inp}
+        axes = {"weight": w, "mask": w, "bias": out}
+    elif isinstance(m, GDN):
+        axes = {"beta": {0: i_in}, "gamma": {0: i_in, 1: i_in}}
+    else:
+        return {}
+    return {k: {d: i for d, i in v.items() if i is not None} for k, v in axes.items()}
 
 
-def _copy_eb(src: nn.Module, dst: nn.Module, idx: Tensor | None) -> None:
+def _copy_from_teacher(
+    view: nn.Module, student: nn.Module, index: dict[str, dict[int, Tensor]]
+) -> list[str]:
+    """Fill every student tensor from the teacher's: the kept channels where `index` names
+    them, the leading channels on any other axis that is narrower (a width the class
+    constructor ties to N outside the traced groups). Returns the tensors not filled by
+    kept channels alone (leading channels, or left as initialised where wider); CDF tables
+    are left to `update()`."""
+    from kdic_cli.models import CDF_BUFFERS
+
+    t_state, s_state = view.state_dict(), student.state_dict()
+    fallback = []
     with torch.no_grad():
-        for name, p in src.named_parameters(recurse=False):
-            getattr(dst, name).copy_(_take(p, 0, idx))
+        for key, dst in s_state.items():
+            src = t_state.get(key)
+            if src is None or src.dim() != dst.dim() or key.endswith(CDF_BUFFERS):
+                continue
+            for dim, idx in index.get(key, {}).items():
+                src = src.index_select(dim, idx)
+            if src.shape == dst.shape:
+                dst.copy_(src)
+                continue
+            fallback.append(key)
+            if all(d <= s for d, s in zip(dst.shape, src.shape, strict=True)):
+                dst.copy_(src[tuple(slice(0, d) for d in dst.shape)])
+    return fallback
 
 
 def _s2c_teacher_view(
@@ -374,30 +396,55 @@ def _s2c_teacher_view(
     return view, kept_all
 
 
+def class_spec(t_spec: dict[str, Any], width: float) -> dict[str, Any]:
+    """The spec of the teacher's compressai class at N * width; M (the latent y and every
+    width the class derives from it) is kept, so the student's y fits the teacher's."""
+    spec = {"name": t_spec["name"], "N": max(1, round(width * t_spec["N"]))}
+    if "M" in t_spec:
+        spec["M"] = t_spec["M"]
+    return spec
+
+
 def build_student(
     teacher: nn.Module,
     images: Iterable[Tensor],
     width: float = 0.5,
     blocks: list[int] | None = None,
     ffn_ratio: float | None = None,
+    widths: str = "class",
 ) -> tuple[nn.Module, dict[str, Any]]:
-    """A student of the same class as `teacher`, narrowed by `width` on every free channel
-    group, initialised with the teacher's highest-energy channels.
+    """A student of the same class as `teacher`, initialised with the teacher's
+    highest-energy channels.
 
-    For S2C-Conv teachers, `blocks` (3 counts) drops the blocks with the weakest residual
-    branches and `ffn_ratio` sets the student's FFN expansion. Returns the student (with
-    its `kdic_spec`) and an info dict with the channel maps that stage-wise distillation
-    needs (`boundaries`, `eb`: kept teacher channel indices, None where kept whole)."""
+    `widths="class"` (compressai teachers): the student is exactly what the teacher's class
+    builds at N * width (M kept), so compressai's loaders read its checkpoint; each channel
+    group takes the width that constructor implies. Where the class derives an interface
+    of the stage-wise hybrids from N (cheng2020-anchor ties M to N; elic2022-official's
+    hyper-synthesis output and parameter aggregation follow N), those channels are the
+    teacher's leading ones and `info["stagewise"]` is False: such a student trains end to
+    end only (build it with `widths="free"` for stage-wise distillation).
+    `widths="free"`: every free channel group narrowed by `width` (uneven widths, the
+    interfaces whole, a kdic-only spec).
+
+    For S2C-Conv teachers (kdic's own class, built from its config either way), `blocks`
+    (3 counts) drops the blocks with the weakest residual branches and `ffn_ratio` sets the
+    student's FFN expansion. Returns the student (with its `kdic_spec`) and an info dict
+    with the channel maps that stage-wise distillation needs (`boundaries`, `eb`: kept
+    teacher channel indices, None where kept whole)."""
     from kdic_cli.models import build_model, model_spec
 
     if not 0 < width <= 1:
         raise ValueError(f"width must be in (0, 1], got {width}")
+    if widths not in ("class", "free"):
+        raise ValueError(f"widths must be class or free, got {widths!r}")
     images = list(images)
     t_spec = model_spec(teacher)
     teacher = teacher.eval()
     is_s2c = t_spec["name"] == "s2c-conv"
     if not is_s2c and (blocks is not None or ffn_ratio is not None):
         raise ValueError("--blocks and --ffn-ratio apply to s2c-conv teachers only")
+    if not is_s2c and widths == "class" and t_spec.get("resize"):
+        raise ValueError("the teacher has free widths (a free student); use widths free")
     view, kept_blocks = teacher, None
     if is_s2c and blocks is not None:
         view, kept_blocks = _s2c_teacher_view(teacher, images, blocks)
@@ -413,50 +460,26 @@ def build_student(
         cfg.update(widths=c_s, blocks=b_s, ffn_ratio=r_s, N=max(1, round(width * cfg["N"])),
                    hidden=hid + hid[::-1])  # fmt: skip
         s_spec = {"name": "s2c-conv", "config": cfg}
-        student = build_model(s_spec)
-        sizes = _sizes_from(plan, student)
+    elif widths == "class":
+        s_spec = class_spec(t_spec, width)
     else:
         sizes = {g: max(1, round(width * plan.size[g])) for g in plan.free_groups()}
-        resize = dict(t_spec.get("resize") or {})
-        student = copy.deepcopy(teacher)
-        for leaf in plan.leaves:
-            new_in = sizes.get(plan.find(leaf.g_in)) if plan.is_free(leaf.g_in) else None
-            new_out = sizes.get(plan.find(leaf.g_out)) if plan.is_free(leaf.g_out) else None
-            if new_in is None and new_out is None:
-                continue
-            m = leaf.module
-            if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
-                shape = [new_in or m.in_channels, new_out or m.out_channels]
-            else:
-                shape = [new_in]
-                if new_in == m.beta.numel():
-                    continue
-            if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)) and shape == [
-                m.in_channels,
-                m.out_channels,
-            ]:
-                continue
-            resize[leaf.path] = shape
-        for path, g in plan.eb.items():
-            if plan.is_free(g) and sizes[plan.find(g)] != plan.size[plan.find(g)]:
-                resize[path] = [sizes[plan.find(g)]]
-        s_spec = {**t_spec, "resize": resize}
-        student = build_model(s_spec)
+        s_spec = {**t_spec, "resize": _resize(plan, sizes, dict(t_spec.get("resize") or {}))}
+    student = build_model(s_spec)
     student.kdic_spec = s_spec
+    sizes = _sizes_from(plan, student)
 
     keep = select_channels(plan, energy, sizes)
-    # weights of everything that keeps its shape, then the narrowed leaves
-    v_state = view.state_dict()
-    s_state = student.state_dict()
-    same = {k: v for k, v in v_state.items() if k in s_state and s_state[k].shape == v.shape}
-    student.load_state_dict({**s_state, **same})
+    index: dict[str, dict[int, Tensor]] = {}
     for leaf in plan.leaves:
-        dst = student.get_submodule(leaf.path)
-        _copy_leaf(
-            leaf.module, dst, leaf, _idx(plan, keep, leaf.g_in), _idx(plan, keep, leaf.g_out)
-        )
+        axes = _leaf_index(leaf, _idx(plan, keep, leaf.g_in), _idx(plan, keep, leaf.g_out))
+        index.update({f"{leaf.path}.{k}": v for k, v in axes.items() if v})
     for path, g in plan.eb.items():
-        _copy_eb(view.get_submodule(path), student.get_submodule(path), _idx(plan, keep, g))
+        idx = _idx(plan, keep, g)
+        if idx is not None:
+            names = [n for n, _ in view.get_submodule(path).named_parameters()]
+            index.update({f"{path}.{n}": {0: idx} for n in names})
+    fallback = _copy_from_teacher(view, student, index)
 
     def as_list(g: int | None) -> list[int] | None:
         idx = _idx(plan, keep, g)
@@ -466,12 +489,39 @@ def build_student(
 
     info = {
         "width": width,
+        "widths": "class" if is_s2c else widths,
         "boundaries": {p: [as_list(g) for g in b] for p, b in plan.boundaries.items()},
         "eb": {p: as_list(g) for p, g in plan.eb.items()},
         "kept_blocks": kept_blocks,
+        "stagewise": not fallback,
     }
+    if fallback:
+        info["not_stagewise"] = (
+            f"{t_spec['name']} derives {fallback[0]} (and {len(fallback) - 1} more tensors) "
+            "from N, so the class-native student's stages do not fit inside the teacher"
+        )
     student.train(False)
     return student, info
+
+
+def _resize(plan: ChannelPlan, sizes: dict[int, int], resize: dict[str, list[int]]) -> dict:
+    """The spec's `resize` entries (leaf path -> channels) of a free-width student."""
+    for leaf in plan.leaves:
+        new_in = sizes.get(plan.find(leaf.g_in)) if plan.is_free(leaf.g_in) else None
+        new_out = sizes.get(plan.find(leaf.g_out)) if plan.is_free(leaf.g_out) else None
+        if new_in is None and new_out is None:
+            continue
+        m = leaf.module
+        if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
+            shape = [new_in or m.in_channels, new_out or m.out_channels]
+            if shape != [m.in_channels, m.out_channels]:
+                resize[leaf.path] = shape
+        elif new_in != m.beta.numel():
+            resize[leaf.path] = [new_in]
+    for path, g in plan.eb.items():
+        if plan.is_free(g) and sizes[plan.find(g)] != plan.size[plan.find(g)]:
+            resize[path] = [sizes[plan.find(g)]]
+    return resize
 
 
 def _sizes_from(plan: ChannelPlan, student: nn.Module) -> dict[int, int]:

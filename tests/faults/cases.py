@@ -21,9 +21,6 @@ from tests.faults.world import VBP_KW, World
 Argv = Callable[[World], list[str]]
 Setup = Callable[[World], None]
 
-# fault cases that fail today, each waiting on a named fix: xfail(strict), so a fix shows
-VBP_ONNX = "vbp export --onnx that cannot be written (torch.onnx writes it directly)"
-
 
 @dataclass
 class Case:
@@ -518,14 +515,7 @@ def vb_export(w: World, onnx: str, checkpoint: str | None = None) -> list[str]:
     return ["export", *VBP_MODEL, "--checkpoint", checkpoint or w["vbp:weights"], "--onnx", onnx]
 
 
-case(
-    "export-onnx-is-dir",
-    VB,
-    lambda w: vb_export(w, w.p("taken")),
-    "taken",
-    setup=dir_out,
-    xfail=VBP_ONNX,
-)
+case("export-onnx-is-dir", VB, lambda w: vb_export(w, w.p("taken")), "taken", setup=dir_out)
 case("export-onnx-read-only", VB,
      lambda w: vb_export(w, w.p("ro/m.onnx")), "ro", setup=readonly_parent)  # fmt: skip
 case(
@@ -616,6 +606,9 @@ case("build-student-teacher-missing", KD,
 case("build-student-teacher-booby", KD,
      lambda w: ["build-student", "--teacher", w["kdic_model:booby"], "--out", w.p("out")],
      file_of("kdic_model:booby"))  # fmt: skip
+case("build-student-widths-unknown", KD,
+     lambda w: ["build-student", "--teacher", w["kdic:codec"], "--widths", "half", "--out",
+                w.p("out")], "--widths")  # fmt: skip
 case("build-student-calib-missing", KD,
      lambda w: ["build-student", "--teacher", w["kdic:codec"], "--calib", w.p("nocalib"),
                 "--out", w.p("out")], "nocalib")  # fmt: skip
@@ -766,8 +759,6 @@ _number_cases()
 
 
 # -- known failures, each waiting on a named fix outside this suite's packages -------------------
-KNOWN: dict[str, str] = {
-    "vbp-export-onnx-read-only": VBP_ONNX,
-}
+KNOWN: dict[str, str] = {}
 for _c in CASES:
     _c.xfail = _c.xfail or KNOWN.get(_c.id)

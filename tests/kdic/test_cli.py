@@ -35,6 +35,8 @@ def test_build_student_reports_costs(tiny_codecs, tmp_path) -> None:
     metrics = json.loads(res.stdout)
     assert metrics["status"] == "ok"
     assert metrics["kmac_ratio"] <= 0.45
+    # the default student is mbt2018-mean itself at N/2 (compressai's loaders read it)
+    assert metrics["architecture"] == "mbt2018-mean N=8 M=24" and metrics["stagewise"]
     assert metrics["student_params"] < metrics["teacher_params"]
     assert Path(metrics["student"]).is_file()
 
@@ -192,7 +194,8 @@ def test_evaluate_trained_codec_matches_decompress(trained_codec, student, tmp_p
     result = json.loads(res.stdout)
     assert [c["label"] for c in result["curves"]] == ["teacher", "student"]
     point = result["curves"][0]["points"][0]
-    assert point["bpp"] > 0 and point["psnr"] > 10 and point["ms_ssim"] is not None
+    assert 0 < point["payload_bpp"] < point["file_bpp"]
+    assert point["psnr"] > 10 and point["ms_ssim"] is not None
     assert (tmp_path / "rd.png").stat().st_size > 1000
 
     from shared.builtin_data import PhotoImages
@@ -206,7 +209,8 @@ def test_evaluate_trained_codec_matches_decompress(trained_codec, student, tmp_p
                "--reference", str(img), "--json")  # fmt: skip
     dec = json.loads(res.stdout)
     assert dec["psnr"] == pytest.approx(point["psnr"], abs=1e-6)
-    assert dec["bpp"] == pytest.approx(point["bpp"])
+    assert dec["bpp"] == pytest.approx(point["file_bpp"])  # the file, header included
+    assert dec["payload_bpp"] == pytest.approx(point["payload_bpp"])
 
 
 @pytest.mark.slow
