@@ -2,11 +2,14 @@
 
 Layout (big-endian):
     magic  b"KDIC" | version u8 | model fingerprint 16 bytes | height u32 | width u32 |
-    padded height u32 | padded width u32 | payload length u32 | payload CRC-32 u32 |
+    padded height u32 | padded width u32 | payload length u32 | CRC-32 u32 |
     payload = shape (u16 length + JSON) + strings (nested: b"L" u32 count items |
     b"B" u32 length bytes)
 The fingerprint ties a file to the exact weights and entropy tables that wrote it, so
-decoding with another model is refused; length and CRC catch truncation and corruption.
+decoding with another model is refused; the length and the CRC (over every byte of the
+file but the CRC itself, header included, so a damaged size cannot decode to an image of
+another size) catch truncation and corruption. Version 1 files (CRC over the payload only)
+are refused: compress the image again.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ __all__ = ["MAGIC", "VERSION", "ContainerError", "compress_image", "decompress_b
            "pack", "payload_bytes", "unpack"]  # fmt: skip
 
 MAGIC = b"KDIC"
-VERSION = 1
+VERSION = 2
 _HEAD = struct.Struct(">4sB16sIIIIII")
 ALIGN = 64  # compressai's models downsample by up to 64 (with the hyperprior)
 
@@ -88,9 +91,9 @@ def pack(fp: bytes, size: tuple[int, int], padded: tuple[int, int], strings: Any
     blob = json.dumps(_plain_shape(shape)).encode()
     payload += struct.pack(">H", len(blob)) + blob
     _enc_strings(strings, payload)
-    head = _HEAD.pack(MAGIC, VERSION, fp, size[0], size[1], padded[0], padded[1],
-                      len(payload), zlib.crc32(payload))  # fmt: skip
-    return head + bytes(payload)
+    fields = (MAGIC, VERSION, fp, size[0], size[1], padded[0], padded[1], len(payload))
+    crc = zlib.crc32(bytes(payload), zlib.crc32(_HEAD.pack(*fields, 0)[:-4]))
+    return _HEAD.pack(*fields, crc) + bytes(payload)
 
 
 def unpack(data: bytes) -> dict[str, Any]:
@@ -104,8 +107,8 @@ def unpack(data: bytes) -> dict[str, Any]:
         raise ContainerError(f"truncated: {len(payload)} of {n} payload bytes")
     if len(payload) > n:
         raise ContainerError(f"{len(payload) - n} unexpected bytes after the payload")
-    if zlib.crc32(payload) != crc:
-        raise ContainerError("corrupt payload (CRC mismatch)")
+    if zlib.crc32(payload, zlib.crc32(data[: _HEAD.size - 4])) != crc:
+        raise ContainerError("corrupt file (CRC mismatch)")
     (m,) = struct.unpack(">H", payload[:2])
     shape = json.loads(payload[2 : 2 + m].decode())
     strings, end = _dec_strings(payload, 2 + m)

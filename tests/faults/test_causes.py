@@ -226,16 +226,13 @@ def test_cause1_every_weight_path_runs_no_code(case: Case, world: W.World, case_
 # -- cause 3: a .kdic file damaged anywhere, header included -----------------------------------
 # the header: magic 4s, version B, model fingerprint 16s, then height, width, padded height,
 # padded width, payload size and payload CRC as big-endian uint32 (kdic_cli/codec_io.py)
-_HEADER_ONLY_CRC = (
-    "the CRC covers only the payload: a damaged size decodes to another image, exit 0"
-)
 KDIC_DAMAGE = {
     "version": (4, None),
     "fingerprint": (12, None),
-    "height": (24, _HEADER_ONLY_CRC),
-    "width": (28, _HEADER_ONLY_CRC),
-    "padded-height": (32, _HEADER_ONLY_CRC),
-    "padded-width": (36, _HEADER_ONLY_CRC),
+    "height": (24, None),
+    "width": (28, None),
+    "padded-height": (32, None),
+    "padded-width": (36, None),
     "payload-size": (40, None),
     "crc": (44, None),
     "middle": (-60, None),
@@ -434,12 +431,10 @@ def _damaged_metadata(w: W.World) -> None:
     save_file({"w": torch.ones(1)}, str(w.tmp / "m.safetensors"), metadata={"toolkit": "{not"})
 
 
-# waiting on a fix in the shared image-folder dataset (torchvision's ImageFolder loader)
-CORRUPT_IMAGE = "vbp's image folder reads images with torchvision's loader: a traceback"
 INPUTS = [
     Case("vbp-collect-stats-corrupt-image-in-folder", "vbp",
          lambda w: [*C.vb_stats(w)[:8], w.p("imgs"), *C.vb_stats(w)[9:]], "bad.png",
-         setup=_image_folder, xfail=CORRUPT_IMAGE),
+         setup=_image_folder),
     Case("scorelidar-train-teacher-resume-state-of-another-command", "scorelidar",
          lambda w: C.sl_teacher(w, "--resume"), "resume.pt", setup=_state_of_another_command),
     Case("kdic-compress-model-metadata-not-json", "kdic",

@@ -308,7 +308,8 @@ def build_kdic(w: World) -> None:
     bad_files(w, "kdic_bits", root / "img.kdic", ".kdic")
     bad_files(w, "kdic_img", root / "img.png", ".png")
     bad_files(w, "kdic_model", root / "codec.safetensors", ".safetensors")
-    for at, name in ((4, "header"), (len(data) // 2, "middle"), (len(data) - 2, "tail")):
+    # header: a byte of the height (the version byte would be refused even without a CRC)
+    for at, name in ((24, "header"), (len(data) // 2, "middle"), (len(data) - 2, "tail")):
         flipped = bytearray(data)
         flipped[at] ^= 0x5A
         w.files[f"kdic_bits:flip_{name}"] = _write(root / f"flip_{name}.kdic", bytes(flipped))
