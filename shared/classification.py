@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
 from shared.builtin_data import (  # noqa: I001
@@ -59,6 +59,32 @@ def _folder_root_for_split(root: Path, split: str) -> Path:
     return sub
 
 
+class UnreadableImage(InputError):  # noqa: N818 (named like InputError: bad input, exit 2)
+    """An image file of a folder that cannot be decoded: exit 2, one line naming the file.
+
+    A DataLoader worker's exception is rebuilt in the main process from the text "Caught
+    <type> in DataLoader worker ... Original Traceback ..."; this class keeps only the
+    original message (the traceback's last line), so the error stays one line there too."""
+
+    def __init__(self, message: str) -> None:
+        if message.startswith("Caught ") and "Traceback" in message:
+            message = message.strip().splitlines()[-1].split(": ", 1)[-1]
+        super().__init__(message)
+
+
+def read_rgb(path: str) -> Image.Image:
+    """An image folder's loader: the file decoded fully as an RGB PIL image (torchvision's
+    default loader, but a file that is not a readable image is an `UnreadableImage`)."""
+    try:
+        with Image.open(path) as img:
+            return img.convert("RGB")
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        if isinstance(exc, UnidentifiedImageError):
+            reason = "not a recognised image format"
+        raise UnreadableImage(f"cannot read image {path}: {reason}") from None
+
+
 def _image_folder(
     root: Path,
     split: str,
@@ -74,7 +100,7 @@ def _image_folder(
     if transform is None:
         transform = _default_folder_transform(image_size, channels, mean, std)
     try:
-        return ImageFolder(str(folder), transform=transform)
+        return ImageFolder(str(folder), transform=transform, loader=read_rgb)
     except (FileNotFoundError, RuntimeError) as exc:
         first = str(exc).splitlines()[0] if str(exc) else "no images"
         raise InputError(

@@ -12,11 +12,11 @@ from __future__ import annotations
 import itertools
 import json
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -45,6 +45,9 @@ from vbp_cli.prune import (
 from vbp_cli.stats import NeuronStats
 from vbp_cli.statsfile import STATS_FILE, load_stats, save_stats
 
+if TYPE_CHECKING:
+    from shared.classify import FitConfig
+
 
 @contextmanager
 def bad_input(prefix: str = "") -> Iterator[None]:
@@ -55,23 +58,32 @@ def bad_input(prefix: str = "") -> Iterator[None]:
         raise InputError(f"{prefix}{exc}") from None
 
 
-def checkpoint_weights(path: Path, ema: bool = True) -> str:
-    """Which weights of a foreign checkpoint are loaded: "ema" (a timm train.py checkpoint's
-    state_dict_ema), "raw" (its state_dict while it also holds EMA weights: --no-ema) or
-    "plain" (the file holds one set of weights)."""
-    from shared.checkpoints import safe_torch_load
+def read_checkpoint(path: Path, ema: bool = True) -> tuple[dict[str, torch.Tensor], str]:
+    """The weights of a foreign checkpoint (.pth/.safetensors, read once) and which of its
+    sets they are: "ema" (a timm train.py checkpoint's state_dict_ema), "raw" (its
+    state_dict while it also holds EMA weights: --no-ema) or "plain" (the file holds one set
+    of weights)."""
+    from shared.checkpoints import load_state_dict, safe_torch_load, unwrap_state_dict
 
     if Path(path).suffix == ".safetensors":
-        return "plain"
+        return load_state_dict(path), "plain"
     obj = safe_torch_load(path)
-    keys = set(obj) if isinstance(obj, dict) else set()
-    has_ema = any(
-        isinstance(obj.get(k), dict) for k in ("state_dict_ema", "model_ema") if k in keys
-    )
-    has_raw = any(isinstance(obj.get(k), dict) for k in ("state_dict", "model_state_dict", "model"))
+    state = unwrap_state_dict(obj, path, ema=ema)
+    held = obj if isinstance(obj, dict) else {}
+
+    def holds(*keys: str) -> bool:
+        return any(isinstance(held.get(k), dict) for k in keys)
+
+    has_ema = holds("state_dict_ema", "model_ema")
+    has_raw = holds("state_dict", "model_state_dict", "model")
     if has_ema and (ema or not has_raw):
-        return "ema"
-    return "raw" if has_ema else "plain"
+        return state, "ema"
+    return state, "raw" if has_ema else "plain"
+
+
+def checkpoint_weights(path: Path, ema: bool = True) -> str:
+    """Which weights of a foreign checkpoint are loaded (see `read_checkpoint`)."""
+    return read_checkpoint(path, ema)[1]
 
 
 def load_checkpoint_weights(
@@ -79,11 +91,8 @@ def load_checkpoint_weights(
 ) -> str:
     """Load a foreign checkpoint (.pth/.safetensors; timm train.py files with their EMA
     weights unless `ema` is false) strictly into `model`; returns which weights were used
-    (see `checkpoint_weights`). A mismatch is one line naming the first bad key."""
-    from shared.checkpoints import load_state_dict
-
-    which = checkpoint_weights(path, ema)
-    state = load_state_dict(path, ema=ema)
+    (see `read_checkpoint`). A mismatch is one line naming the first bad key."""
+    state, which = read_checkpoint(path, ema)
     own = model.state_dict()
     shapes = [k for k in own if k in state and state[k].shape != own[k].shape]
     missing = [k for k in own if k not in state]
@@ -149,6 +158,28 @@ def _check_data_exists(data: str) -> None:
         raise InputError(f"--data {data}: no such file or folder")
 
 
+def _check_data_kind(model: str, data: str, *, causal: bool) -> None:
+    """Text data goes with a transformers text model (a causal LM where `causal`), image data
+    with an image model: a mismatch is refused before any model is loaded."""
+    from vbp_cli import hf
+
+    path = Path(model).expanduser()
+    folder = path.parent if path.name == MODEL_FILE else path
+    model_type = hf.read_config(folder)["model_type"] if hf.is_hf_folder(folder) else None
+    if text_data.is_text_spec(data):
+        wanted = hf.CAUSAL_LM if causal else tuple(t for t in hf.FAMILIES if t != "vit")
+        if model_type not in wanted:
+            kind = "a causal language model" if causal else "a transformers text model"
+            raise InputError(
+                f"--data {data}: text data needs {kind} folder ({', '.join(wanted)}); "
+                f"{model} is not one"
+            )
+    elif model_type is not None and model_type != "vit":
+        raise InputError(
+            f"--data {data}: {model} is a {model_type} text model: give it text (--data text:PATH)"
+        )
+
+
 def _workers(requested: int, data: str) -> int:
     from shared.loaders import resolve_workers
 
@@ -169,6 +200,7 @@ def collect_stats_from_options(
 
     dev = torch.device(device)
     _check_data_exists(cfg.data)  # before the model is loaded
+    _check_data_kind(cfg.model, cfg.data, causal=False)
     net, arch, weights = _build(cfg)
     net.to(dev)
     if text_data.is_text_spec(cfg.data):  # token windows from the model folder's tokenizer
@@ -344,8 +376,8 @@ def prune_to_file(
     report = prune_with_report(net, cfg.stats, **settings)
     if out is not None:
         source = {
-            "model": cfg.model,
-            # absolute: finetune may run from another folder
+            # a transformers folder absolute, as the checkpoint: finetune may run elsewhere
+            "model": str(Path(cfg.model).expanduser().resolve()) if arch.hf else cfg.model,
             "checkpoint": str(Path(cfg.checkpoint).resolve()) if cfg.checkpoint else None,
             "pretrained": cfg.pretrained,
             "model_kwargs": arch.model_kwargs,
@@ -398,8 +430,10 @@ def build_teacher(
             flag="teacher checkpoint",
         )
         return net, which
+    from vbp_cli import hf
+
     parsed = dict(kwargs or {})
-    if not parsed and saved_model_path(teacher) is None:
+    if not parsed and not hf.is_hf_folder(teacher) and saved_model_path(teacher) is None:
         parsed = source.get("model_kwargs") or {}
     net, _, which = build_with_weights(
         teacher,
@@ -427,6 +461,17 @@ def check_compatible(student: nn.Module, teacher: nn.Module) -> None:
         raise InputError(f"--teacher predicts {classes[1]} classes, the model {classes[0]}")
 
 
+def check_lm_compatible(student: nn.Module, teacher: nn.Module) -> None:
+    """Teacher and student language models must predict the same vocabulary."""
+    from vbp_cli import hf
+
+    if not hf.is_causal_lm(teacher):
+        raise InputError(f"--teacher is a {type(teacher).__name__}, not a causal language model")
+    vocab = [m.get_output_embeddings().weight.shape[0] for m in (student, teacher)]
+    if vocab[0] != vocab[1]:
+        raise InputError(f"--teacher predicts {vocab[1]} tokens, the model {vocab[0]}")
+
+
 # -- finetune --------------------------------------------------------------------------------
 def finetune(
     cfg: options.FinetuneOptions,
@@ -436,16 +481,20 @@ def finetune(
     out: Path | None = None,
 ) -> dict[str, Any]:
     """Knowledge-distillation fine-tuning of a pruned model from its unpruned teacher on the
-    shared training loop. `run` (the command's Run) gives checkpoints and --resume; the
-    model is written to the run folder, or to `out`/model.safetensors from Python."""
+    shared training loop: an image model on --data images (top-1 on the val split after), a
+    causal language model on --data text:PATH windows (held-out perplexity before and after).
+    `run` (the command's Run) gives checkpoints and --resume; the model is written to the run
+    folder, or to `out`/model.safetensors from Python (a transformers model as a folder, as
+    the pruned one was)."""
     from shared import distributed
-    from shared.classify import FitConfig, evaluate_classifier, fit_classifier
-    from shared.loaders import make_loader, shard
-    from shared.timm_data import classification_data
+    from shared.classify import FitConfig
     from vbp_cli.models import load_model_with_arch
 
     dev = torch.device(device)
     torch.manual_seed(cfg.seed)
+    _check_data_exists(cfg.data)
+    text = text_data.is_text_spec(cfg.data)
+    _check_data_kind(cfg.model, cfg.data, causal=True)
     student, arch = load_model_with_arch(cfg.model)
     teacher_net, teacher_weights = build_teacher(
         cfg.model,
@@ -455,11 +504,52 @@ def finetune(
         cfg.teacher_kw,
         ema=cfg.ema if cfg.teacher_checkpoint or not cfg.ema else None,
     )
-    check_compatible(student, teacher_net)
+    (check_lm_compatible if text else check_compatible)(student, teacher_net)
     student.to(dev)
     teacher_net.to(dev).eval().requires_grad_(False)
-    train = classification_data(cfg.data, student, "train", augment=True)
-    val = classification_data(cfg.data, student, "val")
+    # the training settings finetune has options for (epochs, lr, KD...); the rest default
+    fit_cfg = FitConfig(
+        **{f.name: getattr(cfg, f.name) for f in fields(FitConfig) if hasattr(cfg, f.name)}
+    )
+    job = _Distillation(cfg, fit_cfg, student, teacher_net, arch, dev, run)
+    fit, score = _finetune_text(job) if text else _finetune_images(job)
+    path = run.path(MODEL_FILE) if run is not None else (Path(out) / MODEL_FILE if out else None)
+    if path is not None and distributed.is_main():
+        recipe = {"epochs": cfg.epochs, "data": cfg.data}
+        # the pruned model's record of its unpruned one stays: it is the teacher of a rerun
+        extra = {"source": _recorded_source(cfg.model), "finetune": recipe}
+        save_model(student, arch, path, extra=extra)
+    written = {"model": str(path.parent if arch.hf else path) if path else None}
+    return {**fit, **score(), **written, "teacher_weights": teacher_weights}
+
+
+@dataclass
+class _Distillation:
+    """What a finetune distils, with what settings, where: the same for both kinds of data."""
+
+    cfg: options.FinetuneOptions
+    fit_cfg: FitConfig
+    student: nn.Module
+    teacher: nn.Module
+    arch: Architecture
+    device: torch.device
+    run: Any | None
+
+
+# the training summary, and the scores of the trained model (called once it is saved)
+Fitted = tuple[dict[str, Any], Callable[[], dict[str, Any]]]
+
+
+def _finetune_images(job: _Distillation) -> Fitted:
+    """Distil on the train split (timm augmentation); scores: top-1/top-5 on the val split."""
+    from shared import distributed
+    from shared.classify import evaluate_classifier, fit_classifier
+    from shared.loaders import make_loader, shard
+    from shared.timm_data import classification_data
+
+    cfg, dev = job.cfg, job.device
+    train = classification_data(cfg.data, job.student, "train", augment=True)
+    val = classification_data(cfg.data, job.student, "val")
     workers = _workers(cfg.num_workers, cfg.data)
     loader = make_loader(
         train.dataset,
@@ -474,28 +564,92 @@ def finetune(
         raise InputError(
             f"--data {cfg.data}: fewer training images than --batch-size {cfg.batch_size}"
         )
-    # the training settings finetune has options for (epochs, lr, KD...); the rest default
-    fit_cfg = FitConfig(
-        **{f.name: getattr(cfg, f.name) for f in fields(FitConfig) if hasattr(cfg, f.name)}
-    )
     fit = fit_classifier(
-        distributed.wrap_ddp(student, dev),
+        distributed.wrap_ddp(job.student, dev),
         loader,
-        fit_cfg,
+        job.fit_cfg,
         device=dev,
-        teacher=teacher_net,
-        run=run,
+        teacher=job.teacher,
+        run=job.run,
         description="finetune",
     )
-    path = run.path(MODEL_FILE) if run is not None else (Path(out) / MODEL_FILE if out else None)
-    if path is not None and distributed.is_main():
-        recipe = {"epochs": cfg.epochs, "data": cfg.data}
-        save_model(student, arch, path, extra={"finetune": recipe})
-    val_loader = make_loader(
-        shard(val.dataset), 256, shuffle=False, num_workers=workers, distribute=False
+
+    def score() -> dict[str, Any]:
+        val_loader = make_loader(
+            shard(val.dataset), 256, shuffle=False, num_workers=workers, distribute=False
+        )
+        return evaluate_classifier(
+            job.student, val_loader, device=dev, teacher=job.teacher, amp=cfg.amp
+        )
+
+    return fit, score
+
+
+def _finetune_text(job: _Distillation) -> Fitted:
+    """Distil the next-token distributions on the train windows of the text, as a classifier
+    of tokens (`vbp_cli.lm_distill`); scores: perplexity on the held-out windows (before
+    fine-tuning, after, and the teacher's) and the mean per-token KL from the teacher before
+    and after."""
+    from torch.utils.data import TensorDataset
+
+    from shared import distributed
+    from shared.classify import fit_classifier
+    from shared.loaders import make_loader
+    from vbp_cli import hf
+    from vbp_cli.lm_distill import NextTokenLogits, heldout_scores, next_token_batch
+
+    cfg, dev, student = job.cfg, job.device, job.student
+    assert job.arch.hf is not None  # a causal LM folder (see _check_data_kind)
+    seq_len = cfg.seq_len or options.TEXT_SEQ_LEN
+    windows = {
+        split: text_data.TextWindows(cfg.data, job.arch.hf["path"], seq_len, split).of(student)
+        for split in ("train", "test")
+    }
+    loader = make_loader(
+        TensorDataset(windows["train"]),
+        cfg.batch_size,
+        shuffle=True,
+        seed=cfg.seed,
+        drop_last=True,
+        pin_memory=dev.type == "cuda",
     )
-    acc = evaluate_classifier(student, val_loader, device=dev, teacher=teacher_net, amp=cfg.amp)
-    return {**fit, **acc, "model": str(path) if path else None, "teacher_weights": teacher_weights}
+    loader.collate_fn = next_token_batch  # (windows, their next tokens as labels)
+    if len(loader) == 0:
+        raise InputError(
+            f"--data {cfg.data}: {windows['train'].shape[0]} training windows of "
+            f"{windows['train'].shape[1]} tokens, fewer than --batch-size {cfg.batch_size}"
+        )
+
+    def heldout() -> dict[str, torch.Tensor]:
+        test = windows["test"]
+        return heldout_scores(student, job.teacher, test, batch_size=cfg.batch_size, device=dev)
+
+    before = heldout()
+    fit = fit_classifier(
+        distributed.wrap_ddp(NextTokenLogits(student), dev),
+        loader,
+        job.fit_cfg,
+        device=dev,
+        teacher=NextTokenLogits(job.teacher),
+        run=job.run,
+        description="finetune",
+    )
+
+    def score() -> dict[str, Any]:
+        after = heldout()
+        ppl = text_data.perplexity_from_nll
+        return {
+            **ppl(after["nll"]),
+            "perplexity_before": ppl(before["nll"])["perplexity"],
+            "teacher_perplexity": ppl(before["teacher_nll"])["perplexity"],
+            "kl": float(after["kl"].mean()),
+            "kl_before": float(before["kl"].mean()),
+            "train_windows": int(windows["train"].shape[0]),
+            "seq_len": int(windows["test"].shape[1]),
+            **hf.loadability(student),
+        }
+
+    return fit, score
 
 
 # -- evaluate, benchmark, export -------------------------------------------------------------
@@ -508,6 +662,8 @@ def evaluate(cfg: options.EvaluateOptions, *, device: torch.device | str = "cpu"
     from shared.timm_data import classification_data
 
     dev = torch.device(device)
+    _check_data_exists(cfg.data)
+    _check_data_kind(cfg.model, cfg.data, causal=True)
     net, _, weights = _build(cfg)
     teacher_net, teacher_weights = None, None
     if cfg.teacher:

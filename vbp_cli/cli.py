@@ -51,8 +51,12 @@ def prune_cmd(cfg: PruneOptions, inv: Invocation) -> dict:
 
 @tool_command(app, "finetune", FinetuneOptions, train=True)
 def finetune_cmd(cfg: FinetuneOptions, inv: Invocation) -> dict:
-    """Recover accuracy with logit distillation from the unpruned model (AdamW + cosine,
-    timm augmentation, AMP on GPU, DDP under torchrun/srun, checkpoints and --resume)."""
+    """Recover accuracy with logit distillation from the unpruned model (AdamW + cosine, AMP
+    on GPU, DDP under torchrun/srun, checkpoints and --resume). An image model trains on
+    --data images with timm augmentation and reports top-1; a language model (a pruned
+    transformers folder) on --data text:PATH windows, distilling the next-token
+    distributions of --teacher (default: the folder it was pruned from), and reports
+    held-out perplexity before and after; it is written as the same kind of folder."""
     return _api().finetune(cfg, device=inv.device, run=inv.run)
 
 

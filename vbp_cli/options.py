@@ -40,6 +40,8 @@ EMA_HELP = (
 )
 EXPORT_FORMATS = ("onnx", "torchscript", "pt2", "timm")
 TEACHER_PRETRAINED_HELP = "Teacher from timm's hub weights."
+TEXT_SEQ_LEN = 128  # tokens per window of --data text:PATH
+SEQ_LEN_HELP = "Tokens per window with --data text:PATH."
 TEACHER_KWARGS_HELP = (
     "JSON kwargs for a timm-name teacher (default: the ones the pruned model records)."
 )
@@ -78,7 +80,7 @@ class CollectStatsOptions(_ModelOnData):
     num_workers: int = opt(-1, WORKERS_HELP, min=-1)
     amp: bool = opt(True, AMP_HELP)
     seed: int = opt(0, "Random seed (the order of the images with --batches).", min=0)
-    seq_len: int = opt(128, "Tokens per window with --data text:PATH.", min=2)
+    seq_len: int = opt(TEXT_SEQ_LEN, SEQ_LEN_HELP, min=2)
     model_kw: dict[str, Any] = field(default_factory=dict)
 
 
@@ -122,21 +124,36 @@ class PruneOptions(_ParsesKwargs):
 
 @dataclass
 class FinetuneOptions(_ParsesKwargs):
-    model: str = opt(help="The pruned model (a path vbp wrote).", short="-m")
-    data: str = opt(help=DATA_HELP, short="-d")
+    model: str = opt(
+        help="The pruned model (a path vbp wrote: a timm model file or a transformers folder).",
+        short="-m",
+    )
+    data: str = opt(
+        help="Image folder or builtin:digits for an image model; text:PATH (a text file or "
+        "folder, tokenised with the model folder's tokenizer) for a language model.",
+        short="-d",
+    )
     teacher: str | None = opt(
-        None, "The unpruned model: timm name or path. Default: the model prune started from."
+        None,
+        "The unpruned model: timm name, vbp path or transformers folder. Default: the model "
+        "prune started from.",
     )
     teacher_checkpoint: Path | None = opt(None, TEACHER_CKPT_HELP)
     teacher_pretrained: bool = opt(False, TEACHER_PRETRAINED_HELP)
     teacher_kwargs: str | None = opt(None, TEACHER_KWARGS_HELP)
     ema: bool = opt(True, EMA_HELP)
     epochs: float = opt(10.0, "Epochs over --data's train split.", min=0)
-    batch_size: int = opt(64, "Images per batch.", short="-b", min=1)
+    batch_size: int = opt(64, "Images (or text windows) per batch.", short="-b", min=1)
     lr: float = opt(1e-4, "Peak AdamW learning rate (cosine, warm-up).", min=0, min_open=True)
     weight_decay: float = opt(0.05, "AdamW weight decay.", min=0)
-    kd_alpha: float = opt(0.5, "Weight of the KD term: (1-a)*CE + a*T^2*KL.", min=0, max=1)
+    kd_alpha: float = opt(
+        0.5, "Weight of the KD term: (1-a)*CE + a*T^2*KL (CE: labels or next tokens).", min=0, max=1
+    )
     kd_temperature: float = opt(2.0, "KD temperature T.", min=0.01)
+    # None rather than the default: the resume states of image runs stay valid
+    seq_len: int | None = opt(
+        None, f"Tokens per window with --data text:PATH (default {TEXT_SEQ_LEN}).", min=2
+    )
     amp: bool = opt(True, AMP_HELP)
     num_workers: int = opt(-1, WORKERS_HELP, min=-1)
     seed: int = opt(0, "Random seed.", min=0)
@@ -162,7 +179,7 @@ class EvaluateOptions(_ModelOnData):
     speed: bool = opt(True, "Measure latency and throughput.")
     amp: bool = opt(True, AMP_HELP)
     num_workers: int = opt(-1, WORKERS_HELP, min=-1)
-    seq_len: int = opt(128, "Tokens per window with --data text:PATH.", min=2)
+    seq_len: int = opt(TEXT_SEQ_LEN, SEQ_LEN_HELP, min=2)
     model_kw: dict[str, Any] = field(default_factory=dict)
     teacher_kw: dict[str, Any] = field(default_factory=dict)
 

@@ -102,6 +102,19 @@ def model_seq_len(model: nn.Module, requested: int) -> int:
     return min(requested, limit) if limit else requested
 
 
+def next_token_logits(model: nn.Module, ids: torch.Tensor) -> torch.Tensor:
+    """(B, L-1, V) logits of a causal LM at the tokens of `ids` (B, L) that have a next token."""
+    return model(input_ids=ids, use_cache=False).logits[:, :-1]
+
+
+def token_nll(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """(B, L-1) next-token cross-entropy of `next_token_logits` for the windows `ids`."""
+    loss = nn.functional.cross_entropy(
+        logits.reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1), reduction="none"
+    )
+    return loss.view(ids.shape[0], -1)
+
+
 @torch.no_grad()
 def window_nll(
     model: nn.Module,
@@ -117,11 +130,8 @@ def window_nll(
     per_window: list[torch.Tensor] = []
     for start in range(0, windows.shape[0], batch_size):
         ids = windows[start : start + batch_size].to(device)
-        logits = model(input_ids=ids).logits.float()
-        loss = nn.functional.cross_entropy(
-            logits[:, :-1].reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1), reduction="none"
-        )
-        per_window.append(loss.view(ids.shape[0], -1).mean(1).double().cpu())
+        loss = token_nll(next_token_logits(model, ids).float(), ids)
+        per_window.append(loss.mean(1).double().cpu())
     return torch.cat(per_window)
 
 

@@ -355,3 +355,160 @@ def test_moe_and_unknown_families_are_refused(tmp_path: Path) -> None:
         assert res.code == 2, res.stderr
         line = _one_error_line(res.stderr)
         assert "LLaMA" in line and "GPT-2" in line
+
+
+# -- fine-tuning a pruned language model ---------------------------------------------------
+# 20 steps of 8 windows of 16 tokens: seconds on a CPU
+LM_FINETUNE = ["--seq-len", "16", "-b", "8", "--epochs", "1", "--lr", "1e-3", "--device", "cpu"]
+
+
+def _train_dense(family: str, folder: Path, text_file: Path) -> Path:
+    """A tiny model of `family` trained a little on the text (a teacher that knows something
+    for the pruned model to lose and recover), written as a transformers folder."""
+    from vbp_cli.text_data import next_token_logits, text_windows, token_nll
+
+    model = tiny(family)
+    write_folder(model, folder)
+    windows = text_windows(f"text:{text_file}", folder, 16, "train")
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    gen = torch.Generator().manual_seed(0)
+    model.train()
+    for _ in range(60):
+        ids = windows[torch.randint(0, windows.shape[0], (16,), generator=gen)]
+        loss = token_nll(next_token_logits(model, ids), ids).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    model.eval().save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def lms(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, object]:
+    """The text, and `make(family, uniform)`: (dense folder, pruned folder) at ratio 0.5,
+    each made once for the module."""
+    root = tmp_path_factory.mktemp("lm")
+    text_file = root / "corpus.txt"
+    text_file.write_text(TEXT)
+    made: dict[tuple[str, bool], tuple[Path, Path]] = {}
+
+    def make(family: str, uniform: bool) -> tuple[Path, Path]:
+        if (family, uniform) not in made:
+            dense = root / f"{family}-dense"
+            if not dense.exists():
+                _train_dense(family, dense, text_file)
+            work = root / f"{family}-{'uniform' if uniform else 'global'}"
+            work.mkdir()
+            flags = ["--uniform"] if uniform else []
+            made[family, uniform] = (dense, _stats_and_prune(dense, text_file, work, *flags)[0])
+        return made[family, uniform]
+
+    return text_file, make
+
+
+def _finetune_lm(pruned: Path, text_file: Path, out: Path, *flags: str) -> dict:
+    res = run_cli(
+        "vbp", "finetune", "--model", str(pruned), "--data", f"text:{text_file}",
+        *LM_FINETUNE, "--out", str(out), "--json", *flags,
+    )  # fmt: skip
+    assert res.code == 0, res.stderr
+    return json.loads(res.stdout)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("family", "uniform"), [("llama", True), ("gpt2", False)])
+def test_lm_finetune_recovers_the_teacher_and_writes_a_folder_of_the_same_kind(
+    family: str, uniform: bool, lms: tuple[Path, object], tmp_path: Path
+) -> None:
+    from shared.checkpoints import read_metadata
+    from vbp_cli import load_model
+
+    text_file, make = lms
+    dense, pruned = make(family, uniform)
+    ft = tmp_path / "ft"
+    metrics = _finetune_lm(pruned, text_file, ft)  # the teacher: the folder prune recorded
+    assert metrics["steps"] == 20
+    # held-out windows: closer to the teacher's next-token distributions, and a lower
+    # perplexity, than right after pruning (which cost something to recover)
+    assert metrics["perplexity_before"] > metrics["teacher_perplexity"], metrics
+    assert metrics["kl"] < 0.8 * metrics["kl_before"], metrics
+    assert metrics["perplexity"] < 0.95 * metrics["perplexity_before"], metrics
+    # the same kind of folder as the pruned one: config, weights with the widths, tokenizer
+    assert metrics["model"] == str(ft) and (ft / "tokenizer.json").is_file()
+    ours, before = load_model(ft), load_model(pruned)
+    assert [r.hidden for r in find_mlps(ours)] == [r.hidden for r in find_mlps(before)]
+    x = inputs(ours)
+    assert not torch.equal(out(ours, x), out(before, x))
+    assert metrics["transformers_loadable"] is uniform
+    if uniform:
+        theirs = type(ours).from_pretrained(ft).eval()
+        torch.testing.assert_close(out(theirs, x), out(ours, x), rtol=0, atol=1e-6)
+    # evaluate reads it, and scores the same held-out windows the same
+    res = run_cli(
+        "vbp", "evaluate", "--model", str(ft), "--data", f"text:{text_file}", "--seq-len", "16",
+        "--json",
+    )  # fmt: skip
+    assert res.code == 0, res.stderr
+    assert json.loads(res.stdout)["perplexity"] == pytest.approx(metrics["perplexity"], rel=1e-5)
+    # the record of the dense model stays (absolute): a second finetune needs no --teacher
+    assert read_metadata(ft / "model.safetensors")["source"]["model"] == str(dense.resolve())
+
+
+@pytest.mark.slow
+def test_lm_finetune_stopped_and_resumed_gives_the_same_weights(
+    lms: tuple[Path, object], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from safetensors.torch import load_file
+
+    from shared.runs import Run
+
+    text_file, make = lms
+    _, pruned = make("gpt2", False)  # GPT-2 has dropout: the RNG state must resume too
+    args = ("--checkpoint-every", "0", "--kd-alpha", "1")
+    expected = _finetune_lm(pruned, text_file, tmp_path / "ref", *args)
+    step_done = Run.step_done
+
+    def stop_after_step_7(run: Run, step: int, make_state: object) -> None:
+        if step == 7:  # as SIGTERM does: save the state after this step and exit 75
+            run.request_stop("SIGTERM")
+        step_done(run, step, make_state)
+
+    monkeypatch.setattr(Run, "step_done", stop_after_step_7)
+    res = run_cli(
+        "vbp", "finetune", "--model", str(pruned), "--data", f"text:{text_file}", *LM_FINETUNE,
+        "--out", str(tmp_path / "stopped"), *args,
+    )  # fmt: skip
+    assert res.code == 75, res.stderr
+    monkeypatch.undo()
+    resumed = _finetune_lm(pruned, text_file, tmp_path / "stopped", *args, "--resume")
+    a = load_file(tmp_path / "ref" / "model.safetensors")
+    b = load_file(tmp_path / "stopped" / "model.safetensors")
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    for key in ("final_loss", "perplexity", "perplexity_before", "kl"):
+        assert resumed[key] == expected[key], key
+
+
+def test_finetune_refuses_data_of_the_other_kind(tmp_path: Path, text_file: Path) -> None:
+    """Image data for a language model, text data for an image model (or for a text model that
+    is no causal LM): exit 2, one line, before any model is loaded; nothing left in --out."""
+    from vbp_cli import save_model
+    from vbp_cli.models import Architecture
+
+    kwargs = {"img_size": 32, "patch_size": 8, "depth": 1, "num_classes": 3}
+    vit = timm.create_model("vit_tiny_patch16_224", **kwargs)
+    image_model = tmp_path / "vit.safetensors"
+    save_model(vit, Architecture("vit_tiny_patch16_224", kwargs), image_model)
+    gpt2 = write_folder(tiny("gpt2"), tmp_path / "gpt2")
+    bert = write_folder(tiny("bert"), tmp_path / "bert")
+    for model, data, message in (
+        (gpt2, "builtin:digits", "gpt2 text model: give it text (--data text:PATH)"),
+        (image_model, f"text:{text_file}", "text data needs a causal language model"),
+        (bert, f"text:{text_file}", "bert is not one"),
+    ):
+        ft = tmp_path / f"ft-{model.stem}"
+        res = run_cli("vbp", "finetune", "--model", str(model), "--data", data, "--out", str(ft))
+        assert res.code == 2, res.stderr
+        assert message in _one_error_line(res.stderr)
+        assert not ft.exists()
