@@ -120,9 +120,11 @@ def main() -> None:
     real_acc = (predict(real) == real_labels).float().mean().item() * 100
     for ratio in args.ratios:
         for mode in ("tome", "importance"):
+            # fidelity of merging itself: merge even where the cost model would skip it
             tomerge_cli.apply_patch(
-                model.unet, ratio=ratio, mode=mode, prune_steps=args.prune_steps
-            )
+                model.unet, ratio=ratio, mode=mode, prune_steps=args.prune_steps,
+                skip_unprofitable=False,
+            )  # fmt: skip
             imgs, sec = run_all()
             tomerge_cli.remove_patch(model.unet)
             per_img_psnr = [psnr(imgs[i : i + 1], base[i : i + 1]) for i in range(len(imgs))]

@@ -90,6 +90,17 @@ class _Layers:
         "Spatial transformer blocks to patch, e.g. 7-20 or 0,2,5 (default: all for UNets, "
         "the middle half for DiTs).",
     )
+    skip_unprofitable: bool = opt(
+        True,
+        "Leave blocks unmerged where merging costs more than it saves (too few tokens for "
+        "their width, measured break-even); --no-skip-unprofitable merges every block.",
+    )
+    min_tokens: int | None = opt(
+        None, "Fixed token threshold of --skip-unprofitable (default: by block width).", min=0
+    )
+    frame_window: int = opt(
+        1, "Video transformers (Wan): merge within groups of this many frames.", min=1
+    )
 
 
 @dataclass(kw_only=True)
@@ -182,6 +193,9 @@ def merge_options(cfg: _Sampling) -> dict[str, Any]:
             "prune_steps": cfg.prune_steps,
             "importance_start": cfg.importance_start,
             "blocks": parse_blocks(cfg.blocks),
+            "skip_unprofitable": cfg.skip_unprofitable,
+            "min_tokens": cfg.min_tokens,
+            "frame_window": cfg.frame_window,
         }
     return opts
 

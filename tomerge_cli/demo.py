@@ -116,7 +116,8 @@ def patch(model: nn.Module, method: str) -> Callable[[], None]:
 
         tomesd.apply_patch(model, ratio=RATIO)
         return lambda: tomesd.remove_patch(model)
-    tomerge_cli.apply_patch(model, ratio=RATIO, mode=method)
+    # a fidelity comparison: merge even where the cost model would skip these small blocks
+    tomerge_cli.apply_patch(model, ratio=RATIO, mode=method, skip_unprofitable=False)
     return lambda: tomerge_cli.remove_patch(model)
 
 

@@ -24,9 +24,20 @@ partition and the matching are `patch.TokenMerger`'s and `merge.py`'s; this modu
     student gives for free. Needs two previous steps, so the first two steps use the grid.
   - "auto": "cfg" when the batch is a CFG pair, else "step-delta".
 
-Not supported yet: Wan (`WanTransformerBlock`: 3D rotary, merging within frames) and Sana
-(`SanaTransformerBlock`: linear attention, cost linear in N, so merging saves only the
-projections and the MLP, not a quadratic term); they get a clear ValueError.
+- video and linear-attention transformers (`WanTokenMerger`):
+  - `WanTransformerBlock` (Wan 2.x text-to-video): tokens are frames x height x width in
+    frame-major order. Each frame is matched on its own (`frame_window=1`), or groups of
+    `frame_window` neighbouring frames together, so that a token may merge into a
+    destination of another frame of its group (static backgrounds). The 3D rotary rows
+    (cos, sin of shape (1, S, 1, D)) follow the kept tokens; when the images of a batch keep
+    different tokens they become (B, S', 1, D), which Wan's attention broadcasts as is.
+    Wan's pipeline runs the conditional and unconditional passes as two calls with the same
+    timestep: they share one step (and partition), and the paper's map |eps_cond -
+    eps_uncond| comes from the two outputs.
+  - `SanaTransformerBlock` (Sana): linear attention, whose cost is linear in N, so merging
+    saves in proportion to the tokens removed (projections and the attention alike), not a
+    quadratic term; its MLP is a convolution over the token grid and is never merged.
+Any other transformer block gets a ValueError naming the supported families.
 """
 
 from __future__ import annotations
@@ -44,7 +55,7 @@ from tomerge_cli.patch import Settings, TokenMerger, spatial_blocks
 SUPPORTED = (
     "BasicTransformerBlock (Stable Diffusion 1.x/2.x, SDXL, PixArt, AnimateDiff), "
     "JointTransformerBlock (SD3, SD3.5), FluxTransformerBlock and FluxSingleTransformerBlock "
-    "(Flux.1)"
+    "(Flux.1), WanTransformerBlock (Wan 2.x text-to-video), SanaTransformerBlock (Sana)"
 )
 
 
@@ -67,22 +78,27 @@ def step_delta_map(
 
 
 def _dit_classes() -> dict[type, str]:
-    """Block class -> family ("joint", "flux", "flux_single")."""
+    """Block class -> family ("joint", "flux", "flux_single", "wan", "sana")."""
     from diffusers.models.attention import JointTransformerBlock
+    from diffusers.models.transformers.sana_transformer import SanaTransformerBlock
     from diffusers.models.transformers.transformer_flux import (
         FluxSingleTransformerBlock,
         FluxTransformerBlock,
     )
+    from diffusers.models.transformers.transformer_wan import WanTransformerBlock
 
     return {
         JointTransformerBlock: "joint",
         FluxTransformerBlock: "flux",
         FluxSingleTransformerBlock: "flux_single",
+        WanTransformerBlock: "wan",
+        SanaTransformerBlock: "sana",
     }
 
 
 def dit_blocks(model: nn.Module) -> list[nn.Module]:
-    """The SD3 / Flux blocks of a model in execution order (Flux: double then single)."""
+    """The SD3 / Flux / Wan / Sana blocks of a model in execution order (Flux: double then
+    single)."""
     classes = tuple(_dit_classes())
     return [m for m in model.modules() if isinstance(m, classes)]
 
@@ -100,7 +116,10 @@ def make_merger(model: nn.Module, settings: Settings) -> TokenMerger:
     """The patcher for `model`: DiT blocks here, BasicTransformerBlock models in patch.py
     (with this module's importance signals when importance is not "cfg")."""
     check_importance(settings.importance)
-    if dit_blocks(model):
+    found = dit_blocks(model)
+    if found and _dit_classes()[type(found[0])] in ("wan", "sana"):
+        return WanTokenMerger(model, settings)
+    if found:
         return DiTTokenMerger(model, settings)
     if not spatial_blocks(model):
         block = _unsupported_block(model)
@@ -272,6 +291,145 @@ class DiTTokenMerger(_ImportanceSignals, TokenMerger):
             else:
                 attn.forward = previous
         self._forwards.clear()
+
+
+class WanTokenMerger(DiTTokenMerger):
+    """Wan 2.x (video, 3D rotary) and Sana (linear attention): the self-attention input is
+    merged per frame (or per group of `frame_window` frames); cross-attention queries with
+    merge_crossattn, Wan's MLP with merge_mlp."""
+
+    def __init__(self, model: nn.Module, settings: Settings) -> None:
+        self.frames = 1  # token frames of the current call (1 for images)
+        patch = getattr(model.config, "patch_size", None)
+        self.frame_patch = int(patch[0]) if isinstance(patch, (tuple, list)) else 1
+        super().__init__(model, settings)
+
+    def _on_step(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
+        bound = self._signature.bind_partial(*args, **kwargs).arguments
+        sample, t = bound["hidden_states"], bound.get("timestep")
+        t = float(t.max()) if isinstance(t, torch.Tensor) else t
+        if (
+            t is not None
+            and t == self.step.timestep
+            and tuple(sample.shape[-2:]) == self.latent_hw
+            and not getattr(self.step, "second_pass", False)
+        ):  # the unconditional pass of the same step (Wan's pipeline runs CFG as two calls)
+            self.step.second_pass = True
+            return
+        super()._on_step(module, args, kwargs)
+        self.step.second_pass = False
+        self.frames = sample.shape[2] // self.frame_patch if sample.ndim == 5 else 1
+
+    def _on_output(self, module: nn.Module, args: tuple, output: Any) -> None:
+        eps = self._prediction(output)
+        if self.step.second_pass:
+            if self.settings.importance != "step-delta":  # |eps_cond - eps_uncond|
+                self.importance = self._stacked(step_delta_map(eps, self._first, self.channels))
+                self._two_pass = True
+            return
+        self._first = eps
+        if getattr(self, "_two_pass", False) and self.settings.importance != "step-delta":
+            return  # the map comes with the second pass of this step
+        super()._on_output(module, args, output)
+        if self.importance is not None and self.importance.ndim == 3 and eps.ndim == 5:
+            self.importance = self._stacked(self.importance)
+
+    def _stacked(self, imp: torch.Tensor) -> torch.Tensor:
+        """(B * F, H, W) per latent frame -> (B * F' / window, window * H, W): the frames of
+        one token frame averaged, and each group of `frame_window` frames stacked."""
+        pt, window = self.frame_patch, self.settings.frame_window
+        frames = imp.shape[0]
+        if pt > 1:
+            imp = imp.view(frames // pt, pt, *imp.shape[1:]).mean(1)
+        return imp.reshape(imp.shape[0] // window, window * imp.shape[1], imp.shape[2])
+
+    def _dit_matching(self, x: torch.Tensor) -> Merge | None:
+        if self.grid is None or x.ndim != 3:
+            return None
+        (h, w), window = self.grid, self.settings.frame_window
+        b, n, c = x.shape
+        if n != self.frames * h * w or self.frames % window:
+            self._warn_once(
+                f"frames{n}",
+                f"tomerge: {n} tokens are not {self.frames} frames of {h}x{w} in groups of "
+                f"frame_window={window}; not merged",
+            )
+            return None
+        units = self.frames // window
+        merge = self._match(x.reshape(b * units, window * h * w, c), window * h, w)
+        return None if merge is None else FrameMerge(merge, b, units)
+
+    def _hook_block(self, block: nn.Module) -> None:
+        from tomerge_cli.patch import _merge_input, _unmerge_output
+
+        s = self.settings
+        state: dict[str, Any] = {"merge": None, "text": 0}
+        self.handles.append(
+            block.register_forward_pre_hook(self._dit_block_hook(state), with_kwargs=True)
+        )
+        mlp = getattr(block, "ffn", None)  # Wan's; Sana's `ff` is a convolution on the grid
+        layers = [
+            (block.attn1, s.merge_attn, _wan_rotary(_merge_input(state), state)),
+            (block.attn2, s.merge_crossattn, _merge_input(state)),
+            (mlp, s.merge_mlp, _merge_input(state)),
+        ]
+        for layer, on, pre in layers:
+            if layer is not None and on:
+                self.handles.append(layer.register_forward_pre_hook(pre, with_kwargs=True))
+                self.handles.append(layer.register_forward_hook(_unmerge_output(state)))
+
+
+class FrameMerge:
+    """A `Merge` drawn on (B * U, n) frame groups, applied to the (B, U * n, C) sequence."""
+
+    def __init__(self, merge: Merge, batch: int, units: int) -> None:
+        self.inner, self.batch, self.units = merge, batch, units
+        n = merge.slot.shape[1]
+        offsets = torch.arange(units, device=merge.kept.device)[:, None] * n
+        # kept token indices in the whole sequence, (B, U * k)
+        self.kept = (merge.kept.view(batch, units, -1) + offsets).flatten(1)
+
+    @property
+    def n_kept(self) -> int:
+        return self.kept.shape[1]
+
+    def merge(self, x: torch.Tensor) -> torch.Tensor:
+        b, s, c = x.shape
+        out = self.inner.merge(x.reshape(b * self.units, s // self.units, c))
+        return out.reshape(b, -1, c)
+
+    def unmerge(self, y: torch.Tensor) -> torch.Tensor:
+        b, s, c = y.shape
+        out = self.inner.unmerge(y.reshape(b * self.units, s // self.units, c))
+        return out.reshape(b, -1, c)
+
+
+def merge_frame_rotary(emb: tuple[torch.Tensor, ...], kept: torch.Tensor) -> tuple:
+    """Wan's rotary (cos, sin), each (1, S, 1, D), at the kept tokens `kept` (B, S'): the
+    row of every kept token is its own position; (1, S', 1, D) when the images kept the
+    same tokens, else (B, S', 1, D) (the attention broadcasts over the batch)."""
+    same = kept.shape[0] == 1 or bool((kept == kept[:1]).all())
+    rows = kept[:1] if same else kept
+    return tuple(e[0][rows.to(e.device)] for e in emb)
+
+
+def _wan_rotary(merge_hook: Any, state: dict[str, Any]):
+    """Wrap a merging pre-hook of Wan's self-attention: its rotary rows (argument 4 or
+    `rotary_emb`) follow the kept tokens."""
+
+    def hook(module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
+        result = merge_hook(module, args, kwargs)
+        if result is None:
+            return None
+        args, kwargs = result
+        merge = state["active"]
+        if len(args) > 3 and args[3] is not None:
+            args = (*args[:3], merge_frame_rotary(args[3], merge.kept), *args[4:])
+        elif kwargs.get("rotary_emb") is not None:
+            kwargs = {**kwargs, "rotary_emb": merge_frame_rotary(kwargs["rotary_emb"], merge.kept)}
+        return args, kwargs
+
+    return hook
 
 
 def _parameters(model: nn.Module) -> set[str]:

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from tomerge_cli.constants import DOWNSAMPLES, MAX_RATIO, MODES
+from tomerge_cli.cost import default_min_tokens, merge_pays
 from tomerge_cli.merge import (
     Merge,
     Partition,
@@ -57,6 +58,9 @@ class Settings:
     seed: int | None = None
     no_cfg: str = "fallback"
     importance: str = "cfg"
+    skip_unprofitable: bool = True
+    min_tokens: int | None = None
+    frame_window: int = 1
 
 
 def apply_patch(
@@ -78,6 +82,9 @@ def apply_patch(
     seed: int | None = None,
     no_cfg: str = "fallback",
     importance: str = "cfg",
+    skip_unprofitable: bool = True,
+    min_tokens: int | None = None,
+    frame_window: int = 1,
 ) -> Any:
     """Patch a diffusers pipeline (or its UNet / transformer) to merge tokens.
 
@@ -110,11 +117,20 @@ def apply_patch(
       much the prediction changed between the two previous steps, for guidance-distilled
       (Flux-dev) and turbo / LCM models that run no CFG batch; the first two steps of a run
       use the grid. "auto": "cfg" when the batch is a CFG pair, else "step-delta".
+    skip_unprofitable: leave a block call unmerged where merging would cost more than it
+      saves: fewer image tokens (per frame) than `min_tokens`, by default the measured
+      break-even of the block's width (tomerge_cli.cost: tokens x width < 32768). The calls
+      skipped are counted in stats["skipped_unprofitable"]. False merges every block.
+    min_tokens: a fixed token threshold instead of the width's break-even (0: merge all).
+    frame_window: video transformers (Wan): merge within each frame (1, the default) or
+      within groups of this many neighbouring frames (a token may merge into a destination
+      of another frame of its group); the frame count must be a multiple of it.
 
-    Diffusion transformers (tomerge_cli.dit): SD3 / SD3.5 (JointTransformerBlock) and Flux.1
-    (FluxTransformerBlock, FluxSingleTransformerBlock) merge image tokens only, around the
-    joint attention (and MLP with merge_mlp); Flux's rotary rows follow the kept tokens.
-    Other blocks (Wan, Sana, ...) raise a ValueError naming them.
+    Diffusion transformers (tomerge_cli.dit): SD3 / SD3.5 (JointTransformerBlock), Flux.1
+    (FluxTransformerBlock, FluxSingleTransformerBlock), Wan 2.x (WanTransformerBlock) and
+    Sana (SanaTransformerBlock) merge image tokens only, around the self-attention (and MLP
+    with merge_mlp); rotary rows (Flux, Wan) follow the kept tokens. Other transformer
+    blocks raise a ValueError naming the supported families.
     """
     arguments = dict(locals())  # first: the parameters only
     if mode not in MODES:
@@ -125,6 +141,10 @@ def apply_patch(
         raise ValueError(f"max_downsample must be 1, 2, 4 or 8, got {max_downsample}")
     if prune_steps < 0 or importance_start < 0:
         raise ValueError("prune_steps and importance_start must be >= 0")
+    if min_tokens is not None and min_tokens < 0:
+        raise ValueError(f"min_tokens must be >= 0, got {min_tokens}")
+    if frame_window < 1:
+        raise ValueError(f"frame_window must be >= 1, got {frame_window}")
     if sx < 1 or sy < 1:
         raise ValueError(f"sx and sy must be >= 1, got sx={sx}, sy={sy}")
     if ratio > MAX_RATIO and sx * sy > 4:  # tomesd allows 1 - 1 / (sx * sy)
@@ -242,7 +262,8 @@ class TokenMerger:
         self.generator: torch.Generator | None = None
         self.latent_hw: tuple[int, int] | None = None
         config = getattr(model, "config", None)
-        self.patch = int(getattr(config, "patch_size", None) or 1)
+        patch = getattr(config, "patch_size", None) or 1  # Wan: (frames, height, width)
+        self.patch = int(patch[-1] if isinstance(patch, (tuple, list)) else patch)
         self.channels = getattr(config, "in_channels", None)
         # the noisy latents lead the input channels; what follows (SVD's image latents,
         # inpainting masks, Flux Fill's masked image) may differ between the CFG halves
@@ -254,6 +275,7 @@ class TokenMerger:
             "tokens_in": 0,
             "tokens_kept": 0,
             "partitions": {"importance": 0, "grid": 0, "grid_prune": 0},
+            "skipped_unprofitable": 0,
         }
         self._warned: set[str] = set()
         self._signature = inspect.signature(model.forward)
@@ -460,16 +482,18 @@ class TokenMerger:
             self.step.skipped_levels.add(level)
             return None
         merge = self._match(x, h, w)
-        if merge is None:
+        if merge is None and tokens_removed(n, s.ratio) == 0:
             self.step.why_not.add(f"ratio {s.ratio} removes no token of {n}")
         return merge
 
     def _match(self, x: torch.Tensor, h: int, w: int) -> Merge | None:
         """The matching of tokens x (B, h * w, C) on the step's partition, counted in the
         stats; None when the ratio removes no token."""
-        b, n, _ = x.shape
+        b, n, width = x.shape
         r = tokens_removed(n, self.settings.ratio)
         if r == 0:
+            return None
+        if not self._pays(n, width):
             return None
         partition, average = self._partition(n, h, w, b)
         merge = match_tokens(x, partition, r, average=average)
@@ -477,6 +501,22 @@ class TokenMerger:
         self.stats["tokens_in"] += n
         self.stats["tokens_kept"] += merge.n_kept
         return merge
+
+    def _pays(self, n: int, width: int) -> bool:
+        """The cost model's verdict for a call of n tokens (per frame) of this width; a
+        skipped call is counted and named in the "nothing merged" warning."""
+        s = self.settings
+        if not s.skip_unprofitable:
+            return True
+        least = s.min_tokens if s.min_tokens is not None else default_min_tokens(width)
+        if merge_pays(n, least):
+            return True
+        self.stats["skipped_unprofitable"] += 1
+        self.step.why_not.add(
+            f"{n} tokens of width {width} are below the {least} from which merging is faster "
+            "than not merging (skip_unprofitable=False merges anyway)"
+        )
+        return False
 
     def _partition(self, n: int, h: int, w: int, batch: int) -> tuple[Partition, bool]:
         """Drawn once per step and token grid, shared by all blocks of that resolution."""

@@ -215,6 +215,69 @@ def tiny_animatediff(seed: int = 0) -> Any:
     )
 
 
+def tiny_wan_transformer(seed: int = 0, layers: int = 2) -> Any:
+    """WanTransformer3DModel (Wan 2.x text-to-video): 3D rotary, patch (1, 2, 2), width 24."""
+    from diffusers import WanTransformer3DModel
+
+    torch.manual_seed(seed)
+    return WanTransformer3DModel(
+        patch_size=(1, 2, 2),
+        num_attention_heads=2,
+        attention_head_dim=12,
+        in_channels=16,  # the Wan VAE's latent channels (its latents_mean has 16)
+        out_channels=16,
+        text_dim=EMBED,
+        freq_dim=16,
+        ffn_dim=32,
+        num_layers=layers,
+        cross_attn_norm=True,
+        rope_max_seq_len=32,
+    )
+
+
+def tiny_wan(seed: int = 0, layers: int = 2) -> Any:
+    """WanPipeline (text-to-video): the tiny Wan transformer and a tiny Wan VAE (8x spatial,
+    4x temporal); pass prompt_embeds and negative_prompt_embeds (width EMBED). 64x64 pixels
+    and 5 frames give 2 latent frames of 4x4 tokens."""
+    from diffusers import AutoencoderKLWan, FlowMatchEulerDiscreteScheduler, WanPipeline
+
+    transformer = tiny_wan_transformer(seed, layers)
+    vae = AutoencoderKLWan(
+        base_dim=3,
+        z_dim=16,
+        dim_mult=[1, 1, 1, 1],
+        num_res_blocks=1,
+        temperal_downsample=[False, True, True],
+    )
+    return WanPipeline(
+        tokenizer=None,
+        text_encoder=None,
+        vae=vae,
+        scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0),
+        transformer=transformer,
+    )
+
+
+def tiny_sana_transformer(seed: int = 0, layers: int = 2) -> Any:
+    """SanaTransformer2DModel (linear attention, conv MLP), width 16, patch 1."""
+    from diffusers import SanaTransformer2DModel
+
+    torch.manual_seed(seed)
+    return SanaTransformer2DModel(
+        in_channels=4,
+        out_channels=4,
+        num_attention_heads=2,
+        attention_head_dim=8,
+        num_layers=layers,
+        num_cross_attention_heads=2,
+        cross_attention_head_dim=8,
+        cross_attention_dim=16,
+        caption_channels=16,
+        sample_size=8,
+        patch_size=1,
+    )
+
+
 def prompt_embeds(n: int = 1, width: int = EMBED, tokens: int = 8, seed: int = 0) -> Any:
     """(cond, uncond) text embeddings for pipelines built without a text encoder."""
     g = torch.Generator().manual_seed(seed)

@@ -358,24 +358,30 @@ def test_bad_importance_is_refused() -> None:
 
 
 def test_an_unsupported_transformer_block_is_named() -> None:
-    from diffusers import SanaTransformer2DModel
+    from diffusers import LTXVideoTransformer3DModel
 
-    model = SanaTransformer2DModel(
+    from shared.errors import InputError
+    from tomerge_cli import api
+
+    model = LTXVideoTransformer3DModel(
         in_channels=4,
         out_channels=4,
+        patch_size=1,
+        patch_size_t=1,
         num_attention_heads=2,
         attention_head_dim=8,
-        num_layers=1,
-        num_cross_attention_heads=2,
-        cross_attention_head_dim=8,
         cross_attention_dim=16,
+        num_layers=1,
         caption_channels=16,
-        sample_size=8,
-        patch_size=1,
     )
-    with pytest.raises(ValueError, match="SanaTransformerBlock.*FluxSingleTransformerBlock"):
+    families = "LTXVideoTransformerBlock.*FluxSingleTransformerBlock.*Wan.*Sana"
+    with pytest.raises(ValueError, match=families):
         tomerge_cli.apply_patch(model)
     assert no_hooks(model)
+    # the commands turn it into bad input (exit 2, one line)
+    with pytest.raises(InputError, match=families) as err:
+        api.apply_method(type("Pipe", (), {"transformer": model})(), "importance", 0.5, {})
+    assert "\n" not in str(err.value)
 
 
 @pytest.mark.slow  # a whole (tiny) pipeline

@@ -1,0 +1,95 @@
+"""Never slower than not merging: the measured cost model that leaves small blocks unmerged.
+No timing is asserted: the decision is tested on given costs and with a fake clock."""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+
+import pytest
+import torch
+
+import tomerge_cli
+from tests.tomerge.conftest import CALIBRATED, generate, no_hooks
+from tomerge_cli import api, cost, tiny
+
+
+@pytest.fixture
+def calibrated(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The measured threshold, instead of the suite's merge-everything default."""
+    monkeypatch.setattr(cost, "MIN_TOKEN_WIDTH", CALIBRATED)
+
+
+def test_break_even_is_the_smallest_size_from_which_merging_always_wins() -> None:
+    costs = {16: (1.0, 3.0), 64: (2.0, 2.5), 256: (4.0, 3.0), 576: (9.0, 10.0), 1024: (20, 9)}
+    assert cost.break_even_tokens(costs) == 1024  # 576 lost again: 256 does not count
+    costs[576] = (9.0, 6.0)
+    assert cost.break_even_tokens(costs) == 256
+    assert cost.break_even_tokens({64: (1.0, 2.0)}) is None
+    assert cost.merge_pays(256, 256) and not cost.merge_pays(255, 256)
+
+
+def test_default_threshold_follows_the_width(calibrated: None) -> None:
+    assert cost.MIN_TOKEN_WIDTH == 32768
+    assert [cost.default_min_tokens(w) for w in (32, 320, 3072)] == [1024, 103, 11]
+
+
+def test_block_costs_times_each_size_with_the_given_clock() -> None:
+    ticks = itertools.count()
+    costs = cost.block_costs([2, 4], 8, repeats=1, clock=lambda: float(next(ticks)))
+    assert costs == {4: (1.0, 1.0), 16: (1.0, 1.0)}  # one tick between start and stop
+
+
+def _flux_run(model, **options) -> tuple[torch.Tensor, dict]:
+    from tests.tomerge.test_dit import _flux_latents, _sample_flux
+
+    tomerge_cli.apply_patch(model, ratio=0.5, importance="auto", **options)
+    out = torch.stack(_sample_flux(model, _flux_latents(), steps=2))
+    return out, dict(tomerge_cli.get_merger(model).stats)
+
+
+def test_a_model_too_small_to_gain_runs_unmerged_by_default(calibrated: None) -> None:
+    """Flux-shaped, width 16 and 16 tokens: far below the break-even (2048 tokens at that
+    width). By default nothing is merged and the output is the unpatched one, bit for bit;
+    forced, it merges."""
+    from tests.tomerge.test_dit import _flux, _flux_latents, _sample_flux
+
+    model = _flux()
+    base = torch.stack(_sample_flux(model, _flux_latents(), steps=2))
+    with pytest.warns(UserWarning, match="below the 2048 from which merging is faster"):
+        out, stats = _flux_run(model)
+    assert torch.equal(out, base)
+    assert stats["merged_calls"] == 0 and stats["skipped_unprofitable"] == 2 * 2
+    for forced in ({"skip_unprofitable": False}, {"min_tokens": 16}):
+        out, stats = _flux_run(model, **forced)
+        assert stats["merged_calls"] == 2 * 2 and stats["skipped_unprofitable"] == 0
+        assert not torch.equal(out, base)
+    with pytest.warns(UserWarning, match="below the 17"):
+        out, stats = _flux_run(model, min_tokens=17)
+    assert torch.equal(out, base) and stats["merged_calls"] == 0  # 16 tokens < 17
+    tomerge_cli.remove_patch(model)
+    assert no_hooks(model)
+
+
+@pytest.mark.slow  # a whole (tiny) pipeline
+def test_a_tiny_unet_pipeline_is_left_unmerged_unless_forced(calibrated: None) -> None:
+    pipe = tiny.tiny_sd()
+    base = generate(pipe, 3, seed=0)
+    for skip, merged in ((True, False), (False, True)):
+        tomerge_cli.apply_patch(pipe, ratio=0.5, skip_unprofitable=skip)
+        with pytest.warns(UserWarning, match="below") if skip else contextlib.nullcontext():
+            out = generate(pipe, 3, seed=0)
+        stats = tomerge_cli.get_merger(pipe).stats
+        assert (stats["merged_calls"] > 0) == merged
+        assert torch.equal(out, base) != merged
+    tomerge_cli.apply_patch(pipe, ratio=0.0, skip_unprofitable=False)
+    assert torch.equal(generate(pipe, 3, seed=0), base)
+
+
+def test_command_line_flags_reach_apply_patch() -> None:
+    cfg = api.GenerateOptions(pipeline="p", skip_unprofitable=False, min_tokens=64)
+    opts = api.merge_options(cfg)
+    assert opts["skip_unprofitable"] is False and opts["min_tokens"] == 64
+    assert api.merge_options(api.GenerateOptions(pipeline="p"))["skip_unprofitable"] is True
+    with pytest.raises(ValueError, match="min_tokens must be >= 0"):
+        tomerge_cli.apply_patch(tiny.tiny_sd(), min_tokens=-1)

@@ -1,0 +1,186 @@
+"""Token merging in Wan 2.x (video, 3D rotary) and Sana (linear attention) transformers,
+built from configs and called directly as their pipelines do."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import tomerge_cli
+from tests.tomerge.conftest import generate, no_hooks
+from tomerge_cli import dit, tiny
+
+FRAMES, H, W = 2, 4, 4  # latent frames and token grid of the Wan calls (latent 8x8, patch 2)
+N = H * W
+
+
+def _wan_latents(seed: int = 0, frames: int = FRAMES) -> torch.Tensor:
+    return torch.randn(1, 16, frames, 2 * H, 2 * W, generator=torch.Generator().manual_seed(seed))
+
+
+@torch.no_grad()
+def _sample_wan(model, latents: torch.Tensor, steps: int = 3) -> list[torch.Tensor]:
+    """Euler flow matching with CFG as Wan's pipeline runs it: a conditional and an
+    unconditional call per step, with the same timestep."""
+    g = torch.Generator().manual_seed(1)
+    cond, uncond = (torch.randn(1, 3, tiny.EMBED, generator=g) for _ in range(2))
+    x, outs = latents, []
+    for t in (900.0, 600.0, 300.0)[:steps]:
+        ts = torch.full((1,), t)
+        c = model(hidden_states=x, timestep=ts, encoder_hidden_states=cond).sample
+        u = model(hidden_states=x, timestep=ts, encoder_hidden_states=uncond).sample
+        outs += [c, u]
+        x = x - 0.3 * (u + 4.0 * (c - u))
+    return outs
+
+
+def _count_tokens(model) -> tuple[list[int], list]:
+    seen: list[int] = []
+    handles = [
+        block.attn1.register_forward_pre_hook(
+            lambda m, a, k: seen.append((a[0] if a else k["hidden_states"]).shape[1]),
+            with_kwargs=True,
+        )
+        for block in dit.dit_blocks(model)
+    ]
+    return seen, handles
+
+
+@pytest.mark.parametrize("window", [1, 2])
+def test_wan_merges_image_tokens_per_frame_or_frame_group(window: int) -> None:
+    model = tiny.tiny_wan_transformer().eval()
+    tomerge_cli.apply_patch(model, ratio=0.5, importance="auto", frame_window=window)
+    seen, _ = _count_tokens(model)
+    _sample_wan(model, _wan_latents())
+    kept = FRAMES * N - FRAMES * int(N * 0.5)  # the same count either way at this ratio
+    assert seen == [kept] * (3 * 2 * 2)  # steps x passes x blocks
+    merger = tomerge_cli.get_merger(model)
+    assert isinstance(merger, dit.WanTokenMerger) and merger.step.index == 2  # 2 calls a step
+    stats = merger.stats  # tokens counted per matched unit (a frame or a frame group)
+    assert stats["merged_calls"] == 3 * 2 * 2 and stats["tokens_in"] == 12 * window * N
+    assert stats["tokens_kept"] * 2 == stats["tokens_in"]
+
+
+def test_wan_frame_groups_let_tokens_merge_across_frames() -> None:
+    """Frame 1 repeats frame 0: with frame_window=2 a token whose twin in the other frame
+    is a destination merges into it (similarity 1), across the frame boundary."""
+    model = tiny.tiny_wan_transformer().eval()
+    tomerge_cli.apply_patch(model, ratio=0.5, mode="tome", prune_steps=0, frame_window=2)
+    _sample_wan(model, _wan_latents(), steps=1)  # sets the step's grid and partition
+    frame = torch.randn(1, N, 24, generator=torch.Generator().manual_seed(2))
+    merge = tomerge_cli.get_merger(model)._dit_matching(torch.cat([frame, frame], 1))
+    inner = merge.inner  # one unit of two frames
+    assert merge.units == 1 and inner.slot.shape == (1, FRAMES * N)
+    into = inner.kept.gather(1, inner.into)  # the destination of each merged token
+    assert ((inner.merged // N) != (into // N)).any()
+    assert merge.n_kept == FRAMES * N - int(FRAMES * N * 0.5)
+
+
+def test_wan_merging_identical_tokens_with_identical_positions_changes_nothing(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Tokens equal within each 2x2 cell of each frame, rotary rows equal too: ratio 0.75
+    leaves one token per cell at that position, and the block's output is the unmerged one."""
+    model = tiny.tiny_wan_transformer().eval()
+    block = model.blocks[0]
+    dim = 24
+    g = torch.Generator().manual_seed(5)
+    cells = torch.randn(1, FRAMES, H // 2, W // 2, dim, generator=g)
+    x = cells.repeat_interleave(2, 2).repeat_interleave(2, 3).reshape(1, FRAMES * N, dim)
+    ctx = torch.randn(1, 3, dim, generator=g)
+    temb = torch.randn(1, 6, dim, generator=g)
+    cos, sin = model.rope(_wan_latents())
+    f, y, xx = torch.meshgrid(torch.arange(FRAMES), torch.arange(H), torch.arange(W), indexing="ij")
+    cell_rows = (f * N + y // 2 * 2 * W + xx // 2 * 2).flatten()
+    rotary = (cos[:, cell_rows], sin[:, cell_rows])
+
+    def run() -> torch.Tensor:
+        with torch.no_grad():
+            return block(x, ctx, temb, rotary)
+
+    base = run()
+    tomerge_cli.apply_patch(
+        model, ratio=0.75, mode="tome", prune_steps=0, use_rand=False, blocks=[0, 1]
+    )
+    _sample_wan(model, _wan_latents(), steps=1)  # sets the step's grid and partition
+    seen, _ = _count_tokens(model)
+    merged = run()
+    assert seen == [FRAMES * N // 4]
+    torch.testing.assert_close(merged, base, atol=1e-5, rtol=1e-5)
+    monkeypatch.setattr(  # control: rotary rows that do not follow the kept tokens
+        dit, "merge_frame_rotary", lambda emb, kept: tuple(e[:, : kept.shape[1]] for e in emb)
+    )
+    assert not torch.allclose(run(), base, atol=1e-3)
+
+
+@pytest.mark.parametrize("family", ["wan", "sana"])
+def test_ratio_zero_remove_patch_and_seeds(family: str) -> None:
+    model, sample, latents = _family(family)
+    base = torch.stack(sample(model, latents(0)))
+    tomerge_cli.apply_patch(model, ratio=0.0)
+    assert torch.equal(torch.stack(sample(model, latents(0))), base)
+    tomerge_cli.apply_patch(model, ratio=0.5, importance="auto", importance_start=1)
+    a, b = sample(model, latents(0)), sample(model, latents(0))
+    assert all(torch.equal(x, y) for x, y in zip(a, b, strict=True))  # same seed, same output
+    assert not torch.equal(torch.stack(a), base)
+    assert tomerge_cli.get_merger(model).stats["partitions"]["importance"] >= 1
+    tomerge_cli.remove_patch(model)
+    assert torch.equal(torch.stack(sample(model, latents(0))), base)
+    assert no_hooks(model)
+
+
+def test_wan_cfg_importance_comes_from_its_two_calls() -> None:
+    model = tiny.tiny_wan_transformer().eval()
+    tomerge_cli.apply_patch(model, ratio=0.5, importance="cfg", no_cfg="error")
+    outs = _sample_wan(model, _wan_latents())
+    merger = tomerge_cli.get_merger(model)
+    want = (outs[-2] - outs[-1]).abs().mean(1).flatten(0, 1)  # (frames, 8, 8)
+    torch.testing.assert_close(merger.importance, want)
+    assert merger.stats["partitions"] == {"importance": 1, "grid": 0, "grid_prune": 2}
+
+
+def _sana_latents(seed: int) -> torch.Tensor:
+    return torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(seed))
+
+
+@torch.no_grad()
+def _sample_sana(model, latents: torch.Tensor, steps: int = 3) -> list[torch.Tensor]:
+    """Sana's pipeline layout: a CFG batch [uncond; cond]."""
+    g = torch.Generator().manual_seed(1)
+    ctx = torch.randn(2, 3, 16, generator=g)
+    x, outs = latents, []
+    for t in (900.0, 600.0, 300.0)[:steps]:
+        v = model(
+            hidden_states=torch.cat([x, x]), encoder_hidden_states=ctx, timestep=torch.full((2,), t)
+        ).sample
+        outs.append(v)
+        uncond, cond = v.chunk(2)
+        x = x - 0.3 * (uncond + 4.0 * (cond - uncond))
+    return outs
+
+
+def _family(family: str):
+    if family == "wan":
+        return tiny.tiny_wan_transformer().eval(), _sample_wan, _wan_latents
+    return tiny.tiny_sana_transformer().eval(), _sample_sana, _sana_latents
+
+
+def test_sana_merges_the_linear_attention_input() -> None:
+    model = tiny.tiny_sana_transformer().eval()
+    tomerge_cli.apply_patch(model, ratio=0.5, merge_mlp=True)  # its conv MLP stays whole
+    seen, _ = _count_tokens(model)
+    _sample_sana(model, _sana_latents(0))
+    assert seen == [64 - 32] * (3 * 2)
+    assert isinstance(tomerge_cli.get_merger(model), dit.WanTokenMerger)
+
+
+@pytest.mark.slow  # a whole (tiny) pipeline, VAE included
+def test_tiny_wan_pipeline_generates_merged_frames() -> None:
+    pipe = tiny.tiny_wan()
+    kw = {"num_frames": 5, "size": 64}
+    base = generate(pipe, 3, seed=0, **kw)
+    tomerge_cli.apply_patch(pipe, ratio=0.5, importance="auto", importance_start=1)
+    out = generate(pipe, 3, seed=0, **kw)
+    assert out.shape == base.shape == (1, 5, 3, 64, 64)
+    assert tomerge_cli.get_merger(pipe).stats["partitions"]["importance"] == 2
+    assert not torch.equal(out, base)

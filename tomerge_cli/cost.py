@@ -1,0 +1,114 @@
+"""When merging pays: a measured threshold below which a block is left unmerged.
+
+Merging a block costs a nearly fixed amount (the matching's similarity product, argsort and
+the gather / scatter around the layer: a dozen small kernels) and saves the attention work
+of the tokens it removes, which grows with tokens x width. Below some size the fixed cost
+wins and merging makes a small image slower than not merging. `apply_patch(
+skip_unprofitable=True)` (the default) leaves a block call unmerged when its image tokens
+(per frame for video) times its width are below `MIN_TOKEN_WIDTH`, i.e. fewer than
+`default_min_tokens(width)` tokens; `min_tokens=` sets a fixed token threshold instead.
+
+Calibration (`block_costs`, then `break_even_tokens`): one self-attention + MLP block,
+batch 2, SDPA, float32, ratio 0.5, attention merged (the default), timed unmerged vs merged
+(matching included) on 16 ... 1024 tokens, on this project's CPU with one thread.
+Break-even: width 64 at 576 tokens (at 256 merged is 6% slower), width 320 at 64 tokens,
+width 1536 at 16 or fewer (1.22x faster at 16): tokens x width of 20k-37k, so the threshold
+is 32768 (tokens x width). Real models merge at every size they are used at (SD 1.5, width
+320: from 103 tokens; Flux, width 3072: from 11); tiny test models (width 32: from 1024
+tokens) are left alone. GPUs run the attention far faster relative to the kernel-launch
+cost of the matching; their threshold was not measured here, and the CPU one applies until
+`block_costs(..., device="cuda")` is run on a GPU.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping, Sequence
+
+import torch
+
+MIN_TOKEN_WIDTH = 32768  # measured break-even of tokens x width, see the module docstring
+
+
+def default_min_tokens(width: int) -> int:
+    """The fewest tokens a block of this width (channels) merges with a gain."""
+    return -(-MIN_TOKEN_WIDTH // max(width, 1))
+
+
+def merge_pays(n_tokens: int, min_tokens: int) -> bool:
+    """The per-block decision: merge a call with `n_tokens` image tokens (per frame) only
+    from the break-even on (`min_tokens`: `default_min_tokens` or the user's)."""
+    return n_tokens >= min_tokens
+
+
+def break_even_tokens(costs: Mapping[int, tuple[float, float]]) -> int | None:
+    """The smallest token count N such that merging was faster (merged < unmerged seconds)
+    at N and at every larger measured count; None when it is not faster at the largest.
+    `costs`: N -> (unmerged seconds, merged seconds)."""
+    found = None
+    for n in sorted(costs, reverse=True):
+        unmerged, merged = costs[n]
+        if merged >= unmerged:
+            break
+        found = n
+    return found
+
+
+def block_costs(
+    sides: Sequence[int],
+    width: int,
+    *,
+    ratio: float = 0.5,
+    batch: int = 2,
+    repeats: int = 5,
+    device: torch.device | str = "cpu",
+    clock: Callable[[], float] = time.perf_counter,
+) -> dict[int, tuple[float, float]]:
+    """Median seconds of one attention + MLP block on side x side token grids (keys: the
+    token counts), unmerged vs attention merged at `ratio` (matching included): the input of
+    `break_even_tokens`. Random weights: the work does not depend on the values."""
+    import torch.nn.functional as F
+
+    from tomerge_cli.merge import grid_partition, match_tokens, tokens_removed
+
+    g = torch.Generator().manual_seed(0)
+    weights = [
+        torch.randn(width, k * width, generator=g).div(width**0.5).to(device) for k in (3, 1, 4)
+    ]
+    weights.append(torch.randn(4 * width, width, generator=g).div(width**0.5).to(device))
+    heads = max(width // 64, 1)
+
+    def attention(x: torch.Tensor) -> torch.Tensor:
+        b, n, c = x.shape
+        q, k, v = (t.view(b, n, heads, -1).transpose(1, 2) for t in (x @ weights[0]).chunk(3, -1))
+        out = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, n, c)
+        return out @ weights[1]
+
+    def mlp(x: torch.Tensor) -> torch.Tensor:
+        return F.gelu(x @ weights[2]) @ weights[3]
+
+    def timed(fn: Callable[[], torch.Tensor]) -> float:
+        fn()  # warm-up
+        seconds = []
+        for _ in range(repeats):
+            start = clock()
+            fn()
+            if torch.device(device).type == "cuda":
+                torch.cuda.synchronize()
+            seconds.append(clock() - start)
+        return sorted(seconds)[len(seconds) // 2]
+
+    out: dict[int, tuple[float, float]] = {}
+    with torch.no_grad():
+        for side in sides:
+            n = side * side
+            x = torch.randn(batch, n, width, generator=g).to(device)
+
+            def merged(side: int = side, x: torch.Tensor = x) -> torch.Tensor:
+                part = grid_partition(side, side, g)
+                partition = type(part)(part.dst.to(x.device), part.src.to(x.device))
+                merge = match_tokens(x, partition, tokens_removed(side * side, ratio))
+                return mlp(merge.unmerge(attention(merge.merge(x))))
+
+            out[n] = (timed(lambda x=x: mlp(attention(x))), timed(merged))
+    return out
