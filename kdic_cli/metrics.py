@@ -47,20 +47,34 @@ def bpp(num_bytes: int, height: int, width: int) -> float:
     return num_bytes * 8 / (height * width)
 
 
+MIN_OVERLAP = 0.75
+
+
+def psnr_overlap(psnr_a: Sequence[float], psnr_b: Sequence[float]) -> float:
+    """Share of the union of two curves' PSNR ranges that both cover (0 to 1)."""
+    lo, hi = max(min(psnr_a), min(psnr_b)), min(max(psnr_a), max(psnr_b))
+    span = max(max(psnr_a), max(psnr_b)) - min(min(psnr_a), min(psnr_b))
+    return max(hi - lo, 0.0) / span if span > 0 else 1.0
+
+
 def bd_rate(
     rate_anchor: Sequence[float], psnr_anchor: Sequence[float],
     rate_test: Sequence[float], psnr_test: Sequence[float],
 ) -> float | None:  # fmt: skip
-    """BD-rate (%) of the test curve against the anchor (negative = fewer bits); None when
-    the curves do not overlap enough or have too few points."""
+    """BD-rate (%) of the test curve against the anchor (negative = fewer bits); None (n/a)
+    when the curves have too few points or their PSNR ranges overlap less than
+    `MIN_OVERLAP` of their union (bjontegaard's own default bound, which it only warns
+    about): outside the overlap the integral extrapolates and the number means little."""
     import bjontegaard
 
     if len(rate_anchor) < 2 or len(rate_anchor) != len(rate_test):
         return None
+    if psnr_overlap(psnr_anchor, psnr_test) < MIN_OVERLAP:
+        return None
     try:
         value = float(bjontegaard.bd_rate(
             list(rate_anchor), list(psnr_anchor), list(rate_test), list(psnr_test),
-            method="akima", require_matching_points=True, min_overlap=0.0,
+            method="akima", require_matching_points=True, min_overlap=MIN_OVERLAP,
         ))  # fmt: skip
     except (ValueError, AssertionError, ZeroDivisionError):
         return None

@@ -89,6 +89,8 @@ def test_metrics_on_8bit() -> None:
     assert bd_rate([0.2, 0.4], [30, 32], [0.2, 0.4], [30, 32]) == pytest.approx(0, abs=1e-6)
     worse = bd_rate([0.2, 0.4, 0.8], [30, 32, 34], [0.22, 0.44, 0.88], [30, 32, 34])
     assert worse == pytest.approx(10, abs=0.5)
+    # curves whose PSNR ranges barely overlap (1 dB of 6): n/a, not an extrapolated number
+    assert bd_rate([0.2, 0.4, 0.8], [30, 32, 34], [0.2, 0.4, 0.8], [33, 35, 36]) is None
 
 
 def test_rd_cost_is_the_training_objective_on_8bit_images() -> None:
