@@ -525,7 +525,14 @@ def test_cause9_random_bytes_are_not_a_pytorch_file_and_get_no_advice(
 
 
 def test_cause9_quiet_hides_diffusers_progress_bars(world: W.World, tmp_path: Path) -> None:
-    res = run_cli("tomerge", *C.tm_gen(world)[:-3], tmp_path / "out", *C.CPU, "--quiet")
+    res = run_cli(
+        "tomerge",
+        *C.tm_gen(world)[:-3],
+        tmp_path / "out",
+        *C.CPU,
+        "--quiet",
+        "--no-skip-unprofitable",
+    )
     assert res.code == 0, res.stderr
     assert "it/s" not in res.stderr and "%|" not in res.stderr, res.stderr
     assert res.stderr.strip() == "", res.stderr
