@@ -118,13 +118,16 @@ def safe_torch_load(path: str | Path) -> Any:
         raise InputError(f"{path}: not a readable PyTorch file ({first})") from None
 
 
+# Where training scripts keep their weights in a saved dict: raw, and averaged (EMA).
+RAW_KEYS = ("state_dict", "model_state_dict", "model")
+EMA_KEYS = ("state_dict_ema", "model_ema")
+
+
 def unwrap_state_dict(obj: Any, path: str | Path, ema: bool = True) -> dict[str, torch.Tensor]:
     """The tensors of a loaded checkpoint object (see `load_state_dict`): a bare state_dict,
     or the one under a training script's key, EMA weights first when `ema`; DDP's `module.`
     prefix removed. For callers that also need the object's other entries."""
-    raw = ("state_dict", "model_state_dict", "model")
-    averaged = ("state_dict_ema", "model_ema")
-    for key in (*averaged, *raw) if ema else (*raw, *averaged):
+    for key in (*EMA_KEYS, *RAW_KEYS) if ema else (*RAW_KEYS, *EMA_KEYS):
         if isinstance(obj, dict) and key in obj and isinstance(obj[key], dict):
             obj = obj[key]
             break

@@ -63,7 +63,13 @@ def read_checkpoint(path: Path, ema: bool = True) -> tuple[dict[str, torch.Tenso
     sets they are: "ema" (a timm train.py checkpoint's state_dict_ema), "raw" (its
     state_dict while it also holds EMA weights: --no-ema) or "plain" (the file holds one set
     of weights)."""
-    from shared.checkpoints import load_state_dict, safe_torch_load, unwrap_state_dict
+    from shared.checkpoints import (
+        EMA_KEYS,
+        RAW_KEYS,
+        load_state_dict,
+        safe_torch_load,
+        unwrap_state_dict,
+    )
 
     if Path(path).suffix == ".safetensors":
         return load_state_dict(path), "plain"
@@ -74,16 +80,10 @@ def read_checkpoint(path: Path, ema: bool = True) -> tuple[dict[str, torch.Tenso
     def holds(*keys: str) -> bool:
         return any(isinstance(held.get(k), dict) for k in keys)
 
-    has_ema = holds("state_dict_ema", "model_ema")
-    has_raw = holds("state_dict", "model_state_dict", "model")
+    has_ema, has_raw = holds(*EMA_KEYS), holds(*RAW_KEYS)
     if has_ema and (ema or not has_raw):
         return state, "ema"
     return state, "raw" if has_ema else "plain"
-
-
-def checkpoint_weights(path: Path, ema: bool = True) -> str:
-    """Which weights of a foreign checkpoint are loaded (see `read_checkpoint`)."""
-    return read_checkpoint(path, ema)[1]
 
 
 def load_checkpoint_weights(
