@@ -5,6 +5,8 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 export HF_HUB_OFFLINE ?= 1
 export PYTHONUNBUFFERED := 1
+# pytest-xdist workers: one per usable core, at most 4 (each holds ~1.7 GB of imported libraries).
+WORKERS ?= $(shell $(PYTHON) -c "import os; print(min(4, len(os.sched_getaffinity(0))))")
 
 .PHONY: install demo test test-fast test-references gpu-check references bench lint clean
 
@@ -20,11 +22,12 @@ demo: install
 	$(BIN)/python -m shared.demo
 
 test: install
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(WORKERS)
 
 # Everything but the subprocess, torchrun and training tests: under 2 minutes on 2 cores.
+# Both run one pytest-xdist worker per core (WORKERS=1 runs them in one process).
 test-fast: install
-	$(BIN)/python -m pytest -m "not slow"
+	$(BIN)/python -m pytest -m "not slow" -n $(WORKERS)
 
 # Retrain every shipped reference model in a temporary folder and compare it with the
 # shipped file (make test does the smallest only); `make references` rewrites them.

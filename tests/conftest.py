@@ -10,6 +10,13 @@ from tests.helpers import REPO
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOOLKIT_CACHE", str(REPO / ".cache"))
+# Under pytest-xdist (`make test-fast` runs one worker per core) each worker keeps to one
+# thread, so the workers do not fight over the cores.
+if int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) > 1:
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    import torch
+
+    torch.set_num_threads(1)
 
 
 @pytest.fixture(autouse=True)

@@ -159,6 +159,10 @@ def tiny_sdxl(seed: int = 0) -> Any:
     )
 
 
+# The image-attention heads of the tiny PixArt and Sana transformers (width 16).
+_DIT_HEADS = {"num_attention_heads": 2, "attention_head_dim": 8}
+
+
 def tiny_pixart(seed: int = 0, layers: int = 8, tokenizer_dir: Path | None = None) -> Any:
     """PixArtAlphaPipeline (DiT, ada_norm_single, learned sigma, no UNet). With
     `tokenizer_dir` it has a text encoder (a one-layer T5 encoder, with the CLIP tokenizer
@@ -172,8 +176,7 @@ def tiny_pixart(seed: int = 0, layers: int = 8, tokenizer_dir: Path | None = Non
         sample_size=16,
         num_layers=layers,
         patch_size=2,
-        attention_head_dim=8,
-        num_attention_heads=2,
+        **_DIT_HEADS,
         caption_channels=EMBED,
         in_channels=4,
         cross_attention_dim=16,
@@ -266,8 +269,7 @@ def tiny_sana_transformer(seed: int = 0, layers: int = 2) -> Any:
     return SanaTransformer2DModel(
         in_channels=4,
         out_channels=4,
-        num_attention_heads=2,
-        attention_head_dim=8,
+        **_DIT_HEADS,
         num_layers=layers,
         num_cross_attention_heads=2,
         cross_attention_head_dim=8,
