@@ -21,13 +21,15 @@ from shared.errors import InputError
 from shared.options import opt
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterable
+    from collections.abc import Callable, Iterable, Mapping
 
     import numpy as np
     import torch
 
+    from scorelidar_cli.dataset import Sequence
     from scorelidar_cli.model import CompletionUNet, ModelConfig
     from scorelidar_cli.pipeline import FramePool
+    from scorelidar_cli.timing import Timing
 
     Progress = Callable[[Iterable[Any], str], Iterable[Any]]
 
@@ -139,6 +141,12 @@ class EvaluateOptions:
     solver: str = opt("sde", _SOLVER, choices=tuple(SOLVERS))
     refine: Path | None = opt(None, "Also score every model after this refinement net.")
     max_frames: int = opt(0, "Evaluate at most N frames (0: all).", min=0)
+    rounds: int = opt(
+        1,
+        "Timing rounds: every model and step count completes every frame this many times, "
+        "the order rotated (scorelidar_cli/timing.py); metrics come from the first round.",
+        min=1,
+    )
     seed: int = opt(0, _SEED, min=0)
 
 
@@ -397,63 +405,122 @@ def warm_up(net: CompletionUNet, scan: np.ndarray, device: torch.device | str, n
     complete_scan(net, scan, 1, device=device, name=name)
 
 
-def _pick_frames(todo: list[Any], max_frames: int) -> list[Any]:
+def pick_frames(data: Path, sequences: str, max_frames: int = 0) -> list[tuple[Sequence, int]]:
+    """The (sequence, frame index) pairs `evaluate` scores: every frame of the sequences, or
+    `max_frames` of them spread evenly (0: all)."""
     import numpy as np
 
+    from scorelidar_cli.dataset import frames, open_dataset
+
+    todo = frames(open_dataset(Path(data), sequences))
     if max_frames > 0 and len(todo) > max_frames:
         pick = np.linspace(0, len(todo) - 1, max_frames).round().astype(int)
         todo = [todo[i] for i in pick]
     return todo
 
 
+def read_frame(frame: tuple[Sequence, int]) -> tuple[np.ndarray, str]:
+    """A dataset frame as (scan, its file name)."""
+    seq, i = frame
+    return seq.scan(i), str(seq.scans[i])
+
+
+def time_completions(
+    runs: Mapping[str, tuple[CompletionUNet, int, torch.nn.Module | None]],
+    frames: list[Any],
+    rounds: int,
+    guidance: float = 1.0,
+    seed: int = 0,
+    solver: str = "sde",
+    device: torch.device | str = "cpu",
+    read: Callable[[Any], tuple[np.ndarray, str]] | None = None,
+    on_output: Callable[[str, int, np.ndarray], None] | None = None,
+) -> Timing:
+    """Complete every frame with every run ({label: (network, solver steps, refiner or
+    None)}) under scorelidar_cli.timing's protocol, after one untimed warm-up step of each
+    network on the first frame. Frames are (scan, name) pairs, or whatever `read` turns into
+    one (outside the timed calls); `on_output` gets the first round's completions."""
+    from scorelidar_cli.pipeline import complete_scan
+    from scorelidar_cli.timing import time_runs
+
+    algorithm = solver_name(solver)
+    read = read or (lambda frame: frame)
+    scan, name = read(frames[0])
+    for net in {id(net): net for net, _, _ in runs.values()}.values():
+        warm_up(net, scan, device, name)
+
+    def runner(net: CompletionUNet, steps: int, refiner: Any) -> Callable[[Any], np.ndarray]:
+        def run(item: tuple[np.ndarray, str]) -> np.ndarray:
+            scan, name = item
+            return complete_scan(
+                net, scan, steps, guidance, seed, algorithm, device, name, refiner
+            )[0]
+
+        return run
+
+    timed = {label: runner(*run) for label, run in runs.items()}
+    return time_runs(timed, frames, rounds, prepare=read, on_output=on_output)
+
+
 def evaluate_models(
     cfg: EvaluateOptions, device: torch.device | str = "cpu", progress: Progress | None = None
 ) -> list[dict[str, Any]]:
     """Every metric of every (model, steps) over the same frames, averaged per frame; with
-    cfg.refine, each model's output is also scored after the refinement net."""
+    cfg.refine, each model's output is also scored after the refinement net. Seconds per
+    frame and the speed-up over the first row come from scorelidar_cli.timing's protocol
+    (cfg.rounds rounds; see time_completions)."""
     import numpy as np
     import torch
 
-    from scorelidar_cli.dataset import frames, open_dataset
     from scorelidar_cli.metrics import completion_metrics
-    from scorelidar_cli.pipeline import complete_scan, load_model, load_refiner
+    from scorelidar_cli.pipeline import load_model, load_refiner
+    from scorelidar_cli.timing import summarize
 
     require()
     device = torch.device(device)
-    algorithm = solver_name(cfg.solver)
+    solver_name(cfg.solver)  # a bad --solver before any work
     refiner = load_refiner(cfg.refine).to(device) if cfg.refine is not None else None
     loaded = [(path, *load_model(path)) for path in cfg.model]
+    for _, net, _ in loaded:
+        net.to(device)
     radius = loaded[0][1].config.radius
-    todo = _pick_frames(frames(open_dataset(Path(cfg.data), cfg.sequences)), cfg.max_frames)
-    gts = {}
-    rows = []
+    todo = pick_frames(cfg.data, cfg.sequences, cfg.max_frames)
     variants = [None] if refiner is None else [None, refiner]
     jobs = [(m, k, r) for m in loaded for k in cfg.steps for r in variants]
-    total = len(jobs) * len(todo)
-    bar = None if progress is None else progress(range(total), "evaluate")
+    # a tick per frame read: the warm-up's, then every frame of every round
+    ticks_total = 1 + cfg.rounds * len(todo)
+    bar = None if progress is None else progress(range(ticks_total), "evaluate")
     ticks = iter(bar) if bar is not None else None
-    for (path, net, meta), k, ref in jobs:
-        net.to(device)
-        seq, i = todo[0]
-        warm_up(net, seq.scan(i), device, str(seq.scans[i]))
-        per_frame = []
-        for seq, i in todo:
-            key = (str(seq.path), i)
-            if key not in gts:
-                gts[key] = (seq.scan(i), seq.ground_truth(i, radius))
-            scan, gt = gts[key]
-            pred, seconds = complete_scan(
-                net, scan, k, cfg.guidance, cfg.seed, algorithm, device, str(seq.scans[i]), ref
-            )
-            per_frame.append(completion_metrics(pred, gt) | {"s_per_frame": seconds})
-            if ticks is not None:
-                next(ticks, None)
-        avg = {name: float(np.mean([m[name] for m in per_frame])) for name in per_frame[0]}
-        role = meta.get("role", "?") + ("+refine" if ref else "")
-        rows.append({"model": str(path), "role": role, "steps": k, **avg, "frames": len(todo)})
+
+    def load(frame: tuple[Sequence, int]) -> tuple[np.ndarray, str]:
+        if ticks is not None:
+            next(ticks, None)
+        return read_frame(frame)
+
+    per_frame: dict[str, list[dict[str, float]]] = {str(j): [] for j in range(len(jobs))}
+    truth: dict[int, np.ndarray] = {}  # the current frame's only
+
+    def score(job: str, f: int, pred: np.ndarray) -> None:
+        if f not in truth:
+            seq, i = todo[f]
+            truth.clear()
+            truth[f] = seq.ground_truth(i, radius)
+        per_frame[job].append(completion_metrics(pred, truth[f]))
+
+    runs = {str(j): (net, k, ref) for j, ((_, net, _), k, ref) in enumerate(jobs)}
+    timing = time_completions(
+        runs, todo, cfg.rounds, cfg.guidance, cfg.seed, cfg.solver, device, load, score
+    )
     if ticks is not None:
         for _ in ticks:
             pass
+    speed = summarize(timing)
+    rows = []
+    for j, ((path, _, meta), k, ref) in enumerate(jobs):
+        per = per_frame[str(j)]
+        avg = {name: float(np.mean([m[name] for m in per])) for name in per[0]}
+        role = meta.get("role", "?") + ("+refine" if ref else "")
+        rows.append({"model": str(path), "role": role, "steps": k, **avg, **speed[str(j)]})
     return rows
 
 
@@ -463,9 +530,9 @@ def input_metrics(
     """The partial scans themselves scored against ground truth (what completion must beat)."""
     import numpy as np
 
-    from scorelidar_cli.dataset import crop, frames, open_dataset
+    from scorelidar_cli.dataset import crop
     from scorelidar_cli.metrics import completion_metrics
 
-    todo = _pick_frames(frames(open_dataset(Path(data), sequences)), max_frames)
+    todo = pick_frames(data, sequences, max_frames)
     per = [completion_metrics(crop(s.scan(i), radius), s.ground_truth(i, radius)) for s, i in todo]
     return {name: float(np.mean([m[name] for m in per])) for name in per[0]}

@@ -88,16 +88,23 @@ def complete_cmd(cfg: CompleteOptions, inv: Invocation) -> dict:
 @tool_command(app, "evaluate", EvaluateOptions, out="optional")
 def evaluate_cmd(cfg: EvaluateOptions, inv: Invocation) -> dict:
     """Chamfer distance, BEV JSD, precision/recall/F-score AUC (5-10 cm), IoU at 0.5/0.2/0.1 m
-    (+-50 m) and seconds per frame, for every model at every step count, side by side."""
+    (+-50 m), seconds per frame and the speed-up over the first row (with its 95% interval),
+    for every model at every step count, side by side."""
     from scorelidar_cli import api
+    from scorelidar_cli.timing import speedup_text
 
     rows = api.evaluate_models(cfg, inv.device, _progress(inv))
     cols = ["cd", "jsd", "fscore", "iou_0.5m", "iou_0.2m", "iou_0.1m", "s_per_frame"]
     inv.console.table(
-        f"scorelidar evaluate ({rows[0]['frames']} frames; IoU at 0.5 / 0.2 / 0.1 m)",
-        ["model", "role", "steps", "CD", "JSD", "F", "IoU.5", "IoU.2", "IoU.1", "s/frame"],
-        [(Path(r["model"]).name, r["role"], r["steps"], *[r[c] for c in cols]) for r in rows],
-    )
+        f"scorelidar evaluate ({rows[0]['frames']} frames; IoU at 0.5 / 0.2 / 0.1 m; "
+        f"{cfg.rounds} timing round(s), order rotated; speed-up over the first row, 95% "
+        "interval)",
+        ["model", "role", "steps", "CD", "JSD", "F", "IoU.5", "IoU.2", "IoU.1", "s/frame",
+         "speed-up"],
+        [(Path(r["model"]).name, r["role"], r["steps"], *[r[c] for c in cols],
+          speedup_text(r))
+         for r in rows],
+    )  # fmt: skip
     return {"rows": rows}
 
 
