@@ -86,6 +86,22 @@ def save_image(tensor: torch.Tensor, path: str | os.PathLike[str]) -> Path:
     return atomic_write(path, lambda tmp: img.save(tmp, format="PNG"))
 
 
+def save_animation(frames: torch.Tensor, path: str | os.PathLike[str], fps: float = 8.0) -> Path:
+    """Write video frames (F, 3, H, W) in [0, 1] as a looping GIF, atomically (Pillow only:
+    no video codec needed to look at a clip)."""
+    from shared.io import atomic_write
+
+    images = [Image.fromarray(_to_uint8_hwc(f)) for f in frames]
+    duration = max(1, round(1000 / fps))
+
+    def write(tmp: Path) -> None:
+        images[0].save(
+            tmp, format="GIF", save_all=True, append_images=images[1:], duration=duration, loop=0
+        )
+
+    return atomic_write(path, write)
+
+
 # --------------------------------------------------------------------------------------
 # Image folders
 

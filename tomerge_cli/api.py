@@ -109,12 +109,12 @@ class GenerateOptions(_Layers, _Sampling):
         "importance", "importance (the paper's method), tome (random-grid baseline) or none.",
         choices=MODES,
     )  # fmt: skip
-    frames: int = opt(16, "Video frames (AnimateDiff).", min=1)
+    frames: int = opt(16, "Video frames (AnimateDiff; Wan rounds to 4k + 1).", min=1)
 
 
 @dataclass(kw_only=True)
 class BenchmarkOptions(_Layers, _Sampling):
-    frames: int = opt(16, "Video frames (AnimateDiff).", min=1)
+    frames: int = opt(16, "Video frames (AnimateDiff; Wan rounds to 4k + 1).", min=1)
     attention: list[str] | None = opt(
         None, "Attention backends to time (repeat; default both).", choices=BACKENDS
     )
@@ -272,8 +272,9 @@ def generate(
     clock: Clock = time.perf_counter,
 ) -> dict[str, Any]:
     """Generate every prompt (prompt i with seed + i) with token merging; with `out`, PNGs
-    in out/images and generate.json. Returns timings, settings and the merge statistics."""
-    from shared.images import save_image
+    in out/images (a video: one per frame and a looping GIF) and generate.json. Returns
+    timings, settings and the merge statistics."""
+    from shared.images import save_animation, save_image
     from shared.io import write_json
     from tomerge_cli.patch import get_merger
     from tomerge_cli.pipelines import generate as run_pipe
@@ -293,6 +294,11 @@ def generate(
                 if out is not None:
                     save_image(img, Path(out) / name)
                 files.append(name)
+            if len(images) > 1:  # a video: its frames above, and the clip to watch
+                name = f"images/{i:03d}.gif"
+                if out is not None:
+                    save_animation(images, Path(out) / name)
+                files.append(name)
     # tomerge's own notes (e.g. the no-CFG fallback) are worth a line; library chatter is not
     notes = sorted({str(w.message) for w in caught if "tomerge" in str(w.message)})
     for note in notes:
@@ -307,7 +313,7 @@ def generate(
         "guidance": cfg.guidance,
         "seed": cfg.seed,
         "prompts": texts,
-        "images": len(files),
+        "images": sum(f.endswith(".png") for f in files),
         "seconds_per_prompt": sum(seconds) / len(seconds),
         "seconds_each": seconds,
         "files": files if out is not None else [],

@@ -83,10 +83,16 @@ def quiet_libraries() -> Iterator[None]:
                 enable()
 
 
+# Pipelines that return video frames (`num_frames`, `.frames`).
+VIDEO_KINDS = ("animatediff", "wan")
+
+
 def pipeline_kind(pipe: Any) -> str:
     name = type(pipe).__name__
     if name.startswith("AnimateDiff"):
         return "animatediff"
+    if name.startswith("Wan"):
+        return "wan"
     if name.startswith("PixArt"):
         return "pixart"
     if "XL" in name:
@@ -148,7 +154,8 @@ def generate(
     sampling: Sampling,
     clock: Callable[[], float] = time.perf_counter,
 ) -> tuple[torch.Tensor, float]:
-    """Images (N, 3, H, W) in [0, 1] (video: one row per frame) and the seconds it took,
+    """Images (N, 3, H, W) in [0, 1] (video: one row per frame; Wan rounds the frame count
+    to 4k + 1) and the seconds it took,
     measured with `clock` after a device synchronisation at both ends."""
     device = pipe.device
     kwargs: dict[str, Any] = {
@@ -163,7 +170,8 @@ def generate(
     if sampling.width:
         kwargs["width"] = sampling.width
     kind = pipeline_kind(pipe)
-    if kind == "animatediff":
+    video = kind in VIDEO_KINDS
+    if video:
         kwargs["num_frames"] = sampling.frames
     if kind == "pixart":
         kwargs["use_resolution_binning"] = False
@@ -178,7 +186,7 @@ def generate(
         out = pipe(**kwargs)
         _sync(device)
         seconds = clock() - start
-    images = out.frames if kind == "animatediff" else out.images
+    images = out.frames if video else out.images
     images = torch.as_tensor(images).float().cpu()
     if images.ndim == 5:  # (B, F, C, H, W) video frames
         images = images.flatten(0, 1)

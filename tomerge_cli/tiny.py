@@ -79,8 +79,8 @@ def clip_tokenizer(directory: Path) -> Any:
 def _text_encoder(tokenizer_dir: Path | None, family: str) -> tuple[Any, Any]:
     """(tokenizer, text encoder), or (None, None) without `tokenizer_dir` (the pipeline then
     takes prompt_embeds). The tokenizer is CLIP's (`clip_tokenizer`); the encoder a
-    two-layer CLIP text model (family "clip", SD) or a one-layer T5 encoder ("t5", PixArt,
-    the CLIP tokenizer standing in for T5's)."""
+    two-layer CLIP text model (family "clip", SD) or a one-layer T5 encoder ("t5", PixArt;
+    "umt5", Wan; the CLIP tokenizer standing in for T5's)."""
     if tokenizer_dir is None:
         return None, None
     tokenizer = clip_tokenizer(tokenizer_dir)
@@ -99,12 +99,12 @@ def _text_encoder(tokenizer_dir: Path | None, family: str) -> tuple[Any, Any]:
             pad_token_id=tokenizer.pad_token_id,
         )
         return tokenizer, CLIPTextModel(config)
-    from transformers import T5Config, T5EncoderModel
+    from transformers import T5Config, T5EncoderModel, UMT5EncoderModel
 
     config = T5Config(
         vocab_size=tokenizer.vocab_size, d_model=EMBED, d_kv=8, d_ff=64, num_layers=1, num_heads=2
     )
-    return tokenizer, T5EncoderModel(config)
+    return tokenizer, (UMT5EncoderModel if family == "umt5" else T5EncoderModel)(config)
 
 
 def tiny_sd(tokenizer_dir: Path | None = None, seed: int = 0) -> Any:
@@ -238,13 +238,15 @@ def tiny_wan_transformer(seed: int = 0, layers: int = 2) -> Any:
     )
 
 
-def tiny_wan(seed: int = 0, layers: int = 2) -> Any:
+def tiny_wan(seed: int = 0, layers: int = 2, tokenizer_dir: Path | None = None) -> Any:
     """WanPipeline (text-to-video): the tiny Wan transformer and a tiny Wan VAE (8x spatial,
-    4x temporal); pass prompt_embeds and negative_prompt_embeds (width EMBED). 64x64 pixels
-    and 5 frames give 2 latent frames of 4x4 tokens."""
+    4x temporal). With `tokenizer_dir` it has a one-layer UMT5 text encoder and takes text
+    prompts; otherwise pass prompt_embeds and negative_prompt_embeds (width EMBED). 64x64
+    pixels and 5 frames give 2 latent frames of 4x4 tokens."""
     from diffusers import AutoencoderKLWan, FlowMatchEulerDiscreteScheduler, WanPipeline
 
     transformer = tiny_wan_transformer(seed, layers)
+    tokenizer, text_encoder = _text_encoder(tokenizer_dir, "umt5")
     vae = AutoencoderKLWan(
         base_dim=3,
         z_dim=16,
@@ -253,8 +255,8 @@ def tiny_wan(seed: int = 0, layers: int = 2) -> Any:
         temperal_downsample=[False, True, True],
     )
     return WanPipeline(
-        tokenizer=None,
-        text_encoder=None,
+        tokenizer=tokenizer,
+        text_encoder=text_encoder,
         vae=vae,
         scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0),
         transformer=transformer,

@@ -3,6 +3,7 @@ built from configs and called directly as their pipelines do."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -184,3 +185,32 @@ def test_tiny_wan_pipeline_generates_merged_frames() -> None:
     assert out.shape == base.shape == (1, 5, 3, 64, 64)
     assert tomerge_cli.get_merger(pipe).stats["partitions"]["importance"] == 2
     assert not torch.equal(out, base)
+
+
+@pytest.mark.slow  # a whole (tiny) text-to-video pipeline through the command line
+def test_generate_writes_the_frames_and_a_gif_of_a_wan_folder(tmp_path) -> None:
+    import json
+
+    from PIL import Image
+
+    from tests.helpers import run_cli
+
+    tiny.tiny_wan(tokenizer_dir=tmp_path / "tok").save_pretrained(tmp_path / "wan")
+    out = tmp_path / "gen"
+    res = run_cli(
+        "tomerge", "generate", "--pipeline", tmp_path / "wan", "--prompt", "a red cube",
+        "--frames", "5", "--height", "64", "--width", "64", "--steps", "2", "--ratio", "0.5",
+        "--no-skip-unprofitable", "--out", out, "--json", "--quiet",
+    )  # fmt: skip
+    assert res.code == 0, res.stderr
+    metrics = json.loads(res.stdout)
+    assert metrics["pipeline_class"] == "WanPipeline"
+    assert metrics["images"] == 5 and metrics["merge_stats"]["merged_calls"] > 0
+    frames = [out / "images" / f"000_f{j:03d}.png" for j in range(5)]
+    assert all(f.is_file() for f in frames)
+    with Image.open(out / "images" / "000.gif") as gif:
+        assert gif.n_frames == 5 and gif.size == (64, 64)
+        gif.seek(4)  # the clip's last frame is the last PNG (up to the GIF palette)
+        last = np.asarray(gif.convert("RGB"), dtype=np.float64)
+    png = np.asarray(Image.open(frames[-1]).convert("RGB"), dtype=np.float64)
+    assert np.abs(last - png).mean() < 8
