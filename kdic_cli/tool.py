@@ -4,6 +4,6 @@ from shared.registry import ToolSpec
 
 TOOL = ToolSpec(
     "knowledge distillation for learned image codecs (compressai)",
-    "kdic: compress a photo with a small codec and its distilled student",
+    "kdic: shipped codec and distilled student vs JPEG/WebP on held-out photos",
     ("benchmarks.kdic_rd",),
 )
