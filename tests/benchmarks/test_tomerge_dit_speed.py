@@ -1,0 +1,71 @@
+"""The DiT speed benchmark at its smallest setting (tiny widths, in-process): every variant
+is timed, merging really shortens the attention's input, importance merges from its map in
+the timed steps, and the ratios in the report come from the same run's samples."""
+
+from __future__ import annotations
+
+import statistics
+
+import pytest
+
+from benchmarks import tomerge_dit_speed as bench
+from tomerge_cli.merge import tokens_removed
+
+
+@pytest.fixture(scope="module")
+def run() -> dict:
+    s = bench.Settings(tiny=True, ratios=(0.5,), repeats=2, size=64, frames=2, memory=False)
+    return bench.measure(s)
+
+
+def test_every_family_times_every_variant_on_merged_attention_inputs(run: dict) -> None:
+    names = bench.variant_names(bench.Settings(ratios=(0.5,)))
+    assert set(run["families"]) == set(bench.FAMILIES)
+    for family, fam in run["families"].items():
+        n, text = fam["image_tokens"], fam["text_tokens"]
+        kept = n - tokens_removed(n, 0.5)
+        per_block = fam["summary"]["per_block"]
+        assert list(per_block) == names
+        for name in names:
+            for kind, d in per_block[name].items():
+                with_text = text if kind == "single" else 0  # Flux single: [text; image]
+                expected = n if name == "unmerged" else kept
+                assert d["attention_tokens"] == expected + with_text, (family, name, kind)
+        # importance merged from its map in every timed step, never the grid
+        parts = fam["partitions"]["importance 0.5"]
+        assert parts["importance"] > 0 and parts["grid"] == parts["grid_prune"] == 0
+
+
+def test_speedups_are_paired_ratios_of_the_same_run(run: dict) -> None:
+    fam = run["families"]["flux"]
+    seconds = fam["blocks_seconds"]
+    for i, kind in enumerate(fam["kinds"]):
+        pairs = [u / v for u, v in zip(seconds["unmerged"][i], seconds["tome 0.5"][i], strict=True)]
+        got = fam["summary"]["per_block"]["tome 0.5"][kind]["speedup"]
+        assert got["median"] == pytest.approx(statistics.median(pairs))
+        assert got["min"] <= got["median"] <= got["max"]
+    step = fam["summary"]["per_step"]["importance 0.5"]["all"]
+    assert "over_bound" in step and step["seconds"]["median"] > 0
+
+
+def test_report_names_every_variant_and_the_targets(run: dict) -> None:
+    text = "\n".join(f"{h}\n{body}" for h, body in bench.report(run))
+    for name in bench.variant_names(bench.Settings(ratios=(0.5,))):
+        assert f"| {name} |" in text
+    assert "Targets" in text and "EXTRAPOLATION" in text
+
+
+def test_memory_child_reports_its_own_peak() -> None:
+    s = bench.Settings(tiny=True, ratios=(0.5,), frames=2, memory=False)
+    out = bench.memory_child("wan", "tome 0.5", s)
+    assert out["rss_peak_kib"] >= out["rss_built_kib"] > 0
+
+
+def test_memory_table_pairs_each_round_with_the_unmerged_one() -> None:
+    mem = {
+        "unmerged": {"rss_built_kib": [100, 100], "rss_peak_kib": [200, 300]},
+        "importance 0.5": {"rss_built_kib": [100, 100], "rss_peak_kib": [220, 270]},
+    }
+    row = next(r for r in bench._memory_table(mem).splitlines() if "importance" in r)
+    # per round 220/200 = 1.1 and 270/300 = 0.9; above the model 120/100 and 170/200
+    assert "| 1.000 [0.900, 1.100] |" in row and "| 1.025 [0.850, 1.200] |" in row
