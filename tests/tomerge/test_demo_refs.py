@@ -48,28 +48,52 @@ def test_shipped_unet_loads_safely_and_denoises() -> None:
     assert not torch.allclose(out[0], other[0])
 
 
-def _figures(**over: float) -> dict[str, float]:
+def _figures(**over: object) -> dict[str, object]:
     fig = {
         "psnr_importance": 46.0,
         "psnr_tome": 44.0,
         "psnr_tomesd": 43.0,
+        "psnr_importance_vs_tome": ("higher", 0.5, 3.5),
+        "psnr_importance_vs_tomesd": ("higher", 1.5, 4.5),
         "accuracy_importance": 80.0,
         "accuracy_unmerged": 80.0,
         "samples": 20,
         "speedup_importance": 1.5,
         "speedup_tomesd": 1.4,
+        "speed_vs_tomesd": "ahead of",
     }
     return {**fig, **over}
 
 
 def test_claim_says_where_the_method_does_not_win() -> None:
     good = demo.claim(_figures())
-    assert "closest to the unmerged" in good and "ahead of tomesd" in good
-    assert "SLOWER" not in good and "NOT" not in good and "BEHIND" not in good
-    assert "BEHIND tomesd" in demo.claim(_figures(speedup_tomesd=1.6))
-    bad = demo.claim(_figures(psnr_tome=47.0, speedup_importance=0.9))
-    assert "NOT the most faithful" in bad and "tome 47.0" in bad
-    assert bad.count("SLOWER") == 1
+    assert "closer than tome" in good and "closer than tomesd" in good
+    assert "ahead of tomesd" in good and "[+0.50, +3.50] dB" in good
+    assert "SLOWER" not in good and "FARTHER" not in good
+    tie = demo.claim(_figures(psnr_importance_vs_tome=("on par", -0.4, 0.9)))
+    assert "on par with tome (44.0 dB" in tie and "closer than tomesd" in tie
+    bad = demo.claim(
+        _figures(psnr_importance_vs_tome=("lower", -2.0, -1.0), speedup_importance=0.9)
+    )
+    assert "FARTHER than tome" in bad and bad.count("SLOWER") == 1
+
+
+def test_paired_verdict_needs_the_interval_to_exclude_zero() -> None:
+    base = [40.0 + i for i in range(10)]
+    assert demo.paired_verdict([b + 1.0 for b in base], base)[0] == "higher"
+    assert demo.paired_verdict([b - 1.0 for b in base], base)[0] == "lower"
+    noisy = [b + (1.0 if i % 2 else -1.0) for i, b in enumerate(base)]
+    verdict, low, high = demo.paired_verdict(noisy, base)
+    assert verdict == "on par" and low < 0 < high
+
+
+def test_speed_verdict_takes_a_side_only_without_overlap() -> None:
+    def t(lo: float, hi: float) -> dict[str, float]:
+        return {"min_s": lo, "max_s": hi}
+
+    assert demo.speed_verdict(t(1.0, 1.1), t(1.2, 1.3)) == "ahead of"
+    assert demo.speed_verdict(t(1.2, 1.3), t(1.0, 1.1)) == "behind"
+    assert demo.speed_verdict(t(1.0, 1.25), t(1.2, 1.3)) == "on par with"
 
 
 def test_speed_check_really_merges_and_reports_ratios() -> None:
