@@ -81,10 +81,15 @@ class DigitsDiffusion(nn.Module):
 
 
 def train(
-    recipe: Recipe, init: DigitsDiffusion | None = None, heads: int = 1
-) -> tuple[DigitsDiffusion, float]:
+    recipe: Recipe,
+    init: nn.Module | None = None,
+    heads: int = 1,
+    model: nn.Module | None = None,
+) -> tuple[nn.Module, float]:
     """The trained model and its final loss (mean of the last tenth of the steps). `heads`:
-    attention heads of the UNet (the shipped references have one)."""
+    attention heads of the UNet (the shipped references have one); `model`: another
+    class-conditional denoiser with the same call, model(x, t, y) (the benchmarks' MMDiT),
+    trained instead of a new UNet."""
     from diffusers import DDPMScheduler
 
     from shared.builtin_data import load_digits_tensors
@@ -93,7 +98,7 @@ def train(
     torch.manual_seed(recipe.seed)
     x, y = load_digits_tensors("train", recipe.size, channels=1)
     x = x * 2 - 1
-    model = DigitsDiffusion(recipe.size, heads)
+    model = model if model is not None else DigitsDiffusion(recipe.size, heads)
     if init is not None:
         model.load_state_dict(init.state_dict())
     sched = DDPMScheduler(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2")

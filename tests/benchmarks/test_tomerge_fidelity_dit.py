@@ -1,0 +1,50 @@
+"""The MMDiT fidelity benchmark at its smallest setting (an untrained model, a few samples):
+merging acts in both settings (importance from its own map with CFG, from the step delta
+without), the intervals are bootstrap intervals around the mean, and the paired verdict
+compares the two methods on the same samples."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from benchmarks import tomerge_fidelity_dit as bench
+
+
+@pytest.fixture(scope="module")
+def model() -> bench.DigitsMMDiT:
+    torch.manual_seed(0)
+    return bench.DigitsMMDiT(size=16, layers=4, heads=2, head_dim=8, embed=16).eval()
+
+
+@pytest.mark.parametrize(
+    ("guidance", "methods", "kind"),
+    [
+        (3.0, {"importance": {"mode": "importance", "importance": "cfg"}}, "importance"),
+        (1.0, {"step-delta": {"mode": "importance", "importance": "step-delta"}}, "importance"),
+    ],
+)
+def test_both_settings_merge_with_their_own_importance(model, guidance, methods, kind) -> None:
+    labels = torch.arange(4)
+    methods = {**methods, "grid": {"mode": "tome"}}
+    res = bench.run_setting(
+        model, lambda x: torch.zeros(len(x), dtype=torch.long), labels,
+        guidance=guidance, steps=5, ratios=(0.5,), methods=methods, seed=0, log=lambda _: None,
+    )  # fmt: skip
+    name = next(iter(methods))
+    stats = res[f"{name} 0.5"]["merge_stats"]
+    assert stats["merged_calls"] > 0 and stats["tokens_kept"] < stats["tokens_in"]
+    assert stats["partitions"][kind] > 0  # importance merging really ran in later steps
+    assert res["grid 0.5"]["merge_stats"]["partitions"]["importance"] == 0
+    for key in (f"{name} 0.5", "grid 0.5"):
+        r = res[key]
+        assert r["psnr_low"] <= r["psnr"] <= r["psnr_high"]
+        assert len(r["psnr_per_sample"]) == len(labels)
+        assert not torch.equal(res["images"][key], res["images"]["unmerged"])  # merging acted
+    assert res["paired 0.5"]["verdict"] in ("higher", "on par", "lower")
+
+
+def test_bootstrap_mean_of_a_constant_has_no_width() -> None:
+    assert bench.bootstrap_mean([3.0] * 10) == (3.0, 3.0, 3.0)
+    mean, low, high = bench.bootstrap_mean([0.0, 10.0] * 10)
+    assert low < mean == 5.0 < high
