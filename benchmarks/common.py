@@ -35,6 +35,9 @@ ENV_VARS = (
     "TOOLKIT_CACHE",
     "CUDA_VISIBLE_DEVICES",
     "HF_HUB_OFFLINE",
+    "ATEN_CPU_CAPABILITY",  # with the two below: a CPU's instruction set capped (e.g. AVX2)
+    "ONEDNN_MAX_CPU_ISA",
+    "MKL_ENABLE_INSTRUCTIONS",
 )
 ENV_PREFIXES = ("PYTORCH_",)
 # Distribution names (package METADATA, so modules without __version__ such as tomesd count).
@@ -138,7 +141,8 @@ def provenance() -> dict[str, Any]:
         "cwd": os.getcwd(),
         "date": _START["date"],
         "written": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
-        "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, {platform.platform()}",
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, {platform.platform()}, "
+        f"torch CPU kernels {torch.backends.cpu.get_cpu_capability()}",
         "device": device,
         "torch_threads": torch.get_num_threads(),
         "load_start": _START["load"],
