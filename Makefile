@@ -8,7 +8,7 @@ export PYTHONUNBUFFERED := 1
 # pytest-xdist workers: one per usable core, at most 4 (each holds ~1.7 GB of imported libraries).
 WORKERS ?= $(shell $(PYTHON) -c "import os; print(min(4, len(os.sched_getaffinity(0))))")
 
-.PHONY: install demo test test-fast test-references gpu-check references bench lint clean
+.PHONY: install demo test test-fast test-references gpu-check gpu-bench references bench lint clean
 
 # Re-runs only when the dependency files change (the stamp is newer otherwise).
 $(STAMP): pyproject.toml constraints.txt
@@ -42,6 +42,12 @@ references: install
 gpu-check: install
 	@$(BIN)/python -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 'gpu-check: no CUDA device on this machine')"
 	$(BIN)/python -m pytest -m gpu -v -rs tests/gpu
+
+# The GPU speed runs (a clean tree; results under benchmarks/results/tomerge/): every DiT
+# family at its real size (Wan: 21 latent frames), bf16, SDPA/flash, 10 interleaved rounds.
+gpu-bench: gpu-check
+	$(BIN)/python -m benchmarks.tomerge_dit_speed --device cuda --dtype bf16 --frames 21 \
+		--repeats 10 --name dit_speed-cuda
 
 bench: install
 	$(BIN)/python -m benchmarks.run_all

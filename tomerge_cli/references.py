@@ -106,7 +106,8 @@ def train(
     lr = torch.optim.lr_scheduler.OneCycleLR(
         opt, recipe.lr, total_steps=recipe.steps, pct_start=0.05
     )
-    trainer = Trainer(recipe.steps, description=f"digits UNet {recipe.size}px")
+    kind = "UNet" if isinstance(model, DigitsDiffusion) else type(model).__name__
+    trainer = Trainer(recipe.steps, description=f"digits {kind} {recipe.size}px")
     trainer.track(model=model, opt=opt, sched=lr)
 
     def step_fn(step: int) -> dict[str, torch.Tensor]:
