@@ -12,18 +12,28 @@ channels that carry the most energy on calibration images. Which widths the grou
   the student is marked as not stage-wise (it trains end to end).
 - free: every *free* channel group narrowed by `width` (uneven widths, a kdic-only spec
   with resized layers); all interfaces kept whole, so stage-wise distillation works for
-  every class.
+  every class. Only this mode narrows widths that the classes fix or derive from M:
+  the context model's output and the entropy-parameter network's hidden layers (mbt2018,
+  cheng2020-anchor), ELIC's channel-context and parameter-aggregation hidden layers.
+  cheng2020-anchor needs it to stay within 45% of the teacher's kMAC/px: with M kept at
+  the teacher's N, its class-native student changes the latent width, and its free one
+  must narrow the sub-pixel (pixel-shuffle) upsampling, where most of its MACs are.
+Both modes keep at most 45% of the teacher's kMAC/px at width 0.5 for every class
+(measured 25-40% at N=128, M=192, ELIC 192/320; tests/kdic/test_student.py checks it).
 S2C-Conv (this toolkit's own class) narrows its stage widths, and optionally its blocks
 and FFN expansion, the same way in both modes.
 
 A channel group is a set of tensors whose channel axes must shrink together: the output
 of a convolution, everything a depth-wise conv, GDN or activation passes through, and
 all operands of a residual add. Groups are found by tracing the analysis/synthesis and
-hyper transforms with torch.fx. Groups that touch the image, the latent y (its width M
-is kept), the hyper-synthesis output, or an operation whose channel mapping is not
-element-wise (concatenation, pixel shuffle, ...) are frozen (kept whole by free
-widths), so a free student always fits the teacher's entropy model interfaces. The
-hyper-latent z group is shared by h_a's output, the entropy bottleneck and h_s's input.
+hyper transforms with torch.fx (and the entropy-model networks named above). A group
+may be *derived* from others: a channel concatenation narrows with its parts, and the
+input of a pixel shuffle by r keeps the r^2 channels of each kept output channel
+(`ChannelPlan.derive`). Groups that touch the image, the latent y (its width M is
+kept), the hyper-synthesis output, the Gaussian parameters, or an operation whose
+channel mapping is unknown are frozen (kept whole by free widths), so a free student
+always fits the teacher's entropy model interfaces. The hyper-latent z group is shared
+by h_a's output, the entropy bottleneck and h_s's input.
 """
 
 from __future__ import annotations
@@ -41,6 +51,8 @@ from torch import Tensor, nn
 __all__ = ["ChannelPlan", "analyse_channels", "build_student", "class_spec", "TRANSFORMS"]
 
 TRANSFORMS = ("g_a", "h_a", "h_s", "g_s")
+# entropy-model networks outside the transforms whose hidden widths may narrow
+_SIDE_NETWORKS = {"entropy_parameters", "channel_context"}
 _ELEMENTWISE_MODULES = (
     nn.ReLU, nn.LeakyReLU, nn.GELU, nn.Sigmoid, nn.Tanh, nn.SiLU, nn.Identity, nn.ELU,
     nn.Hardswish, nn.Dropout,
@@ -101,6 +113,10 @@ class ChannelPlan:
     boundaries: dict[str, list[int]] = field(default_factory=dict)
     graphs: dict[str, fx.GraphModule] = field(default_factory=dict)
     eb: dict[str, int] = field(default_factory=dict)  # entropy bottleneck path -> group
+    # groups whose channels follow other groups' (see `derive`), as recorded while tracing
+    links: list[tuple[int, tuple[int, ...], int]] = field(default_factory=list)
+    # after `settle`: root of a derived group -> (roots of its parts, factor)
+    derived: dict[int, tuple[tuple[int, ...], int]] = field(default_factory=dict)
 
     def new(self, size: int, frozen: bool = False) -> int:
         self.parent.append(len(self.parent))
@@ -132,8 +148,80 @@ class ChannelPlan:
     def is_free(self, g: int | None) -> bool:
         return g is not None and not self.frozen[self.find(g)]
 
+    def derive(self, g: int, parts: list[int], factor: int = 1) -> None:
+        """Group `g` is the channel-wise concatenation of `parts`, each channel of a part
+        standing for `factor` consecutive channels of `g`: torch.cat (factor 1), or the
+        input of a pixel shuffle by r (one part, the shuffle's output, factor r^2).
+        Narrowing the parts narrows `g` accordingly."""
+        self.links.append((g, tuple(parts), factor))
+
+    def settle(self) -> None:
+        """Resolve the links once the groups are final: a derived group that is frozen
+        freezes its parts, one whose parts are all frozen is frozen, and a group derived
+        in two different ways (or from itself) is kept whole."""
+        self.derived = {}
+        clash: set[int] = set()
+        for g, parts, factor in self.links:
+            root, link = self.find(g), (tuple(self.find(p) for p in parts), factor)
+            if root in link[0] or self.derived.get(root, link) != link:
+                clash.add(root)
+            self.derived[root] = link
+        for root in self.derived:  # a group derived, through others, from itself
+            seen, todo = set(), list(self.derived[root][0])
+            while todo and root not in seen:
+                g = todo.pop()
+                if g not in seen:
+                    seen.add(g)
+                    todo.extend(self.derived.get(g, ((), 1))[0])
+            if root in seen:
+                clash.add(root)
+        for root in clash:
+            self.freeze(root)
+        changed = True
+        while changed:
+            changed = False
+            for root, (parts, _) in self.derived.items():
+                if self.frozen[root] and any(not self.frozen[p] for p in parts):
+                    for p in parts:
+                        self.frozen[p] = True
+                    changed = True
+                elif not self.frozen[root] and all(self.frozen[p] for p in parts):
+                    self.frozen[root] = changed = True
+
     def free_groups(self) -> list[int]:
-        return sorted({self.find(g) for g in range(len(self.parent)) if self.is_free(g)})
+        """Roots of the groups whose widths are chosen (free, not derived from others)."""
+        return sorted({self.find(g) for g in range(len(self.parent))
+                       if self.is_free(g) and self.find(g) not in self.derived})  # fmt: skip
+
+    def expand(self, keep: dict[int, Tensor]) -> dict[int, Tensor]:
+        """`keep` (kept indices per free group) with the kept indices of every free derived
+        group added; a frozen part counts whole."""
+        out = dict(keep)
+
+        def of(g: int) -> Tensor:
+            if self.frozen[g]:
+                return torch.arange(self.size[g])
+            if g in out:
+                return out[g]
+            if g not in self.derived:
+                return torch.arange(self.size[g])
+            parts, factor = self.derived[g]  # no cycles: `settle` froze them
+            pieces, offset = [], 0
+            for p in parts:
+                idx = of(p)
+                pieces.append(offset + (idx[:, None] * factor + torch.arange(factor)).flatten())
+                offset += self.size[p] * factor
+            out[g] = torch.cat(pieces)
+            return out[g]
+
+        for g in self.derived:
+            of(g)
+        return out
+
+    def expand_sizes(self, sizes: dict[int, int]) -> dict[int, int]:
+        """`sizes` (per free group) with the sizes of the derived groups added."""
+        dummy = {g: torch.zeros(n, dtype=torch.long) for g, n in sizes.items()}
+        return {g: len(idx) for g, idx in self.expand(dummy).items()}
 
 
 def _trace_child(plan: ChannelPlan, path: str, child: nn.Module, g_in: int) -> int:
@@ -148,6 +236,8 @@ def _trace_child(plan: ChannelPlan, path: str, child: nn.Module, g_in: int) -> i
     for node in gm.graph.nodes:
         tensor_args = [vals.get(a) for a in node.args if isinstance(a, fx.Node)]
         first = tensor_args[0] if tensor_args else None
+        nested: list[fx.Node] = []  # every tensor operand, also those inside lists
+        fx.node.map_arg((node.args, node.kwargs), nested.append)
         g: int | None = None
         if node.op == "placeholder":
             g = g_in
@@ -172,14 +262,27 @@ def _trace_child(plan: ChannelPlan, path: str, child: nn.Module, g_in: int) -> i
                 plan.leaves.append(Leaf(leaf_path, m, first, first))
             elif isinstance(m, _ELEMENTWISE_MODULES) and not list(m.parameters()):
                 g = first
+            elif isinstance(m, nn.PixelShuffle):
+                g = _shuffle(plan, first, m.upscale_factor)
+            elif isinstance(m, nn.PixelUnshuffle):
+                g = _shuffle(plan, first, m.downscale_factor, down=True)
             else:
                 plan.freeze(first)  # unknown leaf: keep its channels whole
                 g = None
         elif node.op in ("call_function", "call_method"):
             gs = [t for t in tensor_args if t is not None]
-            if None in tensor_args:  # an operand of unknown channel layout
-                for t in gs:
-                    plan.freeze(t)
+            if node.target in (torch.cat, torch.concat) and _dim(node) in (1, -3):
+                g = _concat(plan, [vals.get(a) for a in nested])
+            elif (
+                node.target in (nn.functional.pixel_shuffle, torch.pixel_shuffle)
+                and len(node.args) > 1
+                and isinstance(node.args[1], int)
+            ):
+                g = _shuffle(plan, first, node.args[1])
+            elif len(nested) != len(tensor_args) or None in tensor_args:
+                # an operand of unknown channel layout, or tensors inside a list
+                for t in nested:
+                    plan.freeze(vals.get(t))
             elif node.target in _BINARY and gs:
                 g = gs[0]
                 for other in gs[1:]:
@@ -187,8 +290,8 @@ def _trace_child(plan: ChannelPlan, path: str, child: nn.Module, g_in: int) -> i
             elif (node.target in _UNARY_FUNCS or node.target in _UNARY_METHODS) and gs:
                 g = gs[0]
             else:
-                for t in gs:
-                    plan.freeze(t)
+                for t in nested:
+                    plan.freeze(vals.get(t))
         elif node.op == "output":
             out_g = first
         vals[node] = g
@@ -197,6 +300,63 @@ def _trace_child(plan: ChannelPlan, path: str, child: nn.Module, g_in: int) -> i
     if out_g is None:
         out_g = plan.new(-1, frozen=True)
     return out_g
+
+
+def _dim(node: fx.Node) -> int | None:
+    dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0)
+    return dim if isinstance(dim, int) else None
+
+
+def _shuffle(plan: ChannelPlan, g_in: int | None, r: int, down: bool = False) -> int | None:
+    """Output group of a pixel (un)shuffle by `r`: the r^2 channels that one output
+    channel gathers (or one input channel spreads into) are narrowed together."""
+    if g_in is None:
+        return None
+    k, size = r * r, plan.size[plan.find(g_in)]
+    if size < 1 or (not down and size % k):
+        plan.freeze(g_in)
+        return None
+    if down:
+        g = plan.new(size * k)
+        plan.derive(g, [g_in], k)
+    else:
+        g = plan.new(size // k)
+        plan.derive(g_in, [g], k)
+    return g
+
+
+def _concat(plan: ChannelPlan, parts: list[int | None]) -> int | None:
+    """Group of a channel concatenation of `parts` (None where a part is unknown)."""
+    sizes = [plan.size[plan.find(p)] if p is not None else -1 for p in parts]
+    if min(sizes, default=-1) < 1:
+        for p in parts:
+            plan.freeze(p)
+        return None
+    g = plan.new(sum(sizes))
+    plan.derive(g, [p for p in parts if p is not None])
+    return g
+
+
+def _trace_entropy_parameters(model: nn.Module, plan: ChannelPlan, params: int) -> None:
+    """compressai's joint autoregressive models (mbt2018, cheng2020-anchor) feed
+    `entropy_parameters` with cat(h_s output `params`, context_prediction(y_hat)): the
+    context model's output and the hidden widths of the entropy-parameter network are
+    internal to the entropy model and may narrow; y and the Gaussian parameters may not."""
+    from compressai.models import JointAutoregressiveHierarchicalPriors
+
+    ctx = getattr(model, "context_prediction", None)
+    ep = getattr(model, "entropy_parameters", None)
+    if not (isinstance(model, JointAutoregressiveHierarchicalPriors)
+            and isinstance(ctx, nn.Conv2d) and isinstance(ep, nn.Sequential)):  # fmt: skip
+        return
+    g_ctx = _trace_child(plan, "context_prediction", ctx, plan.new(ctx.in_channels, True))
+    g = _concat(plan, [params, g_ctx])
+    if g is None or plan.size[g] != getattr(ep[0], "in_channels", None):
+        plan.freeze(g_ctx)
+        return
+    for i, child in enumerate(ep):
+        g = _trace_child(plan, f"entropy_parameters.{i}", child, g)
+    plan.freeze(g)  # the means and scales of the Gaussian conditional
 
 
 def analyse_channels(model: nn.Module) -> ChannelPlan:
@@ -229,6 +389,19 @@ def analyse_channels(model: nn.Module) -> ChannelPlan:
         plan.freeze(z_group)
     if "h_s" not in {p.split(".")[-1] for p in transforms} and z_group is not None:
         plan.freeze(z_group)
+    if "h_s" in plan.boundaries:
+        _trace_entropy_parameters(model, plan, plan.boundaries["h_s"][-1])
+    for path, seq in model.named_modules():
+        # ELIC's channel-context and parameter-aggregation networks: hidden widths only
+        if not (isinstance(seq, nn.Sequential) and _SIDE_NETWORKS & set(path.split("."))):
+            continue
+        if not any(f"{path}.".startswith(f"{p}.") or p.startswith(f"{path}.")
+                   for p in plan.graphs):  # fmt: skip
+            g = plan.new(-1, frozen=True)
+            for i, child in enumerate(seq):
+                g = _trace_child(plan, f"{path}.{i}", child, g)
+            plan.freeze(g)
+    plan.settle()
     return plan
 
 
@@ -284,7 +457,8 @@ def channel_energy(model: nn.Module, plan: ChannelPlan, images: Iterable[Tensor]
 def select_channels(
     plan: ChannelPlan, energy: dict[int, Tensor], sizes: dict[int, int]
 ) -> dict[int, Tensor]:
-    """Kept channel indices (ascending) per narrowed group: the highest-energy ones."""
+    """Kept channel indices (ascending) per narrowed group: the highest-energy ones; a
+    derived group keeps what its parts keep."""
     keep: dict[int, Tensor] = {}
     for g in plan.free_groups():
         full, new = plan.size[g], sizes.get(g, plan.size[g])
@@ -297,7 +471,7 @@ def select_channels(
             if e is None:
                 e = torch.zeros(full)
             keep[g] = torch.topk(e, new).indices.sort().values
-    return keep
+    return plan.expand(keep)
 
 
 # ----------------------------------------------------------------------------------------
@@ -424,7 +598,9 @@ def build_student(
     teacher's leading ones and `info["stagewise"]` is False: such a student trains end to
     end only (build it with `widths="free"` for stage-wise distillation).
     `widths="free"`: every free channel group narrowed by `width` (uneven widths, the
-    interfaces whole, a kdic-only spec).
+    interfaces whole, a kdic-only spec), the entropy model's internal widths and the
+    pixel-shuffle upsampling included. "class" stays the default: it is what compressai
+    users can load, and it is within 45% of the teacher's kMAC/px at width 0.5 too.
 
     For S2C-Conv teachers (kdic's own class, built from its config either way), `blocks`
     (3 counts) drops the blocks with the weakest residual branches and `ffn_ratio` sets the
@@ -464,6 +640,7 @@ def build_student(
         s_spec = class_spec(t_spec, width)
     else:
         sizes = {g: max(1, round(width * plan.size[g])) for g in plan.free_groups()}
+        sizes = plan.expand_sizes(sizes)
         s_spec = {**t_spec, "resize": _resize(plan, sizes, dict(t_spec.get("resize") or {}))}
     student = build_model(s_spec)
     student.kdic_spec = s_spec
@@ -525,7 +702,9 @@ def _resize(plan: ChannelPlan, sizes: dict[int, int], resize: dict[str, list[int
 
 
 def _sizes_from(plan: ChannelPlan, student: nn.Module) -> dict[int, int]:
-    """Group sizes read off a student skeleton whose module paths match the plan's."""
+    """Sizes of the free groups read off a student skeleton whose module paths match the
+    plan's (a group no convolution produces, e.g. a pixel shuffle's output, from the
+    group derived from it)."""
     sizes: dict[int, int] = {}
     for leaf in plan.leaves:
         if isinstance(leaf.module, (nn.Conv2d, nn.ConvTranspose2d)) and plan.is_free(leaf.g_out):
@@ -534,4 +713,7 @@ def _sizes_from(plan: ChannelPlan, student: nn.Module) -> dict[int, int]:
     for path, g in plan.eb.items():
         if plan.is_free(g):
             sizes[plan.find(g)] = student.get_submodule(path).channels
-    return sizes
+    for g, (parts, factor) in plan.derived.items():
+        if len(parts) == 1 and g in sizes and parts[0] not in sizes:
+            sizes[parts[0]] = sizes[g] // factor
+    return {g: n for g, n in sizes.items() if g not in plan.derived}
