@@ -253,9 +253,11 @@ def write_report(
     title = lines[:1] if lines and lines[0].startswith("# ") else []
     body = lines[len(title) :]
     md = [*title, *([""] if title else []), *provenance_markdown(prov), *body]
-    write_text(path.with_suffix(".md"), "\n".join(md).rstrip("\n") + "\n")
-    write_json(path.with_suffix(".json"), {"provenance": prov, **data})
-    return path.with_suffix(".md")
+    # appended, not with_suffix: a name such as "speed-0.5-run2" has a dot of its own
+    md_path, json_path = (path.parent / f"{path.name}{ext}" for ext in (".md", ".json"))
+    write_text(md_path, "\n".join(md).rstrip("\n") + "\n")
+    write_json(json_path, {"provenance": prov, **data})
+    return md_path
 
 
 def write_results(

@@ -190,3 +190,9 @@ def test_every_benchmark_accepts_the_flag_and_writes_through_common(script: Path
     source = script.read_text()
     assert "add_common_args(" in source and "check_tree(args)" in source
     assert "savefig(" not in source and ".write_text(" not in source
+
+
+def test_a_name_with_a_dot_keeps_all_of_it(repo: Path, tmp_path: Path) -> None:
+    path = common.write_results("fake", "speed-0.5-run2", "Fake", [("T", "x")], {"rows": [1]})
+    assert path == tmp_path / "results" / "fake" / "speed-0.5-run2.md"
+    assert path.exists() and path.with_name("speed-0.5-run2.json").exists()
