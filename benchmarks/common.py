@@ -69,7 +69,7 @@ def _loadavg() -> list[float] | None:
 
 
 # Importing this module is the start of a benchmark run.
-_START = {"date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "load": _loadavg()}
+_START: dict[str, Any] = {"date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "load": _loadavg()}
 _ALLOW_DIRTY: bool | None = None  # set by check_tree(args)
 
 
@@ -134,8 +134,12 @@ def provenance() -> dict[str, Any]:
     import torch
 
     device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
+    now = git_state()
+    start = _START.get("git", now)  # the tree as the run started (check_tree), else now
+    moved = {"commit_at_write": now["commit"]} if now["commit"] != start["commit"] else {}
     return {
-        **git_state(),
+        **start,
+        **moved,
         "allow_dirty": allow_dirty(),
         "command": command(),
         "cwd": os.getcwd(),
@@ -176,6 +180,7 @@ def check_tree(args: argparse.Namespace | None = None) -> dict[str, Any]:
     if args is not None and getattr(args, "allow_dirty", False):
         _ALLOW_DIRTY = True
     state = git_state()
+    _START.setdefault("git", state)  # the code that runs: a commit made meanwhile is not it
     if state["dirty"] is not False and not allow_dirty():
         why = (
             f"uncommitted changes ({', '.join(state['changed'][:3])}"
@@ -215,6 +220,8 @@ def provenance_markdown(prov: dict[str, Any]) -> list[str]:
         commit += f", {more} more)" if more > 0 else ")"
     elif prov.get("dirty") is None:
         commit += " (clean state unknown, written with --allow-dirty)"
+    if prov.get("commit_at_write"):
+        commit += f"; the checkout was at {prov['commit_at_write']} when this was written"
     env = ", ".join(f"{k}={v}" for k, v in prov["env"].items()) or "none of the tracked ones set"
     lines = [
         f"- commit: `{commit}`",

@@ -39,6 +39,8 @@ def repo(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setattr(common, "REPO", root)
     monkeypatch.setattr(common, "RESULTS", tmp_path / "results")
     monkeypatch.setattr(common, "_ALLOW_DIRTY", None)
+    # a fresh run: no tree state recorded at a start yet
+    monkeypatch.setattr(common, "_START", {k: v for k, v in common._START.items() if k != "git"})
     monkeypatch.setattr(sys, "argv", ["bench"])
     monkeypatch.setattr(sys, "orig_argv", [sys.executable, "-m", "benchmarks.fake"], raising=False)
     monkeypatch.delenv("TOOLKIT_ALLOW_DIRTY", raising=False)
@@ -196,3 +198,14 @@ def test_a_name_with_a_dot_keeps_all_of_it(repo: Path, tmp_path: Path) -> None:
     path = common.write_results("fake", "speed-0.5-run2", "Fake", [("T", "x")], {"rows": [1]})
     assert path == tmp_path / "results" / "fake" / "speed-0.5-run2.md"
     assert path.exists() and path.with_name("speed-0.5-run2.json").exists()
+
+
+def test_the_commit_is_the_one_the_run_started_from(repo: Path) -> None:
+    first = common.check_tree()["commit"]
+    (repo / "code.py").write_text("x = 3\n")
+    _git(repo, "commit", "-q", "-am", "meanwhile")
+    prov = common.provenance()
+    assert prov["commit"] == first
+    assert prov["commit_at_write"] == _git(repo, "rev-parse", "HEAD").strip() != first
+    text = "\n".join(common.provenance_markdown(prov))
+    assert f"checkout was at {prov['commit_at_write']}" in text
