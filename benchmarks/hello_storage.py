@@ -486,29 +486,7 @@ def _report_validation(args, meta, proj_rows, sets, tuning, reported, storage, m
         ),
         (
             "Projector",
-            common.markdown_table(
-                [
-                    "encoder",
-                    "rank / head rank",
-                    "stored params",
-                    "bytes",
-                    "zero-shot top-1",
-                    "distilled top-1",
-                    "agreement with teacher (tuning digits)",
-                ],
-                [
-                    [
-                        p["encoder"],
-                        f"{p['rank']} / {p['head_rank']}",
-                        p["trainable_parameters"],
-                        p["storage_bytes"],
-                        p["zero_shot_top1"],
-                        p["distilled_top1"],
-                        p["distilled_agreement"],
-                    ]
-                    for p in proj_rows
-                ],
-            ),  # fmt: skip
+            _projector_table(proj_rows, "agreement with teacher (tuning digits)"),
         ),
     ]
     for s in sets:
@@ -581,11 +559,7 @@ def _report_validation(args, meta, proj_rows, sets, tuning, reported, storage, m
                 ),
             )
         )
-    storage_md = common.markdown_table(
-        ["setting", "stored soft labels (bytes)", "projector (bytes)", "projector / stored (%)"],
-        [list(r.values()) for r in storage],
-    )
-    sections.append(("Storage at scale (computed from the formulas, fp32 factors)", storage_md))
+    sections.append(_storage_section(storage))
     common.write_results(
         "hello",
         args.name,
@@ -666,29 +640,7 @@ def _mean_rows(rows: list[dict[str, Any]]) -> list[list[Any]]:
 
 def _report(args, meta, proj_rows, rows, storage, made_of: str | None = None) -> None:  # noqa: ANN001
     table = _mean_rows(rows)
-    proj_md = common.markdown_table(
-        [
-            "encoder",
-            "rank / head rank",
-            "stored params",
-            "bytes",
-            "zero-shot top-1",
-            "distilled top-1",
-            "agreement with teacher",
-        ],
-        [
-            [
-                p["encoder"],
-                f"{p['rank']} / {p['head_rank']}",
-                p["trainable_parameters"],
-                p["storage_bytes"],
-                p["zero_shot_top1"],
-                p["distilled_top1"],
-                p["distilled_agreement"],
-            ]
-            for p in proj_rows
-        ],
-    )
+    proj_md = _projector_table(proj_rows, "agreement with teacher")
     main_md = common.markdown_table(
         [
             "IPC",
@@ -701,10 +653,6 @@ def _report(args, meta, proj_rows, rows, storage, made_of: str | None = None) ->
             "% of stored labels",
         ],
         table,
-    )
-    storage_md = common.markdown_table(
-        ["setting", "stored soft labels (bytes)", "projector (bytes)", "projector / stored (%)"],
-        [list(r.values()) for r in storage],
     )
     _plot(table, args.name)
     common.write_results(
@@ -734,7 +682,7 @@ def _report(args, meta, proj_rows, rows, storage, made_of: str | None = None) ->
             ),
             *([("Runs combined here", made_of)] if made_of else []),
             ("Students", main_md),
-            ("Storage at scale (computed from the formulas, fp32 factors)", storage_md),
+            _storage_section(storage),
         ],
         {
             "projectors": proj_rows,
@@ -766,6 +714,24 @@ def _plot(table: list[list[Any]], name: str) -> None:
     out = common.RESULTS / "hello"
     out.mkdir(parents=True, exist_ok=True)
     common.save_figure(fig, out / f"{name}.png")
+
+
+def _storage_section(storage: list[dict[str, Any]]) -> tuple[str, str]:
+    """The storage-at-scale table both protocols report."""
+    cols = ["setting", "stored soft labels (bytes)", "projector (bytes)", "projector / stored (%)"]
+    table = common.markdown_table(cols, [list(r.values()) for r in storage])
+    return "Storage at scale (computed from the formulas, fp32 factors)", table
+
+
+def _projector_table(proj_rows: list[dict[str, Any]], agreement: str) -> str:
+    """The projector table (both protocols; `agreement`: its last column's name)."""
+    cols = ["encoder", "rank / head rank", "stored params", "bytes", "zero-shot top-1",
+            "distilled top-1", agreement]  # fmt: skip
+    keys = ("trainable_parameters", "storage_bytes", "zero_shot_top1", "distilled_top1",
+            "distilled_agreement")  # fmt: skip
+    rows = [[p["encoder"], f"{p['rank']} / {p['head_rank']}", *(p[k] for k in keys)]
+            for p in proj_rows]  # fmt: skip
+    return common.markdown_table(cols, rows)
 
 
 if __name__ == "__main__":
