@@ -1,8 +1,8 @@
 """Checks that need CUDA (`make gpu-check`); skipped with the reason where none is present.
 
 They cover what CPU tests cannot: the trainer's AMP step on a GPU, NCCL reductions over two
-GPUs, and latency timing that waits for the GPU (an unsynchronised timer measures only the
-kernel launch)."""
+GPUs, latency timing that waits for the GPU (an unsynchronised timer measures only the
+kernel launch), and each tool's Slurm example job run on the GPU that `--device auto` picks."""
 
 from __future__ import annotations
 
@@ -103,3 +103,27 @@ def test_nccl_two_rank_reduction(tmp_path: Path) -> None:
     rows = [json.loads(line) for line in res.stdout.splitlines() if line.startswith("{")]
     assert sorted(r["rank"] for r in rows) == [0, 1]
     assert all(r["backend"] == "nccl" and r["sum"] == 3.0 and r["mean"] == 1.5 for r in rows)
+
+
+# each tool's Slurm example job (tests/test_slurm_examples.py), run as on a cluster node:
+# `--device auto` must pick the GPU, which the run folder's log records
+SLURM_JOBS = {
+    "vbp": "test_vbp_job_finetunes_from_a_local_teacher_checkpoint",
+    "kdic": "test_kdic_job_distils_a_tiny_student",
+    "scorelidar": "test_scorelidar_job_distils_on_the_folder_holding_sequences",
+    "hello": "test_hello_job_distils_the_projector",
+    "tomerge": "test_tomerge_job_generates_and_a_requeued_job_starts_over",
+}
+
+
+def run_slurm_job(tool: str, tmp_path: Path) -> str:
+    """Run `tool`'s example job (its own assertions included); the run folder's log."""
+    from tests import test_slurm_examples as jobs
+
+    getattr(jobs, SLURM_JOBS[tool])(tmp_path)
+    return (jobs._out(tmp_path, tool) / "log.txt").read_text()
+
+
+@pytest.mark.parametrize("tool", sorted(SLURM_JOBS))
+def test_each_tool_runs_a_short_job_on_the_gpu(tool: str, tmp_path: Path) -> None:
+    assert "device: cuda" in run_slurm_job(tool, tmp_path)
