@@ -109,6 +109,37 @@ class _EBSwap(nn.Module):
         full = z_hat.new_zeros(z.shape)
         return full.index_copy(1, self.idx, z_hat), lk
 
+    def _get_medians(self) -> Tensor:
+        """The medians at the teacher's width (zero on the dropped channels): compressai's
+        HyperLatentCodec re-quantises z around them (its straight-through path)."""
+        med = self.eb._get_medians()
+        if self.idx is None:
+            return med
+        return med.new_zeros(self.channels, *med.shape[1:]).index_copy(0, self.idx, med)
+
+
+class _KeepChannels(nn.Module):
+    """Zero the channels a narrower student drops (of z, after the teacher's h_a): a codec
+    that re-quantises z itself, rather than taking the bottleneck's z_hat, must not pass
+    the teacher's values of the dropped channels on to h_s."""
+
+    def __init__(self, idx: list[int], channels: int) -> None:
+        super().__init__()
+        mask = torch.zeros(1, channels, 1, 1)
+        mask[:, idx] = 1.0
+        self.register_buffer("mask", mask)
+
+    def forward(self, z: Tensor) -> Tensor:
+        return z * self.mask.to(z.dtype)
+
+
+def _has(model: nn.Module, path: str) -> bool:
+    try:
+        model.get_submodule(path)
+    except AttributeError:
+        return False
+    return True
+
 
 def _set(model: nn.Module, path: str, module: nn.Module) -> None:
     parent, _, child = path.rpartition(".")
@@ -167,7 +198,13 @@ def make_hybrid(
             module = student.get_submodule(path)
             if isinstance(module, EntropyBottleneck):
                 t_eb = teacher.get_submodule(path)
-                module = _EBSwap(module, maps.get("eb", {}).get(path), t_eb.channels)
+                idx = maps.get("eb", {}).get(path)
+                module = _EBSwap(module, idx, t_eb.channels)
+                parent = path.rpartition(".")[0]
+                h_a = f"{parent}.h_a" if parent else "h_a"
+                if idx is not None and _has(codec, h_a):
+                    keep = _KeepChannels(idx, t_eb.channels)
+                    _set(codec, h_a, nn.Sequential(codec.get_submodule(h_a), keep))
             _set(codec, path, module)
     names = set(stage.params)
     trainable = [p for n, p in student.named_parameters() if n in names]

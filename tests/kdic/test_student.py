@@ -195,14 +195,16 @@ def test_free_cheng_student_narrows_pixel_shuffle_upsampling_by_copying() -> Non
         assert student.g_a(x).shape == teacher.g_a(x).shape  # latent y kept
 
 
+def h_s_in(h_s: torch.nn.Module) -> int:
+    """Input channels of a hyper-synthesis (its first convolution's)."""
+    convs = (torch.nn.Conv2d, torch.nn.ConvTranspose2d)
+    return next(m for m in h_s.modules() if isinstance(m, convs)).in_channels
+
+
 @pytest.mark.parametrize(
     "name",
-    ["mbt2018", "cheng2020-anchor",
-     pytest.param("elic2022-official", marks=pytest.mark.xfail(
-         strict=True, raises=AttributeError,
-         reason="kdic_cli.distill._EBSwap lacks _get_medians, which compressai's "
-                "HyperLatentCodec calls: ELIC's entropy-stage hybrid does not run"))],
-)  # fmt: skip
+    ["mbt2018", "cheng2020-anchor", "elic2022-official"],
+)
 def test_every_stage_hybrid_of_a_free_student_runs(name: str) -> None:
     """The narrowed boundaries (pixel-shuffle groups between cheng2020-anchor's synthesis
     stages) and entropy-model widths fit inside the teacher, stage by stage."""
@@ -215,7 +217,29 @@ def test_every_stage_hybrid_of_a_free_student_runs(name: str) -> None:
     x = torch.rand(1, 3, 64, 64)
     narrowed = [b for bounds in info["boundaries"].values() for b in bounds if b is not None]
     assert narrowed
+    checked = 0
     for stage in partition(student):
+        hybrid = make_hybrid(teacher, student, stage, info)
+        seen: list[torch.Tensor] = []
+        for path, eb_idx in info.get("eb", {}).items():
+            if stage.transform is None and eb_idx is not None:
+                # what h_s is given: the dropped hyper-latent channels must be zero, also
+                # where the codec re-quantises z itself (ELIC's straight-through path)
+                h_s = hybrid.codec.get_submodule(path.rpartition(".")[0] + ".h_s"
+                                                 if "." in path else "h_s")  # fmt: skip
+                h_s.register_forward_pre_hook(lambda m, a, seen=seen: seen.append(a[0]))
+                dropped = sorted(set(range(h_s_in(h_s))) - set(eb_idx))
+                # the teacher's z shifted by 3, so a dropped channel let through would round
+                # to a non-zero value (a tiny model's z mostly rounds to 0 by itself)
+                h_a = hybrid.codec.get_submodule(path.rpartition(".")[0] + ".h_a"
+                                                 if "." in path else "h_a")  # fmt: skip
+                masked = type(h_a[-1]).__name__ == "_KeepChannels"  # the hybrid's mask
+                inner = h_a[0] if masked else h_a
+                inner.register_forward_hook(lambda m, a, out: out + 3.0)
         with torch.no_grad():
-            out = make_hybrid(teacher, student, stage, info)(x)
+            out = hybrid(x)
         assert out["x_hat"].shape == x.shape, stage.name
+        if seen:
+            assert dropped and seen[0][:, dropped].abs().max() == 0, stage.name
+            checked += 1
+    assert checked  # the entropy stage narrowed z and was checked
