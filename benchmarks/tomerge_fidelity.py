@@ -178,7 +178,7 @@ def main() -> None:
         "tomerge", name, "tomerge fidelity: digits diffusion UNet, tome vs importance",
         sections, results,
     )  # fmt: skip
-    _save_grid(grid, labels, RESULTS / "tomerge" / f"{name}.png")
+    save_grid(grid, labels, RESULTS / "tomerge" / f"{name}.png")
     print(path.read_text())
 
 
@@ -188,7 +188,9 @@ def _real_digits(size: int) -> tuple[torch.Tensor, torch.Tensor]:
     return load_digits_tensors("val", size, channels=1)
 
 
-def _save_grid(grid: dict[str, torch.Tensor], labels: torch.Tensor, path: Path) -> None:
+def save_grid(grid: dict[str, torch.Tensor], labels: torch.Tensor, path: Path) -> None:
+    """Rows: each entry of `grid`; columns: the first sample of each class (and the row
+    names in a .txt beside it)."""
     from shared.images import save_image
     from tomerge_cli.fidelity import image_grid
     from tomerge_cli.references import CLASSES

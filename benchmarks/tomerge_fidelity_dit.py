@@ -35,6 +35,8 @@ import torch
 from torch import nn
 
 from benchmarks.common import RESULTS, add_common_args, check_tree, markdown_table, write_results
+from benchmarks.tomerge_fidelity import save_grid
+from tomerge_cli.demo import bootstrap_mean, sample
 
 REPO = Path(__file__).resolve().parent.parent
 SIZE = 32
@@ -90,37 +92,6 @@ def trained_model(steps: int, batch: int) -> tuple[DigitsMMDiT, float, float]:
     cache.mkdir(parents=True, exist_ok=True)
     save_file(model.state_dict(), path)
     return model.eval(), loss, time.perf_counter() - start
-
-
-@torch.inference_mode()
-def sample(model: nn.Module, labels: torch.Tensor, seed: int, steps: int, guidance: float):
-    """DDIM; with guidance > 1 one CFG batch [uncond; cond] per step as a pipeline runs it,
-    else one conditional call per step (no CFG batch, as a guidance-distilled model)."""
-    from diffusers import DDIMScheduler
-
-    from tomerge_cli.references import CLASSES
-
-    sched = DDIMScheduler(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2")
-    sched.set_timesteps(steps)
-    gen = torch.Generator().manual_seed(seed)
-    x = torch.randn(len(labels), 1, model.size, model.size, generator=gen)
-    null = torch.full_like(labels, CLASSES)
-    for t in sched.timesteps:
-        if guidance > 1:
-            eps_u, eps_c = model(torch.cat([x, x]), t, torch.cat([null, labels])).chunk(2)
-            eps = eps_u + guidance * (eps_c - eps_u)
-        else:
-            eps = model(x, t, labels)
-        x = sched.step(eps, t, x).prev_sample
-    return ((x + 1) / 2).clamp(0, 1)
-
-
-def bootstrap_mean(values: list[float], seed: int = 0) -> tuple[float, float, float]:
-    """Mean and its 95% bootstrap interval over the items."""
-    v = torch.tensor(values, dtype=torch.float64)
-    idx = torch.randint(len(v), (BOOT, len(v)), generator=torch.Generator().manual_seed(seed))
-    low, high = torch.quantile(v[idx].mean(1), torch.tensor([0.025, 0.975], dtype=v.dtype))
-    return float(v.mean()), float(low), float(high)
 
 
 def per_sample_psnr(imgs: torch.Tensor, base: torch.Tensor) -> list[float]:
@@ -204,17 +175,6 @@ def paired_table(res: dict[str, Any], first: str, second: str, ratios: tuple[flo
         p = res[f"paired {ratio}"]
         rows.append([ratio, f"{p['diff']:+.2f} [{p['low']:+.2f}, {p['high']:+.2f}]", p["verdict"]])
     return markdown_table(["ratio", f"{first} - {second}, dB [95% CI]", f"{first} is"], rows)
-
-
-def save_grid(images: dict[str, torch.Tensor], labels: torch.Tensor, path: Path) -> None:
-    """Rows: unmerged and each method/ratio; columns: the first sample of each class."""
-    from shared.images import save_image
-    from tomerge_cli.fidelity import image_grid
-    from tomerge_cli.references import CLASSES
-
-    first = [int((labels == c).nonzero()[0]) for c in range(CLASSES)]
-    rows = [[imgs[i].expand(3, -1, -1) for i in first] for imgs in images.values()]
-    save_image(image_grid(rows), path)
 
 
 def main(argv: list[str] | None = None) -> None:

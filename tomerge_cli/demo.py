@@ -88,7 +88,8 @@ def digits_classifier() -> tuple[Callable[[torch.Tensor], torch.Tensor], dict[st
 # -- sampling ----------------------------------------------------------------------------
 @torch.inference_mode()
 def sample(model: nn.Module, labels: torch.Tensor, seed: int, steps: int, guidance: float):
-    """DDIM with classifier-free guidance as a pipeline runs it: one batch [uncond; cond]."""
+    """DDIM; with guidance > 1 one CFG batch [uncond; cond] per step as a pipeline runs it,
+    else one conditional call per step (no CFG batch, as a guidance-distilled model)."""
     from diffusers import DDIMScheduler
 
     from tomerge_cli.references import CLASSES
@@ -99,8 +100,12 @@ def sample(model: nn.Module, labels: torch.Tensor, seed: int, steps: int, guidan
     x = torch.randn(len(labels), 1, size, size, generator=torch.Generator().manual_seed(seed))
     null = torch.full_like(labels, CLASSES)
     for t in sched.timesteps:
-        eps_u, eps_c = model(torch.cat([x, x]), t, torch.cat([null, labels])).chunk(2)
-        x = sched.step(eps_u + guidance * (eps_c - eps_u), t, x).prev_sample
+        if guidance > 1:
+            eps_u, eps_c = model(torch.cat([x, x]), t, torch.cat([null, labels])).chunk(2)
+            eps = eps_u + guidance * (eps_c - eps_u)
+        else:
+            eps = model(x, t, labels)
+        x = sched.step(eps, t, x).prev_sample
     return ((x + 1) / 2).clamp(0, 1)
 
 
@@ -266,15 +271,20 @@ def save_picture(path: Path, fid: dict[str, dict[str, Any]], speed: dict[str, di
     plt.close(fig)
 
 
+def bootstrap_mean(values: list[float], seed: int = 0) -> tuple[float, float, float]:
+    """Mean of the items and its 95% bootstrap interval (2,000 resamples of the items)."""
+    v = torch.tensor(values, dtype=torch.float64)
+    idx = torch.randint(len(v), (2000, len(v)), generator=torch.Generator().manual_seed(seed))
+    low, high = torch.quantile(v[idx].mean(1), torch.tensor([0.025, 0.975], dtype=v.dtype))
+    return float(v.mean()), float(low), float(high)
+
+
 def paired_verdict(a: list[float], b: list[float], seed: int = 0) -> tuple[str, float, float]:
-    """'higher', 'lower' or 'on par' for a against b, paired per item: the 95% bootstrap
-    interval (2,000 resamples of the items) of mean(a - b), and its bounds."""
-    gen = torch.Generator().manual_seed(seed)
-    d = torch.tensor(a, dtype=torch.float64) - torch.tensor(b, dtype=torch.float64)
-    idx = torch.randint(len(d), (2000, len(d)), generator=gen)
-    low, high = torch.quantile(d[idx].mean(1), torch.tensor([0.025, 0.975], dtype=d.dtype))
+    """'higher', 'lower' or 'on par' for a against b, paired per item: the bootstrap
+    interval of mean(a - b) (`bootstrap_mean`), and its bounds."""
+    _, low, high = bootstrap_mean([x - y for x, y in zip(a, b, strict=True)], seed)
     verdict = "higher" if low > 0 else "lower" if high < 0 else "on par"
-    return verdict, float(low), float(high)
+    return verdict, low, high
 
 
 def speed_verdict(a: dict[str, float], b: dict[str, float]) -> str:
