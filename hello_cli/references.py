@@ -16,9 +16,6 @@ references/MANIFEST.json.
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -78,22 +75,6 @@ def note(name: str) -> str:
     return f"{what}; one CPU thread; WORK = a temporary folder: {steps}"
 
 
-def _hello(args: list[str], log: Any) -> dict[str, Any]:
-    """One real `hello` command in a fresh process on one thread (deterministic bytes)."""
-    log("hello " + " ".join(args))
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    res = subprocess.run(
-        [sys.executable, "-m", "hello_cli.cli", *args, "--json", "--quiet", "--overwrite"],
-        stdout=subprocess.PIPE,
-        text=True,
-        env=env,
-        check=False,
-    )
-    if res.returncode != 0:
-        raise RuntimeError(f"hello {args[0]} failed (exit {res.returncode})")
-    return json.loads(res.stdout.strip().splitlines()[-1])
-
-
 def teacher() -> tuple[Path, dict[str, Any]]:
     """(checkpoint, metadata) of the digits teacher (shipped, cached, or trained: minutes)."""
     return recipes.teacher_checkpoint()
@@ -141,10 +122,10 @@ def write_image_folder(path: Path, folder: Path) -> Path:
 
 def build_synthetic(out: Path, work: Path, log: Any = print) -> Path:
     from hello_cli.data_io import load_synthetic
-    from shared.references import sha256
+    from shared.references import run_tool, sha256
 
     ckpt, _ = teacher()
-    _hello(commands(str(ckpt), str(work))["synthetic"][0], log)
+    run_tool("hello", commands(str(ckpt), str(work))["synthetic"][0], log)
     images, labels, names = load_synthetic(work / "synthetic" / "images")
     extra = {
         "ipc": IPC,
@@ -158,7 +139,7 @@ def build_synthetic(out: Path, work: Path, log: Any = print) -> Path:
 # -- the projector ----------------------------------------------------------------------------
 def build_projector(out: Path, work: Path, log: Any = print) -> Path:
     from shared.checkpoints import load_checkpoint, save_checkpoint
-    from shared.references import find, sha256
+    from shared.references import find, run_tool, sha256
 
     ckpt, _ = teacher()
     # fitted on the batches of the set that ships beside it (or the shipped one)
@@ -168,7 +149,7 @@ def build_projector(out: Path, work: Path, log: Any = print) -> Path:
     write_image_folder(synthetic, work / "synthetic" / "images")
     metrics: dict[str, Any] = {}
     for args in commands(str(ckpt), str(work))["projector"]:
-        metrics = _hello(args, log)
+        metrics = run_tool("hello", args, log)
     tensors, meta = load_checkpoint(work / "projector" / "projector.safetensors", tool="hello")
     arch = meta["architecture"]
     arch["encoder"]["weights"] = PORTABLE_LITE0  # not this machine's site-packages path

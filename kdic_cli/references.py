@@ -26,10 +26,7 @@ references/MANIFEST.json.
 
 from __future__ import annotations
 
-import json
-import os
 import shlex
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -65,18 +62,6 @@ def commands(name: str) -> list[str]:
     return ["kdic " + shlex.join(a.format(**fill) for a in args) for _, args in STAGES[name]]
 
 
-def _run(args: list[str], out: Path, log: Any) -> dict[str, Any]:
-    """One `kdic` command on one CPU thread in a child process; its --json result."""
-    exe = str(Path(sys.executable).parent / "kdic")
-    argv = [exe, *args, "--out", str(out), "--overwrite", "--json", "--quiet"]
-    log(f"kdic reference: kdic {shlex.join(args)} ...")
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    res = subprocess.run(argv, stdout=subprocess.PIPE, text=True, env=env, check=False)
-    if res.returncode != 0:
-        raise RuntimeError(f"kdic {shlex.join(args)} failed with exit code {res.returncode}")
-    return json.loads(res.stdout.strip().splitlines()[-1])
-
-
 def _summary(metrics: dict[str, Any]) -> dict[str, Any]:
     """The deterministic part of a training run's metrics (no seconds, no paths)."""
     keep = ("steps", "lmbda", "phases", "loss", "mse", "bpp")
@@ -86,7 +71,7 @@ def _summary(metrics: dict[str, Any]) -> dict[str, Any]:
 def build(name: str, out: Path, work: Path, log: Any = print) -> Path:
     """Train reference `name` in `work` and write <out>/<name>.safetensors."""
     from kdic_cli.models import load_model, save_model
-    from shared.references import find
+    from shared.references import find, run_tool
 
     if name not in NAMES:
         raise ValueError(f"unknown reference {name!r}; known: {', '.join(NAMES)}")
@@ -100,7 +85,7 @@ def build(name: str, out: Path, work: Path, log: Any = print) -> Path:
     training = {}
     for stage, args in STAGES[name]:
         filled = [a.format(work=work, teacher=teacher) for a in args]
-        training[stage] = _summary(_run(filled, work / stage, log))
+        training[stage] = _summary(run_tool("kdic", [*filled, "--out", str(work / stage)], log))
     model, meta = load_model(work / STAGES[name][-1][0] / MODEL)
     extra: dict[str, Any] = {
         "recipe": RECIPE,

@@ -98,6 +98,18 @@ def record(name: str, path: Path, command: list[str], note: str = "") -> dict[st
     return entry
 
 
+def run_tool(tool: str, args: list[str], log: Callable[[str], Any] = print) -> dict[str, Any]:
+    """One real `tool` command in a fresh process on one CPU thread (a rebuild on the same
+    CPU type then gives the same bytes), into a folder it may overwrite; its --json result."""
+    log(f"{tool} {shlex.join(args)}")
+    argv = [sys.executable, "-m", f"{tool}_cli.cli", *args, "--json", "--quiet", "--overwrite"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    res = subprocess.run(argv, stdout=subprocess.PIPE, text=True, env=env, check=False)
+    if res.returncode != 0:
+        raise RuntimeError(f"{tool} {shlex.join(args)} failed (exit {res.returncode})")
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
 def total_bytes() -> int:
     return sum(e["bytes"] for e in manifest().values())
 
