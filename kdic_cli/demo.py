@@ -130,8 +130,8 @@ def plot(path: Path, curves: dict[str, list[dict]], points: dict[str, dict], cro
     ax.set_xlim(0, max(1.0, 2 * top))
     ax.set_xlabel("bits per pixel (payload of real bitstreams; JPEG/WebP: whole file)")
     ax.set_ylabel("PSNR (dB, 8-bit RGB)")
-    ax.set_title("held-out photos: mean over " + ", ".join(points["teacher"]["photos"]),
-                 fontsize=9)  # fmt: skip
+    ax.set_title(f"mean over {len(points['teacher']['photos'])} held-out photos "
+                 "(builtin:photos val split)", fontsize=9)  # fmt: skip
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")
     top_, left, size = CROP

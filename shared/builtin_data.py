@@ -1,6 +1,7 @@
 """Real data that ships offline: `builtin:digits` (scikit-learn's 1,797 handwritten digits,
-fixed stratified 1,437/360 split) and `builtin:photos` (twelve real photos inside installed
-packages; held-out: chelsea, coffee, grace_hopper, flower)."""
+fixed stratified 1,437/360 split) and `builtin:photos` (21 real photos inside installed
+packages: 8 colour ones to train codecs on; held out for evaluation, the "val" split: 4 colour
+(chelsea, coffee, grace_hopper, flower) and the 9 grey-level photos of scikit-image)."""
 
 from __future__ import annotations
 
@@ -149,9 +150,21 @@ _PHOTO_FILES: dict[str, tuple[str, str]] = {
     "china": ("sklearn", "datasets/images/china.jpg"),
     "flower": ("sklearn", "datasets/images/flower.jpg"),
     "grace_hopper": ("matplotlib", "mpl-data/sample_data/grace_hopper.jpg"),
+    # grey-level photos (read as RGB with three equal channels)
+    "camera": ("skimage", "data/camera.png"),
+    "coins": ("skimage", "data/coins.png"),
+    "moon": ("skimage", "data/moon.png"),
+    "clock": ("skimage", "data/clock_motion.png"),
+    "brick": ("skimage", "data/brick.png"),
+    "grass": ("skimage", "data/grass.png"),
+    "gravel": ("skimage", "data/gravel.png"),
+    "text": ("skimage", "data/text.png"),
+    "page": ("skimage", "data/page.png"),
 }
 PHOTO_NAMES = tuple(_PHOTO_FILES)
-VAL_PHOTOS = ("chelsea", "coffee", "grace_hopper", "flower")
+GREY_PHOTOS = ("camera", "coins", "moon", "clock", "brick", "grass", "gravel", "text", "page")
+# held out for evaluation: every bundled photo not trained on (colour ones first)
+VAL_PHOTOS = ("chelsea", "coffee", "grace_hopper", "flower", *GREY_PHOTOS)
 TRAIN_PHOTOS = tuple(n for n in PHOTO_NAMES if n not in VAL_PHOTOS)
 
 

@@ -91,7 +91,8 @@ def test_resolve_classification_bad_specs(tmp_path: Path) -> None:
 def test_photo_splits_fixed_and_disjoint() -> None:
     val = builtin_data.list_photos("val")
     train = builtin_data.list_photos("train")
-    assert val == ["chelsea", "coffee", "grace_hopper", "flower"]
+    assert val[:4] == ["chelsea", "coffee", "grace_hopper", "flower"]
+    assert val[4:] == list(builtin_data.GREY_PHOTOS) and len(val) >= 8
     assert not set(val) & set(train)
     assert len(train) == 8 and "stereo_motorcycle_left" in train and "china" in train
     assert sorted(builtin_data.list_photos("all")) == sorted(val + train)
@@ -117,7 +118,12 @@ def test_missing_photo_package_is_skipped_unless_none_left(
         "_photo_path",
         lambda n: None if builtin_data._PHOTO_FILES[n][0] == "matplotlib" else real(n),
     )
-    assert builtin_data.list_photos("val") == ["chelsea", "coffee", "flower"]
+    assert builtin_data.list_photos("val") == [
+        "chelsea",
+        "coffee",
+        "flower",
+        *builtin_data.GREY_PHOTOS,
+    ]
     with pytest.raises(InputError, match="matplotlib"):
         builtin_data.load_photo("grace_hopper")
     monkeypatch.setattr(builtin_data, "_photo_path", lambda n: None)
@@ -127,7 +133,7 @@ def test_missing_photo_package_is_skipped_unless_none_left(
 
 def test_photo_images_whole() -> None:
     ds = builtin_data.PhotoImages("val")
-    assert ds.names == builtin_data.list_photos("val") and len(ds) == 4
+    assert ds.names == builtin_data.list_photos("val") and len(ds) == 13
     x = ds[0]
     assert x.shape == (3, 300, 451) and x.dtype == torch.float32
     assert float(x.min()) >= 0.0 and float(x.max()) <= 1.0
@@ -295,3 +301,11 @@ def test_make_loader_uses_distributed_sampler(monkeypatch: pytest.MonkeyPatch) -
     assert len(seen) == 5
     loaders.set_loader_epoch(loader, 3)
     assert loader.sampler.epoch == 3
+
+
+def test_grey_photos_are_rgb_with_three_equal_channels() -> None:
+    for name in builtin_data.GREY_PHOTOS:
+        x = np.asarray(builtin_data.load_photo(name))
+        assert x.ndim == 3 and x.shape[2] == 3 and min(x.shape[:2]) >= 128, name
+        assert (x[..., 0] == x[..., 1]).all() and (x[..., 1] == x[..., 2]).all(), name
+        assert x.std() > 10, name  # a photo, not a flat image
