@@ -37,6 +37,7 @@ from hello_cli.storage import storage_rows
 from hello_cli.student import StudentConfig, train_student
 from hello_cli.synth import synthesize_class
 from hello_cli.teachers import load_teacher
+from shared.intervals import paired, t_interval
 
 
 def log(msg: str) -> None:
@@ -285,29 +286,14 @@ def carve_tuning_split(labels: torch.Tensor, size: int, seed: int) -> tuple[torc
     return mask.nonzero().flatten(), tune_idx
 
 
-def t_interval(values: list[float], level: float = 0.95) -> tuple[float, float, float]:
-    """(mean, low, high): Student-t interval of the mean over seeds (n - 1 degrees of
-    freedom); (mean, nan, nan) for one value."""
-    from scipy import stats
-
-    v = torch.tensor(values, dtype=torch.float64)
-    mean = v.mean().item()
-    if len(v) < 2:
-        return mean, float("nan"), float("nan")
-    half = stats.t.ppf(0.5 + level / 2, len(v) - 1) * v.std().item() / len(v) ** 0.5
-    return mean, mean - half, mean + half
-
-
 def paired_verdict(a: list[float], b: list[float], level: float = 0.95) -> dict[str, Any]:
     """a vs b over the same seeds: the per-seed differences a - b, their mean and t interval,
     and the verdict 'beats' (interval above 0), 'worse' (below 0) or 'on par' (contains 0,
     or a single seed)."""
-    if len(a) != len(b):
-        raise ValueError("paired comparison needs the same seeds on both sides")
+    p = paired(a, b, "t", level)
     diffs = [x - y for x, y in zip(a, b, strict=True)]
-    mean, lo, hi = t_interval(diffs, level)
-    verdict = "beats" if lo > 0 else "worse" if hi < 0 else "on par"
-    return {"differences": diffs, "mean": mean, "low": lo, "high": hi, "verdict": verdict}
+    return {"differences": diffs, "mean": p["diff"], **{k: p[k] for k in ("low", "high")},
+            "verdict": p["verdict"]}  # fmt: skip
 
 
 def choose(tuning: list[dict[str, Any]]) -> dict[str, Any]:

@@ -36,7 +36,8 @@ from torch import nn
 
 from benchmarks.common import RESULTS, add_common_args, check_tree, markdown_table, write_results
 from benchmarks.tomerge_fidelity import save_grid
-from tomerge_cli.demo import bootstrap_mean, sample
+from shared.intervals import bootstrap_mean
+from tomerge_cli.demo import sample
 
 REPO = Path(__file__).resolve().parent.parent
 SIZE = 32

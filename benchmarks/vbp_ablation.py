@@ -25,6 +25,7 @@ from torch import nn
 
 from benchmarks import common
 from shared.classify import FitConfig, fit_classifier
+from shared.intervals import RESAMPLES, bootstrap_mean, paired, resample_index, verdict
 from shared.loaders import make_loader
 from shared.profiling import count_macs, count_params
 from shared.reference import load_reference, reference_classifier
@@ -93,28 +94,14 @@ RECOVERED = (
     "magnitude, no compensation",
     "Torch-Pruning magnitude",
 )
-BOOT = 2000  # bootstrap resamples of the val images
+BOOT = RESAMPLES  # bootstrap resamples of the val images
 CONFIDENCE = 0.95
 
 
 # -- intervals -------------------------------------------------------------------------------
-def resample_index(n: int, boot: int = BOOT, seed: int = 0) -> torch.Tensor:
-    """(boot, n) indices of images drawn with replacement. One matrix serves every method, so
-    any two methods' resamples are paired (the same images)."""
-    return torch.randint(n, (boot, n), generator=torch.Generator().manual_seed(seed))
-
-
-def _bounds(means: torch.Tensor) -> tuple[float, float]:
-    tail = (1 - CONFIDENCE) / 2
-    q = torch.tensor([tail, 1 - tail], dtype=means.dtype)
-    low, high = torch.quantile(means, q)
-    return float(low), float(high)
-
-
 def top1_interval(correct: torch.Tensor, index: torch.Tensor) -> tuple[float, float, float]:
     """Top-1 (%) of per-image correctness and its bootstrap interval (percentile)."""
-    c = correct.double() * 100
-    return (float(c.mean()), *_bounds(c[index].mean(1)))
+    return bootstrap_mean(correct.double() * 100, index=index, level=CONFIDENCE)
 
 
 def paired_vs_vbp(
@@ -123,10 +110,8 @@ def paired_vs_vbp(
     """Top-1 of `other` minus VBP's (percentage points) on the same images, its paired
     bootstrap interval, and what it says of VBP: "beats" (interval below 0), "worse" (above 0)
     or "on par"."""
-    d = (other.double() - vbp.double()) * 100
-    low, high = _bounds(d[index].mean(1))
-    verdict = "beats" if high < 0 else "worse" if low > 0 else "on par"
-    return {"diff": float(d.mean()), "low": low, "high": high, "verdict": verdict}
+    p = paired(other.double() * 100, vbp.double() * 100, "bootstrap", CONFIDENCE, index=index)
+    return {**p, "verdict": verdict(p["low"], p["high"], above="worse", below="beats")}
 
 
 def bits(correct: torch.Tensor) -> str:

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import math
 import sys
 import time
 from pathlib import Path
@@ -37,6 +36,7 @@ import torch
 from torch import nn
 
 from benchmarks.common import RESULTS, add_common_args, check_tree, markdown_table, write_results
+from shared import intervals
 from shared.cache import cache_dir
 from shared.profiling import count_params
 from shared.train import Trainer, cosine_with_warmup, step_rng
@@ -247,13 +247,11 @@ def speed(models: dict[str, nn.Module], vocab: int, seq_len: int, repeats: int) 
     return rows
 
 
-def paired(a: torch.Tensor, b: torch.Tensor) -> dict[str, float | str]:
-    """Mean per-window NLL difference b - a with a 95% interval (the same windows scored
+def paired_nll(a: torch.Tensor, b: torch.Tensor) -> dict[str, float | str]:
+    """Mean per-window NLL difference b - a with a 95% t interval (the same windows scored
     by both models), and the verdict it supports for a: "better", "worse" or "on par"."""
-    d = b - a
-    mean, half = float(d.mean()), 1.96 * float(d.std()) / math.sqrt(d.numel())
-    verdict = "better" if mean - half > 0 else "worse" if mean + half < 0 else "on par"
-    return {"diff": mean, "low": mean - half, "high": mean + half, "verdict": verdict}
+    p = intervals.paired(b, a, "t")
+    return {**p, "verdict": intervals.verdict(p["low"], p["high"], "better", "worse")}
 
 
 def main() -> None:
@@ -345,7 +343,7 @@ def main() -> None:
     for (m, q, stage), nll in sorted(nlls.items(), key=lambda kv: (kv[0][1], kv[0][2] == "kd")):
         if m == "VBP":
             continue
-        pr = {"method": m, "ratio": q, "stage": stage, **paired(nlls[("VBP", q, stage)], nll)}
+        pr = {"method": m, "ratio": q, "stage": stage, **paired_nll(nlls[("VBP", q, stage)], nll)}
         compare.append(pr)
         paired_rows.append([
             m, f"{q:.0%}", stage, f"{pr['diff']:+.4f} [{pr['low']:+.4f}, {pr['high']:+.4f}]",

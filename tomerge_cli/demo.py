@@ -27,6 +27,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from shared.intervals import paired, verdict
+
 RATIO = 0.5
 PER_CLASS = 3  # samples per digit class: 30 samples, each method from the same seeds
 DDIM_STEPS = 10
@@ -271,20 +273,11 @@ def save_picture(path: Path, fid: dict[str, dict[str, Any]], speed: dict[str, di
     plt.close(fig)
 
 
-def bootstrap_mean(values: list[float], seed: int = 0) -> tuple[float, float, float]:
-    """Mean of the items and its 95% bootstrap interval (2,000 resamples of the items)."""
-    v = torch.tensor(values, dtype=torch.float64)
-    idx = torch.randint(len(v), (2000, len(v)), generator=torch.Generator().manual_seed(seed))
-    low, high = torch.quantile(v[idx].mean(1), torch.tensor([0.025, 0.975], dtype=v.dtype))
-    return float(v.mean()), float(low), float(high)
-
-
 def paired_verdict(a: list[float], b: list[float], seed: int = 0) -> tuple[str, float, float]:
     """'higher', 'lower' or 'on par' for a against b, paired per item: the bootstrap
-    interval of mean(a - b) (`bootstrap_mean`), and its bounds."""
-    _, low, high = bootstrap_mean([x - y for x, y in zip(a, b, strict=True)], seed)
-    verdict = "higher" if low > 0 else "lower" if high < 0 else "on par"
-    return verdict, low, high
+    interval of mean(a - b), and its bounds."""
+    p = paired(a, b, "bootstrap", seed=seed)
+    return verdict(p["low"], p["high"], "higher", "lower"), p["low"], p["high"]
 
 
 def speed_verdict(a: dict[str, float], b: dict[str, float]) -> str:
