@@ -18,11 +18,28 @@ partition and the matching are `patch.TokenMerger`'s and `merge.py`'s; this modu
   and the attention runs once per image (`_per_image_attention`); one image (Flux's usual
   batch) or equal choices need no loop.
 - importance without classifier-free guidance (`importance=` of apply_patch):
-  - "cfg": |eps_cond - eps_uncond| of the previous step (the paper); needs a CFG batch.
+  - "cfg" (the default): |eps_cond - eps_uncond| of the previous step (the paper); needs
+    CFG, as a batch [uncond; cond] or as two calls per step (below).
   - "step-delta": |eps_t - eps_{t-1}| per token, how much the prediction moved between the
     two previous steps: the signal a guidance-distilled model (Flux-dev) or a turbo / LCM
     student gives for free. Needs two previous steps, so the first two steps use the grid.
-  - "auto": "cfg" when the batch is a CFG pair, else "step-delta".
+    With two calls per step it compares the first (conditional) calls only.
+  - "auto": "cfg" when the step runs CFG (a batch pair or two calls), else "step-delta".
+- CFG as two calls per step (`DiTTokenMerger._second_call`, every family here): a call on
+  the same latents at the same timestep with other conditioning, right after the step's
+  first call, is the same step (its counter, partition and prune / importance schedule),
+  and the CFG map is |first - second| of their outputs. SD3's skip-layer guidance call (the
+  conditional half of the CFG batch again) also belongs to its step and leaves the batch's
+  map alone. A call at that timestep on other latents (a second-order sampler) or the same
+  call repeated (a timing loop) is a step of its own.
+- the signal each pipeline gets, with the default importance="cfg" / with "auto":
+  - SD3 / SD3.5, Sana (a CFG batch when guidance_scale > 1): the CFG map from the batch;
+    without CFG, the random grid (with a warning) / step-delta.
+  - Wan 2.x (guidance_scale > 1: two calls per step): the CFG map from the two calls.
+  - Flux.1 with true CFG (true_cfg_scale > 1 and a negative prompt: two calls per step,
+    conditional first): the CFG map from the two calls, either way.
+  - Flux.1 without true CFG (dev / schnell, guidance embedded, one call per step): no CFG
+    map, so the random grid (with a warning; no_cfg="error" raises) / step-delta.
 
 - video and linear-attention transformers (`WanTokenMerger`):
   - `WanTransformerBlock` (Wan 2.x text-to-video): tokens are frames x height x width in
@@ -32,8 +49,7 @@ partition and the matching are `patch.TokenMerger`'s and `merge.py`'s; this modu
     (cos, sin of shape (1, S, 1, D)) follow the kept tokens; when the images of a batch keep
     different tokens they become (B, S', 1, D), which Wan's attention broadcasts as is.
     Wan's pipeline runs the conditional and unconditional passes as two calls with the same
-    timestep: they share one step (and partition), and the paper's map |eps_cond -
-    eps_uncond| comes from the two outputs.
+    timestep (see "CFG as two calls per step" above).
   - `SanaTransformerBlock` (Sana): linear attention, whose cost is linear in N, so merging
     saves in proportion to the tokens removed (projections and the attention alike), not a
     quadratic term; its MLP is a convolution over the token grid and is never merged.
@@ -194,6 +210,11 @@ class DiTTokenMerger(_ImportanceSignals, TokenMerger):
         self.grid: tuple[int, int] | None = None
         self._forwards: list[tuple[nn.Module, Any]] = []  # attention forwards we wrapped
         self._packed = "img_ids" in _parameters(model)  # Flux: (B, N, C) token latents
+        # pipelines that run CFG as two calls per step (see `_second_call`)
+        self.second_pass = False  # the current call is the second of its step
+        self._step_sample: torch.Tensor | None = None  # the step's first input
+        self._step_context: Any = None  # and its conditioning
+        self._first: torch.Tensor | None = None  # the step's first prediction
         super().__init__(model, settings)
 
     # -- which blocks ------------------------------------------------------------
@@ -206,15 +227,71 @@ class DiTTokenMerger(_ImportanceSignals, TokenMerger):
 
     # -- per step ----------------------------------------------------------------
     def _on_step(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
-        super()._on_step(module, args, kwargs)
         bound = self._signature.bind_partial(*args, **kwargs).arguments
         sample = bound["hidden_states"]
+        if self._second_call(bound):
+            self.second_pass = True  # same step: its partitions, grid and counter stay
+            return
+        super()._on_step(module, args, kwargs)
+        self.second_pass = False
+        # copies: a pipeline may update its tensors in place
+        self._step_sample = sample.detach().clone()
+        context = bound.get("encoder_hidden_states")
+        self._step_context = context.detach().clone() if isinstance(context, torch.Tensor) else None
         if self._packed:
             self.grid = _grid_from_ids(bound.get("img_ids"), sample.shape[1])
             if self.grid is None:  # e.g. Kontext's reference-image tokens after the latents
                 self._warn_once("nogrid", "tomerge: image tokens form no single grid; not merged")
         else:
             self.grid = (sample.shape[-2] // self.patch, sample.shape[-1] // self.patch)
+
+    def _second_call(self, bound: dict[str, Any]) -> bool:
+        """Whether this call is a second pass of the current step, on the same latents at
+        the same timestep: the unconditional prediction of a pipeline that runs CFG as two
+        calls (Wan; Flux with true_cfg_scale > 1 and a negative prompt), with other
+        conditioning than the first call's, or SD3's skip-layer guidance call on the
+        conditional half of the step's CFG batch. A call on other latents at that timestep
+        (a second-order sampler's correction), the same call again (a timing loop) and a
+        third call are steps of their own."""
+        t = bound.get("timestep")
+        t = float(t.max()) if isinstance(t, torch.Tensor) else t
+        first = self._step_sample
+        if self.second_pass or t is None or t != self.step.timestep or first is None:
+            return False
+        sample = bound["hidden_states"].detach()
+        if first.shape == sample.shape:
+            context, before = bound.get("encoder_hidden_states"), self._step_context
+            same_context = (
+                isinstance(context, torch.Tensor)
+                and before is not None
+                and before.shape == context.shape
+                and torch.equal(before, context.detach())
+            )
+            return not self.step.cfg and not same_context and torch.equal(first, sample)
+        b = sample.shape[0]
+        return (
+            self.step.cfg
+            and first.shape == (2 * b, *sample.shape[1:])
+            and torch.equal(first[b:], sample)
+        )
+
+    def _on_output(self, module: nn.Module, args: tuple, output: Any) -> None:
+        eps = self._prediction(output)
+        if not self.second_pass:
+            self._first = eps
+            # a CFG batch's map or step-delta; a second call of this step replaces it
+            super()._on_output(module, args, output)
+        elif self.settings.importance != "step-delta" and not self.step.cfg:
+            # |eps_cond - eps_uncond| of the two calls (either order: the absolute value)
+            self.importance = step_delta_map(eps, self._first, self.channels)
+        else:
+            return  # step-delta compares the steps' first calls; a CFG batch gave its map
+        if self.importance is not None:
+            self.importance = self._map_layout(self.importance, eps)
+
+    def _map_layout(self, imp: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+        """The map in the layout `_draw_partition` reads: (P, H, W) as is for images."""
+        return imp
 
     def _prediction(self, output: Any) -> torch.Tensor:
         eps = super()._prediction(output)
@@ -305,34 +382,12 @@ class WanTokenMerger(DiTTokenMerger):
         super().__init__(model, settings)
 
     def _on_step(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
-        bound = self._signature.bind_partial(*args, **kwargs).arguments
-        sample, t = bound["hidden_states"], bound.get("timestep")
-        t = float(t.max()) if isinstance(t, torch.Tensor) else t
-        if (
-            t is not None
-            and t == self.step.timestep
-            and tuple(sample.shape[-2:]) == self.latent_hw
-            and not getattr(self.step, "second_pass", False)
-        ):  # the unconditional pass of the same step (Wan's pipeline runs CFG as two calls)
-            self.step.second_pass = True
-            return
         super()._on_step(module, args, kwargs)
-        self.step.second_pass = False
+        sample = self._signature.bind_partial(*args, **kwargs).arguments["hidden_states"]
         self.frames = sample.shape[2] // self.frame_patch if sample.ndim == 5 else 1
 
-    def _on_output(self, module: nn.Module, args: tuple, output: Any) -> None:
-        eps = self._prediction(output)
-        if self.step.second_pass:
-            if self.settings.importance != "step-delta":  # |eps_cond - eps_uncond|
-                self.importance = self._stacked(step_delta_map(eps, self._first, self.channels))
-                self._two_pass = True
-            return
-        self._first = eps
-        if getattr(self, "_two_pass", False) and self.settings.importance != "step-delta":
-            return  # the map comes with the second pass of this step
-        super()._on_output(module, args, output)
-        if self.importance is not None and self.importance.ndim == 3 and eps.ndim == 5:
-            self.importance = self._stacked(self.importance)
+    def _map_layout(self, imp: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+        return self._stacked(imp) if imp.ndim == 3 and eps.ndim == 5 else imp
 
     def _stacked(self, imp: torch.Tensor) -> torch.Tensor:
         """(B * F, H, W) per latent frame -> (B * F' / window, window * H, W): the frames of

@@ -11,6 +11,7 @@ hooks and the model is exactly the stock one again.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import inspect
 import warnings
@@ -358,6 +359,9 @@ class TokenMerger:
         if original is None or not self.handles:
             return
 
+        # wraps: pipelines inspect set_timesteps' signature (Flux asks whether it takes
+        # `sigmas`), so the wrapper must show the original's parameters
+        @functools.wraps(original)
         def set_timesteps(*args: Any, **kwargs: Any) -> Any:
             self.step.timestep = None
             return original(*args, **kwargs)

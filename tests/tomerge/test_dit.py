@@ -1,5 +1,6 @@
 """Token merging in diffusion transformers (SD3, Flux) and step-delta importance, on tiny
-transformers built from configs and called directly as a sampler would."""
+transformers built from configs and called directly as a sampler would, or through
+diffusers' Flux / SD3 pipelines without text encoders or VAE (embeddings in, latents out)."""
 
 from __future__ import annotations
 
@@ -398,3 +399,270 @@ def test_unet_pipelines_take_step_delta_importance_without_cfg() -> None:
     assert isinstance(merger, dit.ImportanceTokenMerger)
     assert merger.stats["partitions"] == {"importance": 1, "grid": 1, "grid_prune": 1}
     assert merger.importance.shape == (1, 16, 16) and torch.isfinite(out).all()
+
+
+# -- several calls per step (Flux with true_cfg_scale > 1, SD3 skip-layer guidance) -----
+
+
+def _flux_pipeline(model):
+    """A FluxPipeline around `model`, without text encoders or VAE (embeddings in, latents
+    out): 64x64 pixels are a 4x4 grid of packed tokens."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline
+
+    pipe = FluxPipeline(
+        scheduler=FlowMatchEulerDiscreteScheduler(),
+        vae=None,
+        text_encoder=None,
+        tokenizer=None,
+        text_encoder_2=None,
+        tokenizer_2=None,
+        transformer=model,
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def _embeds(negative: bool) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(2)
+    kw = {"prompt_embeds": torch.randn(1, TEXT, 16, generator=g)}
+    kw["pooled_prompt_embeds"] = torch.randn(1, 16, generator=g)
+    if negative:  # true CFG: a second transformer call per step
+        kw["negative_prompt_embeds"] = torch.randn(1, TEXT, 16, generator=g)
+        kw["negative_pooled_prompt_embeds"] = torch.randn(1, 16, generator=g)
+    return kw
+
+
+def _run_pipeline(pipe, true_cfg: bool, steps: int = 4) -> torch.Tensor:
+    return pipe(
+        **_embeds(negative=true_cfg),
+        true_cfg_scale=4.0 if true_cfg else 1.0,
+        height=16 * H,  # 16 pixels a token: VAE factor 8 (no VAE) x 2 (packing)
+        width=16 * W,
+        num_inference_steps=steps,
+        output_type="latent",
+        generator=torch.Generator().manual_seed(1),
+    ).images
+
+
+def _outputs(model) -> list[torch.Tensor]:
+    """The transformer's prediction of every call from now on (a hook after the patch's)."""
+    outs: list[torch.Tensor] = []
+    model.register_forward_hook(
+        lambda m, a, out: outs.append((out[0] if isinstance(out, tuple) else out.sample).clone())
+    )
+    return outs
+
+
+def _cfg_map(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """|a - b| per packed token, channels averaged, on the (1, H, W) token grid."""
+    return (a - b).abs().mean(-1).view(1, H, W)
+
+
+@torch.no_grad()
+def _sample_flux_true_cfg(model, latents: torch.Tensor, steps: int = 4) -> list[torch.Tensor]:
+    """FluxPipeline's loop with true_cfg_scale > 1: a conditional then an unconditional
+    call per step, on the same latents at the same timestep; returns [cond, uncond, ...]."""
+    g = torch.Generator().manual_seed(1)
+    cond, uncond = (torch.randn(1, TEXT, 16, generator=g) for _ in range(2))
+    pooled = torch.randn(1, 16, generator=g)
+    x, outs = latents, []
+    for t in TIMES[:steps]:
+        c, u = (
+            model(
+                hidden_states=x,
+                encoder_hidden_states=ctx,
+                pooled_projections=pooled,
+                timestep=torch.full((1,), t),
+                img_ids=_img_ids(),
+                txt_ids=torch.zeros(TEXT, 3),
+                guidance=torch.full((1,), 3.5),
+            ).sample
+            for ctx in (cond, uncond)
+        )
+        outs += [c, u]
+        x = x - 0.25 * (u + 4.0 * (c - u))
+    return outs
+
+
+def test_flux_true_cfg_counts_one_step_per_pair_of_calls() -> None:
+    """FluxPipeline with a negative prompt and true_cfg_scale > 1 calls the transformer
+    twice per step: the step counter, the partition and the prune / importance schedule
+    advance once per step, and both calls merge with the step's one partition."""
+    model = _flux()
+    pipe = _flux_pipeline(model)
+    # on the transformer: a patched FluxPipeline fails (test_a_patched_flux_pipeline_runs)
+    tomerge_cli.apply_patch(pipe.transformer, ratio=0.5, importance="auto")
+    merger = tomerge_cli.get_merger(model)
+    steps: list[int] = []
+    kept: list[torch.Tensor] = []
+    model.register_forward_pre_hook(lambda m, a: steps.append(merger.step.index))
+    model.transformer_blocks[0].attn.register_forward_pre_hook(
+        lambda m, a, k: kept.append(k["image_rotary_emb"][0][TEXT:].clone()), with_kwargs=True
+    )
+    _run_pipeline(pipe, true_cfg=True)
+    assert steps == [0, 0, 1, 1, 2, 2, 3, 3]
+    assert merger.stats["partitions"] == {"importance": 2, "grid": 0, "grid_prune": 2}
+    assert merger.stats["merged_calls"] == 8 * 2  # calls x blocks
+    for cond, uncond in zip(kept[::2], kept[1::2], strict=True):  # same kept positions
+        assert torch.equal(cond, uncond)
+
+
+@pytest.mark.parametrize("importance", ["auto", "cfg", "step-delta"])
+def test_flux_true_cfg_importance_is_the_cfg_map_of_the_two_calls(
+    importance: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With "auto" and "cfg" the partition of step k comes from |eps_cond - eps_uncond| of
+    step k - 1 (the paper's map, here from the two calls); "step-delta" ignores the second
+    call and compares the conditional predictions of two steps."""
+    import tomerge_cli.patch as patch
+
+    used: list[torch.Tensor] = []
+    resize = patch.resize_importance
+    monkeypatch.setattr(
+        patch, "resize_importance", lambda imp, h, w: used.append(imp.clone()) or resize(imp, h, w)
+    )
+    model = _flux()
+    tomerge_cli.apply_patch(model, ratio=0.5, importance=importance, no_cfg="error")
+    outs = _sample_flux_true_cfg(model, _flux_latents())
+    cond, uncond = outs[::2], outs[1::2]
+    if importance == "step-delta":
+        want = [_cfg_map(cond[k], cond[k - 1]) for k in (1, 2)]
+    else:
+        want = [_cfg_map(cond[k], uncond[k]) for k in (1, 2)]
+    assert len(used) == 2  # one importance partition per step, at steps 2 and 3
+    for got, expected in zip(used, want, strict=True):
+        torch.testing.assert_close(got, expected)
+
+
+def test_flux_true_cfg_ratio_zero_and_remove_patch_are_bit_identical() -> None:
+    model = _flux()
+    lat = _flux_latents()
+    base = torch.stack(_sample_flux_true_cfg(model, lat))
+    tomerge_cli.apply_patch(model, ratio=0.0, importance="auto")
+    assert torch.equal(torch.stack(_sample_flux_true_cfg(model, lat)), base)
+    tomerge_cli.apply_patch(model, ratio=0.5, importance="auto", merge_mlp=True)
+    merged = torch.stack(_sample_flux_true_cfg(model, lat))
+    assert not torch.equal(merged, base)
+    assert tomerge_cli.get_merger(model).stats["partitions"]["importance"] == 2
+    tomerge_cli.remove_patch(model)
+    assert torch.equal(torch.stack(_sample_flux_true_cfg(model, lat)), base)
+    assert no_hooks(model)
+
+
+def test_guidance_distilled_flux_after_a_true_cfg_run_uses_step_delta() -> None:
+    """One call per step (Flux-dev without a negative prompt), with the same patch that
+    just ran true CFG: importance="auto" takes |eps_t - eps_{t-1}| again."""
+    model = _flux()
+    pipe = _flux_pipeline(model)
+    tomerge_cli.apply_patch(pipe.transformer, ratio=0.5, importance="auto")
+    merger = tomerge_cli.get_merger(model)
+    _run_pipeline(pipe, true_cfg=True)
+    outs = _outputs(model)
+    _run_pipeline(pipe, true_cfg=False)
+    assert len(outs) == 4 and merger.step.index == 3
+    torch.testing.assert_close(merger.importance, _cfg_map(outs[3], outs[2]))
+    assert merger.stats["partitions"] == {"importance": 4, "grid": 0, "grid_prune": 4}
+
+
+@pytest.mark.parametrize("again", ["other latents", "the same call"])
+def test_a_second_call_at_a_timestep_without_cfg_is_a_step_of_its_own(again: str) -> None:
+    """CFG's second pass is the same latents with other conditioning. A call on other
+    latents (a second-order sampler's correction) or the same call again (a timing loop)
+    at that timestep gets its own step."""
+    model = _flux()
+    g = torch.Generator().manual_seed(1)
+    cond, uncond = (torch.randn(1, TEXT, 16, generator=g) for _ in range(2))
+    lat = _flux_latents()
+
+    @torch.no_grad()
+    def call(x: torch.Tensor, ctx: torch.Tensor) -> None:
+        model(
+            hidden_states=x,
+            encoder_hidden_states=ctx,
+            pooled_projections=torch.zeros(1, 16),
+            timestep=torch.full((1,), TIMES[0]),
+            img_ids=_img_ids(),
+            txt_ids=torch.zeros(TEXT, 3),
+            guidance=torch.full((1,), 3.5),
+        )
+
+    tomerge_cli.apply_patch(model, ratio=0.5, importance="auto")
+    call(lat, cond)
+    if again == "other latents":
+        call(lat + 0.1, uncond)
+    else:
+        call(lat, cond)
+    merger = tomerge_cli.get_merger(model)
+    assert merger.step.index == 1 and not merger.second_pass
+    tomerge_cli.apply_patch(model, ratio=0.5, importance="auto")  # control: true CFG
+    call(lat, cond)
+    call(lat, uncond)
+    merger = tomerge_cli.get_merger(model)
+    assert merger.step.index == 0 and merger.second_pass
+
+
+@pytest.mark.parametrize("true_cfg", [True, False], ids=["true-cfg", "distilled"])
+def test_a_patched_flux_pipeline_runs_merges_and_is_deterministic(true_cfg: bool) -> None:
+    """The whole pipeline patched (as `tomerge generate` does): FluxPipeline checks
+    set_timesteps' signature for `sigmas`, which the patch's wrapper must keep."""
+    pipe = _flux_pipeline(_flux())
+    plain = _run_pipeline(pipe, true_cfg=true_cfg)
+    tomerge_cli.apply_patch(pipe, ratio=0.5, importance="auto")
+    merged = _run_pipeline(pipe, true_cfg=true_cfg)
+    assert not torch.equal(merged, plain)
+    assert torch.equal(_run_pipeline(pipe, true_cfg=true_cfg), merged)
+    tomerge_cli.remove_patch(pipe)
+    assert torch.equal(_run_pipeline(pipe, true_cfg=true_cfg), plain)
+
+
+def test_sd3_skip_layer_guidance_calls_belong_to_their_step() -> None:
+    """SD3's pipeline with skip_guidance_layers calls the transformer a second time per
+    step on the conditional half of the CFG batch: no step of its own, and the map stays
+    |eps_cond - eps_uncond| of the CFG batch (importance='cfg' finds one at every step)."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, StableDiffusion3Pipeline
+
+    model = _sd3(dual=True)
+    pipe = StableDiffusion3Pipeline(
+        scheduler=FlowMatchEulerDiscreteScheduler(),
+        vae=None,  # latents out; 64x64 pixels are an 8x8 latent, a 4x4 token grid
+        text_encoder=None,
+        tokenizer=None,
+        text_encoder_2=None,
+        tokenizer_2=None,
+        text_encoder_3=None,
+        tokenizer_3=None,
+        transformer=model,
+    )
+    pipe.set_progress_bar_config(disable=True)
+    g = torch.Generator().manual_seed(2)
+    embeds = {
+        name: torch.randn(1, *shape, generator=g)
+        for name, shape in (
+            ("prompt_embeds", (TEXT, 16)),
+            ("negative_prompt_embeds", (TEXT, 16)),
+            ("pooled_prompt_embeds", (16,)),
+            ("negative_pooled_prompt_embeds", (16,)),
+        )
+    }
+    tomerge_cli.apply_patch(pipe, ratio=0.5, importance="cfg", no_cfg="error")
+    merger = tomerge_cli.get_merger(pipe)
+    calls: list[tuple[int, int]] = []
+    model.register_forward_pre_hook(
+        lambda m, a, k: calls.append((k["hidden_states"].shape[0], merger.step.index)),
+        with_kwargs=True,
+    )
+    outs = _outputs(model)
+    pipe(
+        **embeds,
+        height=64,
+        width=64,
+        num_inference_steps=4,
+        guidance_scale=4.0,
+        skip_guidance_layers=[1],
+        skip_layer_guidance_start=0.0,  # from step 1 on
+        skip_layer_guidance_stop=1.0,
+        output_type="latent",
+    )
+    assert calls == [(2, 0), (2, 1), (1, 1), (2, 2), (1, 2), (2, 3), (1, 3)]
+    assert merger.stats["partitions"]["importance"] == 2 + 2  # steps 2, 3: CFG and SLG calls
+    torch.testing.assert_close(merger.importance, importance_map(outs[-2], 4))
