@@ -24,6 +24,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from shared.intervals import ratio_spread
+
 __all__ = [
     "compare_speed",
     "count_macs",
@@ -270,7 +272,8 @@ def compare_speed(
     ``make_input(batch_size)`` returns a tensor or a tuple of arguments. One row per
     (batch size, model): ``model``, ``batch_size``, ``ms_per_batch`` (median),
     ``images_per_s``, ``speedup`` (first model's time / this model's time, >1 is faster)
-    and ``time_ratio`` (the inverse).
+    ``time_ratio`` (the inverse), ``speedup_rounds`` (the per-round ratios' median, range
+    and t interval, `shared.intervals.ratio_spread`) and ``round_ms`` (every round's time).
     """
     if not models:
         raise ValueError("compare_speed needs at least one model")
@@ -306,6 +309,9 @@ def compare_speed(
                     "images_per_s": batch * 1e3 / medians[n],
                     "speedup": base / medians[n],
                     "time_ratio": medians[n] / base,
+                    # per-round ratios (round i of both models back to back): the spread
+                    "speedup_rounds": ratio_spread(samples[names[0]], samples[n]),
+                    "round_ms": [t * 1e3 for t in samples[n]],
                 }
             )
     return rows

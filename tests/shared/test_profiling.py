@@ -120,3 +120,20 @@ def test_compare_speed_model_against_itself() -> None:
         assert 0.5 <= r["speedup"] <= 2.0
         assert r["time_ratio"] == pytest.approx(1.0 / r["speedup"])
     assert rows[0]["speedup"] == 1.0 and rows[2]["speedup"] == 1.0
+
+
+def test_compare_speed_reports_the_spread_of_per_round_ratios() -> None:
+    small = nn.Linear(64, 64)
+    big = nn.Sequential(*[nn.Linear(64, 64) for _ in range(16)])
+    rows = profiling.compare_speed(
+        {"big": big, "small": small}, lambda bs: torch.randn(bs, 64), [32], 1, 3, 4
+    )
+    base, fast = rows
+    assert base["speedup_rounds"]["min"] == base["speedup_rounds"]["max"] == 1.0
+    q = fast["speedup_rounds"]
+    assert q["rounds"] == 4 and len(fast["round_ms"]) == 4
+    assert q["min"] <= q["median"] <= q["max"] and q["low"] <= q["mean"] <= q["high"]
+    # the per-round ratios are the paired times, round by round
+    ratios = [b / s for b, s in zip(base["round_ms"], fast["round_ms"], strict=True)]
+    assert q["min"] == pytest.approx(min(ratios)) and q["max"] == pytest.approx(max(ratios))
+    assert q["median"] > 2  # 16 layers against one
