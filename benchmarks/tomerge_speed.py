@@ -251,6 +251,7 @@ def main() -> None:
         )
         data["runs"][backend] = res
         for r in res:
+            q = r["speedup_rounds"]
             rows.append(
                 (
                     backend,
@@ -258,6 +259,8 @@ def main() -> None:
                     r["ms_per_batch"] / 1e3,
                     r["ms_per_batch"] / 2e3,
                     r["speedup"],
+                    f"{q['median']:.3f} [{q['min']:.3f}, {q['max']:.3f}]",
+                    f"[{q['low']:.3f}, {q['high']:.3f}]",
                 )
             )
     n = latent * latent
@@ -278,7 +281,16 @@ def main() -> None:
             "resolution), CFG batch 2, float32; layers merged: "
             + ", ".join(["attn1"] + [k.removeprefix("merge_") for k, on in layers.items() if on]),
             common.markdown_table(
-                ["attention", "variant", "s / step", "s / image-step", "speed-up"], rows
+                [
+                    "attention",
+                    "variant",
+                    "s / step",
+                    "s / image-step",
+                    "speed-up (medians)",
+                    "per-round speed-up: median [min, max]",
+                    "its mean: 95% t interval",
+                ],
+                rows,
             ),
         ),
         (
