@@ -28,7 +28,7 @@ def test_the_pair_stays_small() -> None:
 
 def test_shipped_pair_is_the_recipe_teacher_and_its_distilled_student() -> None:
     from kdic_cli.models import fingerprint, load_model
-    from kdic_cli.references import ARCH, LMBDA, RECIPE, M, N, commands
+    from kdic_cli.references import ARCH, LMBDA, RECIPE, STAGES, M, N, commands
 
     teacher, t_meta = load_model(find("kdic/teacher"))
     student, s_meta = load_model(find("kdic/student"))
@@ -40,8 +40,10 @@ def test_shipped_pair_is_the_recipe_teacher_and_its_distilled_student() -> None:
     assert s_meta["kdic_student"]["teacher_fingerprint"] == fingerprint(teacher).hex()
     # both end with `kdic finetune --model` (the teacher's lower lr, the student's end-to-end
     # pass after stage-wise distillation)
-    assert t_meta["trained"] == {"lmbda": LMBDA, "steps": 400, "scratch": False}
-    assert s_meta["trained"] == {"lmbda": LMBDA, "steps": 300, "scratch": False}
+    last = {name: int(args[args.index("--steps") + 1]) for name, args in STAGES.items()
+            for _, args in STAGES[name][-1:]}  # fmt: skip
+    assert t_meta["trained"] == {"lmbda": LMBDA, "steps": last["teacher"], "scratch": False}
+    assert s_meta["trained"] == {"lmbda": LMBDA, "steps": last["student"], "scratch": False}
     assert set(s_meta["training"]) == {"student-kd", "student"}
     # no machine-specific paths in what ships
     text = json.dumps([{k: v for k, v in m.items() if k != "path"} for m in (t_meta, s_meta)])
