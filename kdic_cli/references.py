@@ -4,26 +4,25 @@
     python -m kdic_cli.references student   # kdic build-student, distill, then finetune
 
 The teacher is a small mbt2018-mean (N=48, M=48, about 13 kMAC/px) trained on crops of the
-builtin:photos training split (the test photos, the "val" split, are never seen):
-`kdic finetune` from scratch at lr 1e-3 for 8,000 steps, then `kdic finetune --model` at 3e-4
-for 4,000 and at 1e-4 for 2,000 (the lr schedule, as three runs; about 70 min on one busy
-core). Recipe photos-v2: the same stages as photos-v1 (2,000 + 400 steps), six times longer,
-which moved the teacher from 27.6 to 29.9 dB at ~0.48 bpp on the 4 colour test photos; the
-step counts were set by the time budget, not tuned on any photo. The recipe was chosen by a short pilot (250 steps each) on two training photos held
-out as validation (rocket, china): at the same cost (13 kMAC/px) and within the size budget,
-mbt2018-mean N=48 M=48 beat bmshj2018-hyperprior N=48 M=64 (20.3 against 18.7 dB at 0.32
-bpp), and lr 3e-3 diverged (14.6 dB) where 1e-3 did not; lambda 0.013 (compressai's quality 4)
-puts the codec at about 0.3-0.5 bpp. The student is the teacher's own class at width 0.5
-(`kdic build-student`, the default), trained by stage-wise implicit distillation (`kdic
-distill`, default recipe, 2,400 steps), then end to end (`kdic finetune --model`,
-lr 1e-3, 1,200 steps, as benchmarks/kdic_rd.py does after distillation: each stage is distilled inside
-the teacher, and the stages put together need training together). Caveat: that last
-finetune was added after the distilled student's numbers on the held-out photos had been
-seen, so the student's recipe is not free of the test photos; nothing else was tuned on
-them. Each command runs in a
-child process on one CPU thread (OMP_NUM_THREADS=1), so a rebuild on the same CPU type and
-versions gives the same bytes; the shipped file holds the recipe, the commands and the final
-losses, and no paths or times. Writing into references/ also records the file in
+builtin:photos training split (the test photos, the "val" split, are never seen): `kdic
+finetune` from scratch at lr 1e-3 for 8,000 steps, then `kdic finetune --model` at 3e-4 for
+4,000 and at 1e-4 for 2,000 (the lr schedule, as three runs; about 70 min on one busy core).
+Recipe photos-v2: the same stages as photos-v1 (2,000 + 400 steps), six times longer, which
+moved the teacher from 27.6 to 29.9 dB at ~0.48 bpp on the 4 colour test photos; the step counts
+were set by the time budget, not tuned on any photo. The recipe was chosen by a short pilot (250
+steps each) on two training photos held out as validation (rocket, china): at the same cost (13
+kMAC/px) and within the size budget, mbt2018-mean N=48 M=48 beat bmshj2018-hyperprior N=48 M=64
+(20.3 against 18.7 dB at 0.32 bpp), and lr 3e-3 diverged (14.6 dB) where 1e-3 did not; lambda
+0.013 (compressai's quality 4) puts the codec at about 0.3-0.5 bpp. The student is the teacher's
+own class at width 0.5 (`kdic build-student`, the default), trained by stage-wise implicit
+distillation (`kdic distill`, default recipe, 2,400 steps), then end to end (`kdic finetune
+--model`, lr 1e-3, 1,200 steps, as benchmarks/kdic_rd.py does after distillation: each stage is
+distilled inside the teacher, and the stages put together need training together). Caveat: that
+last finetune was added after the distilled student's numbers on the held-out photos had been
+seen, so the student's recipe is not free of the test photos; nothing else was tuned on them.
+Each command runs in a child process on one CPU thread (OMP_NUM_THREADS=1), so a rebuild on the
+same CPU type and versions gives the same bytes; the shipped file holds the recipe, the commands
+and the final losses, and no paths or times. Writing into references/ also records the file in
 references/MANIFEST.json.
 """
 
