@@ -23,7 +23,6 @@ benchmarks/results/kdic/<name>.{json,md,png}.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import math
 import os
@@ -40,6 +39,7 @@ import torch
 
 from benchmarks import common
 from shared.intervals import LEVEL, RESAMPLES, paired, resample_index, t_interval, verdict
+from shared.references import sha256
 
 ARMS = ("KD", "control", "scratch")
 PAIRS = (("KD", "control"), ("KD", "scratch"), ("control", "scratch"))
@@ -112,14 +112,6 @@ def plan(
         ("scratch", ["finetune", "--model", init, "--scratch", "--steps", total,
                      "--lr", FINETUNE_LR, *opts]),
     ]  # fmt: skip
-
-
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def teacher_file(arg: str | None) -> Path:
@@ -223,19 +215,12 @@ def _means(rows: list[dict[str, Any]]) -> dict[str, float | None]:
     return out
 
 
-def _cost(model: Any) -> dict[str, float]:
-    from shared.profiling import count_macs, count_params
-
-    x = torch.rand(1, 3, 256, 256)
-    return {"kmac_per_px": count_macs(model, x) / (256 * 256) / 1e3,
-            "params": count_params(model)}  # fmt: skip
-
-
 def evaluate(
     teacher: Path, lmbda: float, trained: dict[str, Any], log: Any = print
 ) -> dict[str, Any]:
     from kdic_cli.data import eval_images
     from kdic_cli.demo import QUALITIES, pillow_curve
+    from kdic_cli.metrics import codec_cost
     from kdic_cli.models import load_model
 
     torch.set_num_threads(1)  # the entropy coder's small ops: one thread is fastest and quiet
@@ -243,7 +228,9 @@ def evaluate(
     started = time.perf_counter()
     t_model = load_model(teacher)[0]
     log(f"evaluating the teacher on {len(images)} photos")
-    measured: dict[str, Any] = {"teacher": {**_cost(t_model), **_measure(t_model, images, lmbda)}}
+    measured: dict[str, Any] = {
+        "teacher": {**codec_cost(t_model), **_measure(t_model, images, lmbda)}
+    }
     arms: dict[str, Any] = {}
     for arm in ARMS:
         arms[arm] = {"seeds": {}}
@@ -251,7 +238,7 @@ def evaluate(
             src = common.REPO / info["folder"] / ARM_STEP[arm]
             model = load_model(src / MODEL)[0]
             if not arms[arm].get("kmac_per_px"):
-                arms[arm].update(_cost(model))
+                arms[arm].update(codec_cost(model))
             log(f"evaluating {arm} seed {seed}")
             arms[arm]["seeds"][seed] = {"source": _rel(src), **_measure(model, images, lmbda)}
     measured["arms"] = arms

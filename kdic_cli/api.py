@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from kdic_cli.metrics import codec_cost
 from kdic_cli.options import (
     BuildStudentOptions,
     CompressOptions,
@@ -117,16 +118,6 @@ def _check_crop(crop: int) -> None:
         raise InputError(f"--crop {crop}: must be a multiple of 64")
 
 
-def _profile(model: nn.Module, size: int = 256) -> dict[str, float]:
-    from shared.profiling import count_macs, count_params
-
-    x = torch.rand(1, 3, size, size)
-    return {
-        "params": count_params(model),
-        "kmac_per_px": count_macs(model, x) / (size * size) / 1e3,
-    }
-
-
 def _calibration(data: str, crop: int, n: int, seed: int) -> list[Tensor]:
     from kdic_cli.data import train_dataset
 
@@ -186,7 +177,7 @@ def build_student(
     info["teacher"] = t_meta.get("path", "compressai zoo")
     info["teacher_fingerprint"] = t_fingerprint
     saved = _save(student, out, {"kdic_student": info})
-    tp, sp = _profile(t_model), _profile(student)
+    tp, sp = codec_cost(t_model), codec_cost(student)
     metrics = {
         "teacher_params": tp["params"], "student_params": sp["params"],
         "teacher_kmac_per_px": tp["kmac_per_px"], "student_kmac_per_px": sp["kmac_per_px"],

@@ -191,9 +191,9 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from kdic_cli.evaluate import evaluate_model
+    from kdic_cli.metrics import codec_cost
     from kdic_cli.models import load_model
     from shared.builtin_data import PhotoImages
-    from shared.profiling import count_macs
 
     # one thread: the entropy coder's many small tensor ops lose more to thread hand-offs than
     # they gain on a shared 2-core machine (measured: 10x the CPU time with two threads)
@@ -207,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
     points: dict[str, dict[str, Any]] = {}
     for name, model in models.items():
         p = evaluate_model(model, images)
-        macs = count_macs(model, torch.rand(1, 3, 256, 256)) / (256 * 256) / 1e3
+        macs = codec_cost(model)["kmac_per_px"]
         points[name] = {**p, "kmac_per_px": macs, "photos": photos.names}
     curves = {fmt: pillow_curve(fmt, images) for fmt in QUALITIES}
 

@@ -14,7 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from kdic_cli.codec_io import compress_image, decompress_bytes, payload_bytes
-from kdic_cli.metrics import bd_rate, bpp, ms_ssim, psnr
+from kdic_cli.metrics import bd_rate, bpp, codec_cost, ms_ssim, psnr
 from kdic_cli.models import fingerprint
 
 __all__ = ["evaluate_curves", "evaluate_model", "plot_rd"]
@@ -56,7 +56,6 @@ def evaluate_curves(
     curves: list[list[nn.Module]], labels: list[str], sources: list[list[str]],
     images: list[tuple[str, Tensor]], console: Any = None,
 ) -> dict[str, Any]:  # fmt: skip
-    from shared.profiling import count_macs, count_params
 
     out = []
     for models, label, srcs in zip(curves, labels, sources, strict=True):
@@ -65,11 +64,7 @@ def evaluate_curves(
             p = evaluate_model(model, images, console, f"{label} {Path(src).parent.name}")
             points.append({"source": src, **p})
         points.sort(key=lambda p: p["payload_bpp"])
-        x = torch.rand(1, 3, 256, 256)
-        out.append({
-            "label": label, "points": points, "params": count_params(models[0]),
-            "kmac_per_px": count_macs(models[0], x) / (256 * 256) / 1e3,
-        })  # fmt: skip
+        out.append({"label": label, "points": points, **codec_cost(models[0])})
     anchor = out[0]["points"]
     for c in out:
         c["bd_rate_psnr"] = bd_rate(*_curve(anchor), *_curve(c["points"]))

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-__all__ = ["bd_rate", "bpp", "ms_ssim", "psnr", "to_8bit"]
+__all__ = ["bd_rate", "bpp", "codec_cost", "ms_ssim", "psnr", "to_8bit"]
 
 
 def to_8bit(x: Tensor) -> Tensor:
@@ -79,3 +79,11 @@ def bd_rate(
     except (ValueError, AssertionError, ZeroDivisionError):
         return None
     return value if math.isfinite(value) else None  # nan: the curves do not overlap
+
+
+def codec_cost(model: torch.nn.Module, size: int = 256) -> dict[str, float]:
+    """Parameters and kMAC per pixel of a whole codec pass on a size x size image."""
+    from shared.profiling import count_macs, count_params
+
+    x = torch.rand(1, 3, size, size)
+    return {"params": count_params(model), "kmac_per_px": count_macs(model, x) / size**2 / 1e3}
