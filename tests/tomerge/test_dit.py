@@ -404,22 +404,25 @@ def test_unet_pipelines_take_step_delta_importance_without_cfg() -> None:
 # -- several calls per step (Flux with true_cfg_scale > 1, SD3 skip-layer guidance) -----
 
 
-def _flux_pipeline(model):
-    """A FluxPipeline around `model`, without text encoders or VAE (embeddings in, latents
-    out): 64x64 pixels are a 4x4 grid of packed tokens."""
-    from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline
+def _bare_pipeline(cls, model):
+    """A diffusers pipeline of class `cls` around the transformer `model`, every other
+    required component (VAE, text encoders, tokenizers) None: embeddings in, latents out."""
+    import inspect
 
-    pipe = FluxPipeline(
-        scheduler=FlowMatchEulerDiscreteScheduler(),
-        vae=None,
-        text_encoder=None,
-        tokenizer=None,
-        text_encoder_2=None,
-        tokenizer_2=None,
-        transformer=model,
-    )
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    params = list(inspect.signature(cls.__init__).parameters.values())[1:]
+    parts = {p.name: None for p in params if p.default is inspect.Parameter.empty}
+    pipe = cls(**{**parts, "scheduler": FlowMatchEulerDiscreteScheduler(), "transformer": model})
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+def _flux_pipeline(model):
+    """A FluxPipeline around `model`: 64x64 pixels are a 4x4 grid of packed tokens."""
+    from diffusers import FluxPipeline
+
+    return _bare_pipeline(FluxPipeline, model)
 
 
 def _embeds(negative: bool) -> dict[str, torch.Tensor]:
@@ -619,21 +622,11 @@ def test_sd3_skip_layer_guidance_calls_belong_to_their_step() -> None:
     """SD3's pipeline with skip_guidance_layers calls the transformer a second time per
     step on the conditional half of the CFG batch: no step of its own, and the map stays
     |eps_cond - eps_uncond| of the CFG batch (importance='cfg' finds one at every step)."""
-    from diffusers import FlowMatchEulerDiscreteScheduler, StableDiffusion3Pipeline
+    from diffusers import StableDiffusion3Pipeline
 
     model = _sd3(dual=True)
-    pipe = StableDiffusion3Pipeline(
-        scheduler=FlowMatchEulerDiscreteScheduler(),
-        vae=None,  # latents out; 64x64 pixels are an 8x8 latent, a 4x4 token grid
-        text_encoder=None,
-        tokenizer=None,
-        text_encoder_2=None,
-        tokenizer_2=None,
-        text_encoder_3=None,
-        tokenizer_3=None,
-        transformer=model,
-    )
-    pipe.set_progress_bar_config(disable=True)
+    # latents out; 64x64 pixels are an 8x8 latent, a 4x4 token grid
+    pipe = _bare_pipeline(StableDiffusion3Pipeline, model)
     g = torch.Generator().manual_seed(2)
     embeds = {
         name: torch.randn(1, *shape, generator=g)
