@@ -21,6 +21,8 @@ from tests.helpers import BIN, REPO, run_cli
 SLURM_DIR = REPO / "examples" / "slurm"
 TOOLS = tuple(tools())
 JOB_ID = "4242"
+# The tiny jobs run on the CPU; tests/gpu sets this to "0" to run them on the first GPU.
+JOB_CUDA_VISIBLE_DEVICES = ""
 
 pytestmark = pytest.mark.skipif(shutil.which("bash") is None, reason="bash not installed")
 
@@ -89,7 +91,7 @@ def sbatch(
         SLURM_NTASKS=str(ntasks),
         SLURM_PROCID="0",  # the batch shell has it too
         SLURM_CPUS_PER_TASK="1",
-        CUDA_VISIBLE_DEVICES="",  # the tiny jobs run on the CPU
+        CUDA_VISIBLE_DEVICES=JOB_CUDA_VISIBLE_DEVICES,
     )
     env.update(overrides)
     proc = subprocess.run(

@@ -116,14 +116,17 @@ SLURM_JOBS = {
 }
 
 
-def run_slurm_job(tool: str, tmp_path: Path) -> str:
-    """Run `tool`'s example job (its own assertions included); the run folder's log."""
+def run_slurm_job(tool: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Run `tool`'s example job on GPU 0 (its own assertions included); the run folder's log."""
     from tests import test_slurm_examples as jobs
 
+    monkeypatch.setattr(jobs, "JOB_CUDA_VISIBLE_DEVICES", "0")
     getattr(jobs, SLURM_JOBS[tool])(tmp_path)
     return (jobs._out(tmp_path, tool) / "log.txt").read_text()
 
 
 @pytest.mark.parametrize("tool", sorted(SLURM_JOBS))
-def test_each_tool_runs_a_short_job_on_the_gpu(tool: str, tmp_path: Path) -> None:
-    assert "device: cuda" in run_slurm_job(tool, tmp_path)
+def test_each_tool_runs_a_short_job_on_the_gpu(
+    tool: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert "device: cuda" in run_slurm_job(tool, tmp_path, monkeypatch)
