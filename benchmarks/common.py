@@ -92,8 +92,11 @@ def git_state() -> dict[str, Any]:
         excludes.append(f":(exclude){Path(RESULTS).resolve().relative_to(REPO.resolve())}")
     status = _git("status", "--porcelain", "--", ".", *excludes) if head else None
     changed = [line[3:] for line in status.splitlines() if line.strip()] if status else []
+    # A copy without .git (rsynced to a cluster or GPU node): the commit it was copied from, as
+    # declared by whoever copied it; recorded as declared, its clean state unknown.
+    declared = None if head else os.environ.get("TOOLKIT_SOURCE_COMMIT")
     return {
-        "commit": head.strip() if head else None,
+        "commit": head.strip() if head else (f"{declared} (declared)" if declared else None),
         "dirty": None if status is None else bool(changed),
         "changed": changed[:20],
         "changed_count": len(changed),

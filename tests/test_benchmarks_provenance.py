@@ -177,6 +177,20 @@ def test_not_a_checkout_is_refused(
         _write(tmp_path)
 
 
+def test_a_copy_without_git_records_the_declared_commit_as_declared(
+    repo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    monkeypatch.setenv("GIT_CEILING_DIRECTORIES", str(tmp_path))
+    monkeypatch.setattr(common, "REPO", plain)
+    monkeypatch.setenv("TOOLKIT_SOURCE_COMMIT", "b" * 40)
+    state = common.git_state()
+    assert state["commit"] == "b" * 40 + " (declared)" and state["dirty"] is None
+    with pytest.raises(SystemExit, match="cannot be read"):  # still needs --allow-dirty
+        _write(tmp_path)
+
+
 def test_rewritten_report_keeps_the_measuring_run(repo: Path, tmp_path: Path) -> None:
     old = {"commit": "a" * 40, "command": "python -m benchmarks.kdic_rd", "date": "then"}
     path = common.write_report(tmp_path / "out" / "results", "# T\nbody", {"provenance": old})
