@@ -62,6 +62,7 @@ def block_costs(
     batch: int = 2,
     repeats: int = 5,
     device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float32,
     clock: Callable[[], float] = time.perf_counter,
 ) -> dict[int, tuple[float, float]]:
     """Median seconds of one attention + MLP block on side x side token grids (keys: the
@@ -73,9 +74,11 @@ def block_costs(
 
     g = torch.Generator().manual_seed(0)
     weights = [
-        torch.randn(width, k * width, generator=g).div(width**0.5).to(device) for k in (3, 1, 4)
+        torch.randn(width, k * width, generator=g).div(width**0.5).to(device, dtype)
+        for k in (3, 1, 4)
     ]
-    weights.append(torch.randn(4 * width, width, generator=g).div(width**0.5).to(device))
+    weights.append(torch.randn(4 * width, width, generator=g).div(width**0.5).to(device, dtype))
+    cuda = torch.device(device).type == "cuda"
     heads = max(width // 64, 1)
 
     def attention(x: torch.Tensor) -> torch.Tensor:
@@ -89,11 +92,13 @@ def block_costs(
 
     def timed(fn: Callable[[], torch.Tensor]) -> float:
         fn()  # warm-up
+        if cuda:
+            torch.cuda.synchronize()
         seconds = []
         for _ in range(repeats):
             start = clock()
             fn()
-            if torch.device(device).type == "cuda":
+            if cuda:
                 torch.cuda.synchronize()
             seconds.append(clock() - start)
         return sorted(seconds)[len(seconds) // 2]
@@ -102,12 +107,11 @@ def block_costs(
     with torch.no_grad():
         for side in sides:
             n = side * side
-            x = torch.randn(batch, n, width, generator=g).to(device)
+            x = torch.randn(batch, n, width, generator=g).to(device, dtype)
 
             def merged(side: int = side, x: torch.Tensor = x) -> torch.Tensor:
-                part = grid_partition(side, side, g)
-                partition = type(part)(part.dst.to(x.device), part.src.to(x.device))
-                merge = match_tokens(x, partition, tokens_removed(side * side, ratio))
+                part = grid_partition(side, side, g).to(x.device)
+                merge = match_tokens(x, part, tokens_removed(side * side, ratio))
                 return mlp(merge.unmerge(attention(merge.merge(x))))
 
             out[n] = (timed(lambda x=x: mlp(attention(x))), timed(merged))

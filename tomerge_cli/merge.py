@@ -54,6 +54,14 @@ class Partition:
     src: torch.Tensor  # (P, n_src) int64
     forced: torch.Tensor | None = None  # (P, n_src) bool: outside the importance pool
 
+    def to(self, device: torch.device) -> Partition:
+        """On `device` (itself when already there): partitions are drawn on the CPU, the
+        tokens they index may live on a GPU."""
+        if self.dst.device == device:
+            return self
+        forced = None if self.forced is None else self.forced.to(device)
+        return Partition(self.dst.to(device), self.src.to(device), forced)
+
 
 def grid_partition(
     h: int, w: int, generator: torch.Generator | None = None, sx: int = 2, sy: int = 2
@@ -192,6 +200,7 @@ def match_tokens(metric: torch.Tensor, partition: Partition, r: int, average: bo
     """Merge the `r` source tokens most similar (cosine on `metric`, (B, N, C)) to a
     destination, forced sources first; `average=False` drops them instead (pruning)."""
     b, n, _ = metric.shape
+    partition = partition.to(metric.device)
     dst, src = _expand(partition.dst, b), _expand(partition.src, b)
     n_dst, n_src = dst.shape[1], src.shape[1]
     r = min(r, n_src)

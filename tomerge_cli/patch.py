@@ -499,7 +499,7 @@ class TokenMerger:
             return None
         if not self._pays(n, width):
             return None
-        partition, average = self._partition(n, h, w, b)
+        partition, average = self._partition(n, h, w, b, x.device)
         merge = match_tokens(x, partition, r, average=average)
         self.stats["merged_calls"] += 1
         self.stats["tokens_in"] += n
@@ -522,11 +522,14 @@ class TokenMerger:
         )
         return False
 
-    def _partition(self, n: int, h: int, w: int, batch: int) -> tuple[Partition, bool]:
+    def _partition(
+        self, n: int, h: int, w: int, batch: int, device: torch.device
+    ) -> tuple[Partition, bool]:
         """Drawn once per step and token grid, shared by all blocks of that resolution."""
         key = (n, batch)
         if key not in self.step.partitions:
             partition, average = self._draw_partition(h, w, batch)
+            partition = partition.to(device)  # once per step, not once per block
             kind = "importance" if partition.forced is not None else "grid"
             self.stats["partitions"][kind if average else "grid_prune"] += 1
             self.step.partitions[key] = partition, average

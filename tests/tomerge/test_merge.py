@@ -139,3 +139,11 @@ def test_similarity_runs_in_bfloat16_only_for_float32_on_a_bf16_cpu() -> None:
     assert similarity_dtype(torch.zeros(1, 4, 8)) == (torch.bfloat16 if native else torch.float32)
     assert similarity_dtype(torch.zeros(1, 4, 8, dtype=torch.float64)) == torch.float64
     assert similarity_dtype(torch.zeros(1, 4, 8, dtype=torch.bfloat16)) == torch.bfloat16
+
+
+def test_a_cpu_partition_matches_tokens_on_another_device() -> None:
+    # partitions are drawn on the CPU; a GPU pipeline's tokens live elsewhere ("meta" stands
+    # in for cuda here: it refuses mixed devices the same way)
+    x = torch.randn(2, 64, 8, device="meta")
+    merge = match_tokens(x, grid_partition(8, 8), 20)
+    assert merge.n_kept == 44 and merge.merge(x).shape == (2, 44, 8)
