@@ -17,7 +17,7 @@ every round gives paired ratios: unmerged, importance and tome (tomerge's `apply
 with its defaults, attention merged) and the zero-cost bound: the same patch with the
 matching replaced by a slice (the merged layers see the first N - r tokens, no similarity,
 no averaging; the output is copied back to all N by one index_select), the speed no
-matching scheme can beat. Each block is timed by hooks around it (CUDA-synchronised on a
+matching scheme can beat. Each block is timed by hooks around it (CUDA events on a
 GPU); the parts outside the blocks (patch embedding, time and text embedders, output
 layer, and the VAE and text encoders of a pipeline) are not counted.
 
@@ -343,12 +343,19 @@ def _dit_blocks(model: nn.Module) -> list[nn.Module]:
 
 
 class BlockClock:
-    """Hooks that time every block of a model and count the tokens into its attention."""
+    """Hooks that time every block of a model and count the tokens into its attention.
+
+    On the CPU, wall-clock seconds around each block. On a GPU, CUDA events recorded before
+    and after each block, read once the call has finished: the GPU's time from the block's
+    first kernel (the matching included) to its last, with the host free to run ahead as in
+    a pipeline, so idle gaps count only where the host cannot keep the GPU busy (a
+    synchronise around every block would add the launch latency of each block instead)."""
 
     def __init__(self, model: nn.Module, device: str) -> None:
         self.cuda = torch.device(device).type == "cuda"
         self.times: list[list[float]] = []  # per block, one entry per call
         self.tokens: list[int] = []  # per block: sequence length into the attention
+        self._events: list[tuple[int, Any, Any]] = []
         for i, block in enumerate(_dit_blocks(model)):
             self.times.append([])
             self.tokens.append(0)
@@ -357,20 +364,31 @@ class BlockClock:
             attn = block.attn1 if hasattr(block, "attn1") else block.attn  # Wan, else Flux / SD3
             attn.register_forward_pre_hook(self._count(i), with_kwargs=True)  # after merging
 
-    def _sync(self) -> None:
-        if self.cuda:
-            torch.cuda.synchronize()
-
     def _start(self, module: nn.Module, args: tuple) -> None:
-        self._sync()
-        self._t0 = time.perf_counter()
+        if self.cuda:
+            self._t0 = torch.cuda.Event(enable_timing=True)
+            self._t0.record()
+        else:
+            self._t0 = time.perf_counter()
 
     def _stop(self, i: int) -> Callable[..., None]:
         def hook(module: nn.Module, args: tuple, output: Any) -> None:
-            self._sync()
-            self.times[i].append(time.perf_counter() - self._t0)
+            if self.cuda:
+                end = torch.cuda.Event(enable_timing=True)
+                end.record()
+                self._events.append((i, self._t0, end))
+            else:
+                self.times[i].append(time.perf_counter() - self._t0)
 
         return hook
+
+    def collect(self) -> None:
+        """After a call: the GPU times of its blocks (waits for the GPU)."""
+        if self._events:
+            torch.cuda.synchronize()
+            for i, start, end in self._events:
+                self.times[i].append(start.elapsed_time(end) / 1000)
+            self._events.clear()
 
     def _count(self, i: int) -> Callable[..., None]:
         def hook(module: nn.Module, args: tuple, kwargs: dict) -> None:
@@ -396,6 +414,7 @@ def time_family(
 
     def call(name: str) -> None:
         models[name](**geo.inputs)
+        clocks[name].collect()
 
     with torch.inference_mode():
         for n in names:
