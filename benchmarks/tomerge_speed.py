@@ -4,6 +4,11 @@ ToMe baseline), timed interleaved in one run, with SDPA and with math attention.
 
     python -m benchmarks.tomerge_speed            # 512x512, ratios 0.5 and 0.7 (slow on CPU)
     python -m benchmarks.tomerge_speed --quick    # 256x256, ratio 0.5, fewer repeats
+    python -m benchmarks.tomerge_speed --device cuda --dtype fp16 --attention sdpa --bound
+
+On a GPU the step is timed with a synchronise at both ends of each timed call (the host
+launches ahead within it, as in a pipeline) and the two CPU-only tables (bookkeeping, layer
+costs) are left out.
 
 Random weights are fine for speed: the work done does not depend on the values. All
 variants share one set of weights (no copies). Importance mode is timed in its steady
@@ -26,6 +31,7 @@ from torch import nn
 from benchmarks import common
 from shared.profiling import compare_speed
 
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 SD15_UNET = {"cross_attention_dim": 768, "sample_size": 64}  # the rest is diffusers' default
 FULL_RES_BLOCKS = 5  # 2 in the first down block, 3 in the last up block
 
@@ -226,9 +232,17 @@ def main() -> None:
     parser.add_argument(
         "--merge-crossattn", action="store_true", help="every method also merges attn2's queries"
     )
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument(
+        "--dtype", choices=sorted(DTYPES), default=None, help="default fp32 (cuda: fp16)"
+    )
     common.add_common_args(parser)
     args = parser.parse_args()
     common.check_tree(args)
+    device = torch.device(args.device)
+    cuda = device.type == "cuda"
+    dtype_name = args.dtype or ("fp16" if cuda else "fp32")
+    dtype = DTYPES[dtype_name]
     size = args.size or (256 if args.quick else 512)
     ratios = args.ratios or ([0.5] if args.quick else [0.5, 0.7])
     repeats = args.repeats or (2 if args.quick else 3)
@@ -236,10 +250,10 @@ def main() -> None:
     from diffusers import UNet2DConditionModel
 
     torch.manual_seed(0)
-    base = UNet2DConditionModel(**SD15_UNET).eval()
+    base = UNet2DConditionModel(**SD15_UNET).eval().to(device, dtype)
     latent = size // 8
     sample = torch.randn(1, 4, latent, latent).repeat(2, 1, 1, 1)  # CFG: identical halves
-    emb = torch.randn(2, 77, 768)
+    sample, emb = sample.to(device, dtype), torch.randn(2, 77, 768).to(device, dtype)
     layers = {"merge_crossattn": args.merge_crossattn, "merge_mlp": args.merge_mlp}
     bound = latent * latent if args.bound else None
     models = variants(base, ratios, args.ours_tome or args.quick, layers, bound)
@@ -247,7 +261,13 @@ def main() -> None:
     for backend in backends:
         steps = {name: Step(m, backend == "math") for name, m in models.items()}
         res = compare_speed(
-            steps, lambda bs: (sample, emb), batch_sizes=[2], warmup=1, iters=1, repeats=repeats
+            steps,
+            lambda bs: (sample, emb),
+            batch_sizes=[2],
+            warmup=1,
+            iters=1,
+            repeats=repeats,
+            device=device,
         )
         data["runs"][backend] = res
         for r in res:
@@ -264,10 +284,12 @@ def main() -> None:
                 )
             )
     n = latent * latent
-    book = {ratio: bookkeeping_ms(n, 320, ratio, repeats=5) for ratio in ratios}
+    data |= {"device": str(device), "dtype": dtype_name}
+    cpu_tables = not cuda  # the bookkeeping and layer tables time CPU tensors
+    book = {ratio: bookkeeping_ms(n, 320, ratio, repeats=5) for ratio in ratios if cpu_tables}
     data["bookkeeping_ms"] = {str(k): v for k, v in book.items()}
     book_rows = [(ratio, name, ms) for ratio, d in book.items() for name, ms in d.items()]
-    costs = {ratio: layer_ms(n, ratio, repeats=3) for ratio in ratios}
+    costs = {ratio: layer_ms(n, ratio, repeats=3) for ratio in ratios if cpu_tables}
     data["layer_ms"] = {str(k): v for k, v in costs.items()}
     data["layers"] = layers
     cost_rows = [
@@ -278,7 +300,7 @@ def main() -> None:
     sections = [
         (
             f"UNet step, {size}x{size} (latent {latent}x{latent}, {n} tokens at full "
-            "resolution), CFG batch 2, float32; layers merged: "
+            f"resolution), CFG batch 2, {device.type} {dtype_name}; layers merged: "
             + ", ".join(["attn1"] + [k.removeprefix("merge_") for k, on in layers.items() if on]),
             common.markdown_table(
                 [
@@ -303,11 +325,15 @@ def main() -> None:
             common.markdown_table(["ratio", "layer", f"N={n}", "N - r", "saved"], cost_rows),
         ),
     ]
+    if cuda:
+        sections = sections[:1]
     name = "speed-quick" if args.quick else "speed"
     if args.merge_crossattn or args.merge_mlp:
         name += "-" + "+".join(k.removeprefix("merge_") for k, on in layers.items() if on)
     if args.attention != "both":
         name += f"-{args.attention}"
+    if cuda:
+        name += f"-cuda-{dtype_name}"
     name = args.name or name
     path = common.write_results(
         "tomerge",
