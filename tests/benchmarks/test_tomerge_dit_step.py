@@ -1,0 +1,37 @@
+"""The whole-step DiT benchmark at tiny widths and 8 blocks, on the CPU: every variant is
+timed in one interleaved run, 'every block' merges more block calls than the default middle
+half, and the report names every variant."""
+
+from __future__ import annotations
+
+import pytest
+
+from benchmarks import tomerge_dit_speed as blocks
+from benchmarks import tomerge_dit_step as bench
+
+
+@pytest.fixture(scope="module")
+def run() -> dict:
+    s = blocks.Settings(tiny=True, ratios=(0.5,), repeats=2, size=64, frames=2, memory=False)
+    return bench.measure(s)
+
+
+def test_every_variant_is_timed_and_every_block_merges_more(run: dict) -> None:
+    assert set(run["families"]) == set(blocks.FAMILIES)
+    for family, fam in run["families"].items():
+        names = [r["model"] for r in fam["rows"]]
+        assert names[0] == "unmerged" and len(names) == 5, names
+        for method in ("importance", "tome"):
+            default = fam["merge_stats"][f"{method} 0.5, default blocks"]["merged_calls"]
+            every = fam["merge_stats"][f"{method} 0.5, every block"]["merged_calls"]
+            assert 0 < default < every, (family, method, default, every)
+        for r in fam["rows"]:
+            q = r["speedup_rounds"]
+            assert r["ms_per_batch"] > 0 and q["min"] <= q["median"] <= q["max"]
+
+
+def test_report_names_every_variant(run: dict) -> None:
+    text = "\n".join(f"{h}\n{body}" for h, body in bench.report(run))
+    for fam in run["families"].values():
+        for r in fam["rows"]:
+            assert f"| {r['model']} |" in text
