@@ -4,9 +4,11 @@ Merging a block costs a nearly fixed amount (the matching's similarity product, 
 the gather / scatter around the layer: a dozen small kernels) and saves the attention work
 of the tokens it removes, which grows with tokens x width. Below some size the fixed cost
 wins and merging makes a small image slower than not merging. `apply_patch(
-skip_unprofitable=True)` (the default) leaves a block call unmerged when its image tokens
-(per frame for video) times its width are below `MIN_TOKEN_WIDTH`, i.e. fewer than
-`default_min_tokens(width)` tokens; `min_tokens=` sets a fixed token threshold instead.
+skip_unprofitable=True)` (the default) leaves a block call unmerged when the image tokens
+its attention runs over (one image; every frame for Wan, whose attention spans them; one
+frame for AnimateDiff's spatial blocks) times its width are below `MIN_TOKEN_WIDTH`
+(`MIN_TOKEN_WIDTH_CUDA` on a CUDA GPU), i.e. fewer than `default_min_tokens(width, device)`
+tokens; `min_tokens=` sets a fixed token threshold instead.
 
 Calibration (`block_costs`, then `break_even_tokens`): one self-attention + MLP block,
 batch 2, SDPA, float32, ratio 0.5, attention merged (the default), timed unmerged vs merged
@@ -28,15 +30,21 @@ from collections.abc import Callable, Mapping, Sequence
 import torch
 
 MIN_TOKEN_WIDTH = 32768  # measured break-even of tokens x width, see the module docstring
+MIN_TOKEN_WIDTH_CUDA = MIN_TOKEN_WIDTH  # CUDA GPUs: the CPU value until a GPU calibration
 
 
-def default_min_tokens(width: int) -> int:
+def min_token_width(device: torch.device | str = "cpu") -> int:
+    """The break-even of tokens x width on this kind of device."""
+    return MIN_TOKEN_WIDTH_CUDA if torch.device(device).type == "cuda" else MIN_TOKEN_WIDTH
+
+
+def default_min_tokens(width: int, device: torch.device | str = "cpu") -> int:
     """The fewest tokens a block of this width (channels) merges with a gain."""
-    return -(-MIN_TOKEN_WIDTH // max(width, 1))
+    return -(-min_token_width(device) // max(width, 1))
 
 
 def merge_pays(n_tokens: int, min_tokens: int) -> bool:
-    """The per-block decision: merge a call with `n_tokens` image tokens (per frame) only
+    """The per-block decision: merge a call with `n_tokens` image tokens only
     from the break-even on (`min_tokens`: `default_min_tokens` or the user's)."""
     return n_tokens >= min_tokens
 

@@ -411,7 +411,7 @@ class WanTokenMerger(DiTTokenMerger):
             )
             return None
         units = self.frames // window
-        merge = self._match(x.reshape(b * units, window * h * w, c), window * h, w)
+        merge = self._match(x.reshape(b * units, window * h * w, c), window * h, w, n)
         return None if merge is None else FrameMerge(merge, b, units)
 
     def _hook_block(self, block: nn.Module) -> None:

@@ -119,8 +119,8 @@ def apply_patch(
       (Flux-dev) and turbo / LCM models that run no CFG batch; the first two steps of a run
       use the grid. "auto": "cfg" when the batch is a CFG pair, else "step-delta".
     skip_unprofitable: leave a block call unmerged where merging would cost more than it
-      saves: fewer image tokens (per frame) than `min_tokens`, by default the measured
-      break-even of the block's width (tomerge_cli.cost: tokens x width < 32768). The calls
+      saves: fewer image tokens in its attention than `min_tokens`, by default the measured
+      break-even of the block's width on its device (tomerge_cli.cost). The calls
       skipped are counted in stats["skipped_unprofitable"]. False merges every block.
     min_tokens: a fixed token threshold instead of the width's break-even (0: merge all).
     frame_window: video transformers (Wan): merge within each frame (1, the default) or
@@ -490,14 +490,18 @@ class TokenMerger:
             self.step.why_not.add(f"ratio {s.ratio} removes no token of {n}")
         return merge
 
-    def _match(self, x: torch.Tensor, h: int, w: int) -> Merge | None:
+    def _match(
+        self, x: torch.Tensor, h: int, w: int, attention_tokens: int | None = None
+    ) -> Merge | None:
         """The matching of tokens x (B, h * w, C) on the step's partition, counted in the
-        stats; None when the ratio removes no token."""
+        stats; None when the ratio removes no token. `attention_tokens`: the image tokens
+        of one sample in the merged attention where it is longer than n (a video
+        transformer's frames attend jointly)."""
         b, n, width = x.shape
         r = tokens_removed(n, self.settings.ratio)
         if r == 0:
             return None
-        if not self._pays(n, width):
+        if not self._pays(attention_tokens or n, width, x.device):
             return None
         partition, average = self._partition(n, h, w, b, x.device)
         merge = match_tokens(x, partition, r, average=average)
@@ -506,13 +510,13 @@ class TokenMerger:
         self.stats["tokens_kept"] += merge.n_kept
         return merge
 
-    def _pays(self, n: int, width: int) -> bool:
-        """The cost model's verdict for a call of n tokens (per frame) of this width; a
-        skipped call is counted and named in the "nothing merged" warning."""
+    def _pays(self, n: int, width: int, device: torch.device) -> bool:
+        """The cost model's verdict for an attention over n image tokens of this width on
+        `device`; a skipped call is counted and named in the "nothing merged" warning."""
         s = self.settings
         if not s.skip_unprofitable:
             return True
-        least = s.min_tokens if s.min_tokens is not None else default_min_tokens(width)
+        least = s.min_tokens if s.min_tokens is not None else default_min_tokens(width, device)
         if merge_pays(n, least):
             return True
         self.stats["skipped_unprofitable"] += 1

@@ -23,6 +23,7 @@ def merge_every_block(monkeypatch: pytest.MonkeyPatch) -> None:
     break-even, so by default nothing would merge; the tests of the merging itself merge
     every block. Tests of the cost model set `cost.MIN_TOKEN_WIDTH` back to CALIBRATED."""
     monkeypatch.setattr(cost, "MIN_TOKEN_WIDTH", 0)
+    monkeypatch.setattr(cost, "MIN_TOKEN_WIDTH_CUDA", 0)
 
 
 def call_kwargs(

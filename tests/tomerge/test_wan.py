@@ -214,3 +214,22 @@ def test_generate_writes_the_frames_and_a_gif_of_a_wan_folder(tmp_path) -> None:
         last = np.asarray(gif.convert("RGB"), dtype=np.float64)
     png = np.asarray(Image.open(frames[-1]).convert("RGB"), dtype=np.float64)
     assert np.abs(last - png).mean() < 8
+
+
+def test_the_cost_model_counts_every_frame_wan_attends_over(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Wan's self-attention runs over all frames at once, so the break-even compares the
+    whole sequence (frames x tokens per frame), not one frame, with the threshold."""
+    from tomerge_cli import cost
+
+    width = 24  # tiny_wan_transformer: 2 heads x 12
+    per_frame, frames = N * width, FRAMES * N * width
+    for threshold, merges in ((per_frame + 1, True), (frames + 1, False)):
+        monkeypatch.setattr(cost, "MIN_TOKEN_WIDTH", threshold)
+        model = tiny.tiny_wan_transformer().eval()
+        tomerge_cli.apply_patch(model, ratio=0.5, mode="tome")
+        _sample_wan(model, _wan_latents(), steps=1)
+        stats = tomerge_cli.get_merger(model).stats
+        assert (stats["merged_calls"] > 0) == merges, (threshold, stats)
+        assert (stats["skipped_unprofitable"] > 0) != merges
