@@ -1,46 +1,58 @@
 """When merging pays: a measured threshold below which a block is left unmerged.
 
 Merging a block costs a nearly fixed amount (the matching's similarity product, argsort and
-the gather / scatter around the layer: a dozen small kernels) and saves the attention work
-of the tokens it removes, which grows with tokens x width. Below some size the fixed cost
-wins and merging makes a small image slower than not merging. `apply_patch(
-skip_unprofitable=True)` (the default) leaves a block call unmerged when the image tokens
-its attention runs over (one image; every frame for Wan, whose attention spans them; one
-frame for AnimateDiff's spatial blocks) times its width are below `MIN_TOKEN_WIDTH`
-(`MIN_TOKEN_WIDTH_CUDA` on a CUDA GPU), i.e. fewer than `default_min_tokens(width, device)`
-tokens; `min_tokens=` sets a fixed token threshold instead.
+the gather / scatter around the layer: a few dozen small kernels) and saves the work of the
+tokens it removes, which grows with ratio x batch x tokens x width (the "work" below). Below
+some work the fixed cost wins and merging makes a small image slower than not merging.
+`apply_patch(skip_unprofitable=True)` (the default) leaves a block call unmerged when its
+work is below `MIN_WORK` (`MIN_WORK_CUDA` on a CUDA GPU), the tokens being those its
+attention runs over (one image; every frame for Wan, whose attention spans them; one frame
+for AnimateDiff's spatial blocks); `default_min_tokens` turns that into a token count, and
+`min_tokens=` sets a fixed token threshold instead.
 
-Calibration (`block_costs`, then `break_even_tokens`): one self-attention + MLP block,
-batch 2, SDPA, float32, ratio 0.5, attention merged (the default), timed unmerged vs merged
-(matching included) on 16 ... 1024 tokens, on this project's CPU with one thread.
-Break-even: width 64 at 576 tokens (at 256 merged is 6% slower), width 320 at 64 tokens,
-width 1536 at 16 or fewer (1.22x faster at 16): tokens x width of 20k-37k, so the threshold
-is 32768 (tokens x width). Real models merge at every size they are used at (SD 1.5, width
-320: from 103 tokens; Flux, width 3072: from 11); tiny test models (width 32: from 1024
-tokens) are left alone. GPUs run the attention far faster relative to the kernel-launch
-cost of the matching; their threshold was not measured here, and the CPU one applies until
-`block_costs(..., device="cuda")` is run on a GPU.
+CPU (`block_costs`, then `break_even_tokens`): one self-attention + MLP block, batch 2,
+SDPA, float32, ratio 0.5, attention merged (the default), timed unmerged vs merged (matching
+included) on 16 ... 1024 tokens, on this project's CPU with one thread. Break-even: width 64
+at 576 tokens (at 256 merged is 6% slower), width 320 at 64 tokens, width 1536 at 16 or
+fewer (1.22x faster at 16): tokens x width of 20k-37k, so 32768 at ratio 0.5 and batch 2,
+i.e. MIN_WORK = 32768. Real models merge at every size they are used at (SD 1.5 with CFG,
+width 320: from 103 tokens; Flux, width 3072, batch 1: from 22); tiny test models (width 32:
+from 1024 tokens) are left alone.
+
+CUDA: GPUs run the attention far faster relative to the matching's kernel launches, so the
+break-even lies far higher. MIN_WORK_CUDA comes from the real diffusion-transformer blocks on
+an NVIDIA H200 in bf16 (benchmarks/results/tomerge/dit_speed-cuda.md, every block merged,
+median per-step speed-up): Flux.1 at 1024^2 (batch 1, 4096 tokens, width 3072) 0.93x at ratio
+0.3, 1.03x at 0.5, 1.06x at 0.7; SD3.5-medium at 1024^2 (CFG batch 2, width 1536) 1.01x,
+1.19x, 1.25x; Wan 2.1 at 21 frames (32760 tokens, width 1536) 1.22x, 1.54x, 1.91x. The
+smallest work from which no measured point was slower is Flux at ratio 0.5: 0.5 x 1 x 4096 x
+3072. A bare attention + MLP block timed on that GPU (cost-cuda-h200.md) broke even far
+later, but that run drew and uploaded a new partition in every call, which a patched model
+does once per step (`block_costs` now draws one per size), so it overstated the cost.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 
 import torch
 
-MIN_TOKEN_WIDTH = 32768  # measured break-even of tokens x width, see the module docstring
-MIN_TOKEN_WIDTH_CUDA = MIN_TOKEN_WIDTH  # CUDA GPUs: the CPU value until a GPU calibration
+MIN_WORK = 32768  # ratio x batch x tokens x width: measured CPU break-even, see above
+MIN_WORK_CUDA = 4096 * 3072 // 2  # the same on a CUDA GPU (H200, bf16)
 
 
-def min_token_width(device: torch.device | str = "cpu") -> int:
-    """The break-even of tokens x width on this kind of device."""
-    return MIN_TOKEN_WIDTH_CUDA if torch.device(device).type == "cuda" else MIN_TOKEN_WIDTH
+def min_work(device: torch.device | str = "cpu") -> int:
+    """The break-even work (ratio x batch x tokens x width) on this kind of device."""
+    return MIN_WORK_CUDA if torch.device(device).type == "cuda" else MIN_WORK
 
 
-def default_min_tokens(width: int, device: torch.device | str = "cpu") -> int:
-    """The fewest tokens a block of this width (channels) merges with a gain."""
-    return -(-min_token_width(device) // max(width, 1))
+def default_min_tokens(
+    width: int, device: torch.device | str = "cpu", ratio: float = 0.5, batch: int = 2
+) -> int:
+    """The fewest tokens per sample a block of this width (channels) merges with a gain."""
+    return math.ceil(min_work(device) / (max(ratio, 1e-6) * max(batch, 1) * max(width, 1)))
 
 
 def merge_pays(n_tokens: int, min_tokens: int) -> bool:
@@ -78,7 +90,7 @@ def block_costs(
     `break_even_tokens`. Random weights: the work does not depend on the values."""
     import torch.nn.functional as F
 
-    from tomerge_cli.merge import grid_partition, match_tokens, tokens_removed
+    from tomerge_cli.merge import Partition, grid_partition, match_tokens, tokens_removed
 
     g = torch.Generator().manual_seed(0)
     weights = [
@@ -98,22 +110,17 @@ def block_costs(
     def mlp(x: torch.Tensor) -> torch.Tensor:
         return F.gelu(x @ weights[2]) @ weights[3]
 
-    # On a GPU, calls run back to back between two synchronises, as a pipeline runs them: the
-    # host launches ahead, so its launch overhead counts only where the GPU waits for it.
-    calls = 5 if cuda else 1
-
     def timed(fn: Callable[[], torch.Tensor]) -> float:
         fn()  # warm-up
         if cuda:
             torch.cuda.synchronize()
         seconds = []
-        for _ in range(repeats):
-            start = clock()
-            for _ in range(calls):
-                fn()
+        for _ in range(repeats):  # on a GPU each call between two synchronises: pessimistic
+            start = clock()  # for a pipeline, whose host launches ahead of the GPU
+            fn()
             if cuda:
                 torch.cuda.synchronize()
-            seconds.append((clock() - start) / calls)
+            seconds.append(clock() - start)
         return sorted(seconds)[len(seconds) // 2]
 
     out: dict[int, tuple[float, float]] = {}
@@ -122,9 +129,11 @@ def block_costs(
             n = side * side
             x = torch.randn(batch, n, width, generator=g).to(device, dtype)
 
-            def merged(side: int = side, x: torch.Tensor = x) -> torch.Tensor:
-                part = grid_partition(side, side, g).to(x.device)
-                merge = match_tokens(x, part, tokens_removed(side * side, ratio))
+            # drawn once, as a patched model draws one per step for all its blocks
+            part = grid_partition(side, side, g).to(x.device)
+
+            def merged(x: torch.Tensor = x, part: Partition = part) -> torch.Tensor:
+                merge = match_tokens(x, part, tokens_removed(x.shape[1], ratio))
                 return mlp(merge.unmerge(attention(merge.merge(x))))
 
             out[n] = (timed(lambda x=x: mlp(attention(x))), timed(merged))
@@ -133,7 +142,7 @@ def block_costs(
 
 def main(argv: Sequence[str] | None = None) -> None:
     """Print, as JSON, `block_costs` and the break-even of each width on this machine:
-    `python -m tomerge_cli.cost --device cuda --dtype bf16` calibrates a GPU."""
+    e.g. `python -m tomerge_cli.cost --device cuda --dtype bf16 --widths 320 640 1536 3072`."""
     import argparse
     import json
 

@@ -501,7 +501,8 @@ class TokenMerger:
         r = tokens_removed(n, self.settings.ratio)
         if r == 0:
             return None
-        if not self._pays(attention_tokens or n, width, x.device):
+        tokens = attention_tokens or n
+        if not self._pays(tokens, width, b * n // tokens, x.device):  # Wan: frames are rows
             return None
         partition, average = self._partition(n, h, w, b, x.device)
         merge = match_tokens(x, partition, r, average=average)
@@ -510,19 +511,25 @@ class TokenMerger:
         self.stats["tokens_kept"] += merge.n_kept
         return merge
 
-    def _pays(self, n: int, width: int, device: torch.device) -> bool:
-        """The cost model's verdict for an attention over n image tokens of this width on
-        `device`; a skipped call is counted and named in the "nothing merged" warning."""
+    def _pays(self, n: int, width: int, batch: int, device: torch.device) -> bool:
+        """The cost model's verdict for an attention over n image tokens per sample of this
+        width, `batch` samples, on `device`; a skipped call is counted and named in the
+        "nothing merged" warning."""
         s = self.settings
         if not s.skip_unprofitable:
             return True
-        least = s.min_tokens if s.min_tokens is not None else default_min_tokens(width, device)
+        least = (
+            s.min_tokens
+            if s.min_tokens is not None
+            else default_min_tokens(width, device, s.ratio, batch)
+        )
         if merge_pays(n, least):
             return True
         self.stats["skipped_unprofitable"] += 1
         self.step.why_not.add(
-            f"{n} tokens of width {width} are below the {least} from which merging is faster "
-            "than not merging (skip_unprofitable=False merges anyway)"
+            f"{n} tokens of width {width} (batch {batch}, ratio {s.ratio}) are below the {least} "
+            "from which merging is faster than not merging (skip_unprofitable=False merges "
+            "anyway)"
         )
         return False
 

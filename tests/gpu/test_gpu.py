@@ -143,7 +143,7 @@ def test_tomerge_merges_tokens_on_the_gpu(family: str, monkeypatch: pytest.Monke
     import tomerge_cli
     from tomerge_cli import cost, tiny
 
-    monkeypatch.setattr(cost, "MIN_TOKEN_WIDTH_CUDA", 0)
+    monkeypatch.setattr(cost, "MIN_WORK_CUDA", 0)
     if family == "sd":
         from tests.tomerge.conftest import call_kwargs
 

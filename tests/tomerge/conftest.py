@@ -14,16 +14,17 @@ from tomerge_cli import cost, dit, tiny
 from tomerge_cli.patch import spatial_blocks
 
 SIZE = 16  # latent side of the tiny UNet pipelines (their VAE does not downsample)
-CALIBRATED = cost.MIN_TOKEN_WIDTH  # the measured break-even, before `merge_every_block`
+CALIBRATED = cost.MIN_WORK  # the measured break-even, before `merge_every_block`
+CALIBRATED_CUDA = cost.MIN_WORK_CUDA
 
 
 @pytest.fixture(autouse=True)
 def merge_every_block(monkeypatch: pytest.MonkeyPatch) -> None:
     """The tiny test models (widths 16-64, 16-256 tokens) are all below the measured
     break-even, so by default nothing would merge; the tests of the merging itself merge
-    every block. Tests of the cost model set `cost.MIN_TOKEN_WIDTH` back to CALIBRATED."""
-    monkeypatch.setattr(cost, "MIN_TOKEN_WIDTH", 0)
-    monkeypatch.setattr(cost, "MIN_TOKEN_WIDTH_CUDA", 0)
+    every block. Tests of the cost model set both back (CALIBRATED, CALIBRATED_CUDA)."""
+    monkeypatch.setattr(cost, "MIN_WORK", 0)
+    monkeypatch.setattr(cost, "MIN_WORK_CUDA", 0)
 
 
 def call_kwargs(

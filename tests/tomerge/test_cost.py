@@ -10,14 +10,15 @@ import pytest
 import torch
 
 import tomerge_cli
-from tests.tomerge.conftest import CALIBRATED, generate, no_hooks
+from tests.tomerge.conftest import CALIBRATED, CALIBRATED_CUDA, generate, no_hooks
 from tomerge_cli import api, cost, tiny
 
 
 @pytest.fixture
 def calibrated(monkeypatch: pytest.MonkeyPatch) -> None:
     """The measured threshold, instead of the suite's merge-everything default."""
-    monkeypatch.setattr(cost, "MIN_TOKEN_WIDTH", CALIBRATED)
+    monkeypatch.setattr(cost, "MIN_WORK", CALIBRATED)
+    monkeypatch.setattr(cost, "MIN_WORK_CUDA", CALIBRATED_CUDA)
 
 
 def test_break_even_is_the_smallest_size_from_which_merging_always_wins() -> None:
@@ -30,8 +31,21 @@ def test_break_even_is_the_smallest_size_from_which_merging_always_wins() -> Non
 
 
 def test_default_threshold_follows_the_width(calibrated: None) -> None:
-    assert cost.MIN_TOKEN_WIDTH == 32768
+    assert cost.MIN_WORK == 32768  # ratio 0.5 x batch 2 x tokens x width
     assert [cost.default_min_tokens(w) for w in (32, 320, 3072)] == [1024, 103, 11]
+
+
+def test_default_threshold_follows_the_device_ratio_and_batch(calibrated: None) -> None:
+    # the GPU's (H200 DiT blocks): Flux at 1024^2 (batch 1, 4096 tokens, width 3072) merges
+    # at ratio 0.5 and 0.7, not at 0.3, where merging measured 0.93x
+    assert cost.MIN_WORK_CUDA == 0.5 * 1 * 4096 * 3072
+    flux = [cost.default_min_tokens(3072, "cuda", r, batch=1) for r in (0.3, 0.5, 0.7)]
+    assert flux == [6827, 4096, 2926]
+    assert cost.default_min_tokens(3072, torch.device("cuda", 1), 0.5, batch=1) == 4096
+    # SD3.5-medium at 1024^2 with CFG (batch 2, width 1536): 4096 tokens from ratio 0.5
+    assert cost.default_min_tokens(1536, "cuda", 0.5, batch=2) == 4096
+    assert cost.default_min_tokens(320, "cpu", 0.25, batch=2) == 205
+    assert cost.default_min_tokens(320, "meta") == 103  # anything but CUDA: the CPU's
 
 
 def test_block_costs_times_each_size_with_the_given_clock() -> None:
@@ -49,14 +63,14 @@ def _flux_run(model, **options) -> tuple[torch.Tensor, dict]:
 
 
 def test_a_model_too_small_to_gain_runs_unmerged_by_default(calibrated: None) -> None:
-    """Flux-shaped, width 16 and 16 tokens: far below the break-even (2048 tokens at that
+    """Flux-shaped, width 16 and 16 tokens: far below the break-even (4096 tokens at that
     width). By default nothing is merged and the output is the unpatched one, bit for bit;
     forced, it merges."""
     from tests.tomerge.test_dit import _flux, _flux_latents, _sample_flux
 
     model = _flux()
     base = torch.stack(_sample_flux(model, _flux_latents(), steps=2))
-    with pytest.warns(UserWarning, match="below the 2048 from which merging is faster"):
+    with pytest.warns(UserWarning, match="below the 4096 from which merging is faster"):
         out, stats = _flux_run(model)
     assert torch.equal(out, base)
     assert stats["merged_calls"] == 0 and stats["skipped_unprofitable"] == 2 * 2

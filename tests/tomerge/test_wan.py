@@ -224,9 +224,9 @@ def test_the_cost_model_counts_every_frame_wan_attends_over(
     from tomerge_cli import cost
 
     width = 24  # tiny_wan_transformer: 2 heads x 12
-    per_frame, frames = N * width, FRAMES * N * width
+    per_frame, frames = 0.5 * N * width, 0.5 * FRAMES * N * width  # ratio x tokens x width
     for threshold, merges in ((per_frame + 1, True), (frames + 1, False)):
-        monkeypatch.setattr(cost, "MIN_TOKEN_WIDTH", threshold)
+        monkeypatch.setattr(cost, "MIN_WORK", threshold)
         model = tiny.tiny_wan_transformer().eval()
         tomerge_cli.apply_patch(model, ratio=0.5, mode="tome")
         _sample_wan(model, _wan_latents(), steps=1)
