@@ -165,29 +165,22 @@ def test_clean_tree_writes_without_the_flag(repo: Path, tmp_path: Path) -> None:
     assert prov["dirty"] is False and prov["allow_dirty"] is False
 
 
+@pytest.mark.parametrize("declared", [None, "b" * 40], ids=["plain", "declared-commit"])
 def test_not_a_checkout_is_refused(
-    repo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    repo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, declared: str | None
 ) -> None:
+    """A copy without .git (rsynced to a node): its commit, if declared, is recorded as
+    declared; its clean state stays unknown, so writing still needs --allow-dirty."""
     plain = tmp_path / "plain"
     plain.mkdir()
     monkeypatch.setenv("GIT_CEILING_DIRECTORIES", str(tmp_path))
     monkeypatch.setattr(common, "REPO", plain)
-    assert common.git_state()["dirty"] is None
-    with pytest.raises(SystemExit, match="cannot be read"):
-        _write(tmp_path)
-
-
-def test_a_copy_without_git_records_the_declared_commit_as_declared(
-    repo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    plain = tmp_path / "plain"
-    plain.mkdir()
-    monkeypatch.setenv("GIT_CEILING_DIRECTORIES", str(tmp_path))
-    monkeypatch.setattr(common, "REPO", plain)
-    monkeypatch.setenv("TOOLKIT_SOURCE_COMMIT", "b" * 40)
+    if declared:
+        monkeypatch.setenv("TOOLKIT_SOURCE_COMMIT", declared)
     state = common.git_state()
-    assert state["commit"] == "b" * 40 + " (declared)" and state["dirty"] is None
-    with pytest.raises(SystemExit, match="cannot be read"):  # still needs --allow-dirty
+    assert state["dirty"] is None
+    assert state["commit"] == (f"{declared} (declared)" if declared else None)
+    with pytest.raises(SystemExit, match="cannot be read"):
         _write(tmp_path)
 
 
