@@ -44,10 +44,14 @@ gpu-check: install
 	$(BIN)/python -m pytest -m gpu -v -rs tests/gpu
 
 # The GPU speed runs (a clean tree; results under benchmarks/results/tomerge/): every DiT
-# family at its real size (Wan: 21 latent frames), bf16, SDPA/flash, 10 interleaved rounds.
+# family's blocks at their real size (Wan: 21 latent frames), the whole models at full depth,
+# and the SD 1.5 UNet step against tomesd; bf16/fp16, SDPA/flash, interleaved rounds.
 gpu-bench: gpu-check
 	$(BIN)/python -m benchmarks.tomerge_dit_speed --device cuda --dtype bf16 --frames 21 \
 		--repeats 10 --name dit_speed-cuda
+	$(BIN)/python -m benchmarks.tomerge_dit_step --device cuda --ratios 0.3 0.5 0.7
+	$(BIN)/python -m benchmarks.tomerge_speed --device cuda --dtype fp16 --attention sdpa \
+		--bound --ratios 0.5 0.7 --repeats 10
 
 bench: install
 	$(BIN)/python -m benchmarks.run_all
