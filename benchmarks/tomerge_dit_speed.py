@@ -306,7 +306,9 @@ def _patch(model: nn.Module, method: str, ratio: float, s: Settings) -> None:
     if method == "bound":
         merger = tomerge_cli.get_merger(model)
 
-        def free(x: torch.Tensor, h: int, w: int) -> SliceMerge:
+        def free(
+            x: torch.Tensor, h: int, w: int, attention_tokens: int | None = None
+        ) -> SliceMerge:
             b, n, _ = x.shape
             merger.stats["merged_calls"] += 1  # a merged call, for the step's bookkeeping
             return SliceMerge(b, n, tokens_removed(n, ratio), x.device)
