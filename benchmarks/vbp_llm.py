@@ -50,7 +50,7 @@ from torch import nn
 from benchmarks.common import RESULTS, add_common_args, check_tree, markdown_table, write_results
 from shared import intervals
 from shared.cache import cache_dir
-from shared.profiling import count_params
+from shared.profiling import count_params, round_order
 from shared.train import Trainer, cosine_with_warmup, step_rng
 from vbp_cli.mlps import MlpRef, find_mlps
 from vbp_cli.prune import NeuronImportance, prune_model
@@ -335,8 +335,7 @@ def speed(
         for m in cpu.values():
             run(m)  # warm-up: first-call allocations are not the model's speed
         for r in range(repeats):
-            k = r % len(names)
-            for name in names[k:] + names[:k]:
+            for name in round_order(names, r):
                 pre, dec = run(cpu[name])
                 times[name]["prefill"].append(pre)
                 times[name]["decode"].append(dec)

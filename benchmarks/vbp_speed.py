@@ -34,7 +34,7 @@ from benchmarks import common
 from benchmarks.common import add_common_args, check_tree, markdown_table, write_results
 from shared.builtin_data import PhotoImages
 from shared.intervals import ratio_spread
-from shared.profiling import count_macs, count_params
+from shared.profiling import count_macs, count_params, round_order
 from vbp_cli.prune import prune_model
 from vbp_cli.stats import StatsCollector, collect_stats
 
@@ -89,13 +89,6 @@ def variants_of(
 
 def variants(name: str, img_size: int = 224) -> dict[str, torch.nn.Module]:
     return variants_of(build(name, img_size), img_size)
-
-
-def round_order(names: Sequence[str], i: int) -> list[str]:
-    """Round i starts at variant i mod V: over V rounds each variant leads once, and no
-    variant always follows the same one."""
-    k = i % len(names)
-    return [*names[k:], *names[:k]]
 
 
 def _call_s(model: torch.nn.Module, x: torch.Tensor) -> float:

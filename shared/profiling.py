@@ -252,6 +252,13 @@ def measure_throughput(
     }
 
 
+def round_order(names: Sequence[str], i: int) -> list[str]:
+    """Round i of an interleaved timing starts at name i mod N: over N rounds each leads
+    once, and no one always runs right after the same other."""
+    k = i % len(names)
+    return [*names[k:], *names[:k]]
+
+
 def compare_speed(
     models: Mapping[str, nn.Module],
     make_input: Callable[[int], Inputs],
@@ -293,8 +300,7 @@ def compare_speed(
                     dev, args = prepared[n]
                     _time_calls(models[n], args, dev, amp, warmup)
             for r in range(repeats):
-                k = r % len(names)
-                for n in names[k:] + names[:k]:
+                for n in round_order(names, r):
                     dev, args = prepared[n]
                     samples[n].append(_time_calls(models[n], args, dev, amp, iters) / iters)
         medians = {n: statistics.median(samples[n]) * 1e3 for n in names}

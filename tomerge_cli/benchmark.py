@@ -10,6 +10,7 @@ from typing import Any
 
 import torch
 
+from shared.profiling import round_order
 from tomerge_cli.fidelity import image_grid, lpips, lpips_metric, psnr, ssim
 from tomerge_cli.pipelines import Sampling, attention_backend, generate
 
@@ -49,8 +50,7 @@ def compare_methods(
                     generate(pipe, prompts[0], seed, sampling, clock)
             jobs = range(len(prompts))
             for i in progress(jobs, f"benchmark ({backend})") if progress else jobs:
-                k = i % len(names)  # rotate the order so no method always runs first
-                for name in names[k:] + names[:k]:
+                for name in round_order(names, i):  # no method always runs first
                     patcher(pipe, _mode(name), ratio, options)
                     img, sec = generate(pipe, prompts[i], seed + i, sampling, clock)
                     images[name].append(img)

@@ -17,7 +17,7 @@ from timm.models.vision_transformer import VisionTransformer
 
 from benchmarks import vbp_speed as bench
 from benchmarks.common import REPO
-from shared.profiling import count_macs
+from shared.profiling import count_macs, round_order
 from vbp_cli.mlps import find_mlps
 
 HIDDEN, DEPTH = 256, 3
@@ -59,10 +59,10 @@ def test_pruned_variants_cost_fewer_macs(tiny_variants: dict[str, torch.nn.Modul
 
 def test_rotation_lets_every_variant_lead_once() -> None:
     names = ["dense", "a", "b", "c"]
-    rounds = [bench.round_order(names, i) for i in range(len(names))]
+    rounds = [round_order(names, i) for i in range(len(names))]
     assert sorted(r[0] for r in rounds) == sorted(names)
     assert all(sorted(r) == sorted(names) for r in rounds)
-    assert bench.round_order(names, len(names) + 1) == rounds[1]
+    assert round_order(names, len(names) + 1) == rounds[1]
 
 
 class _Logged(torch.nn.Module):
@@ -82,7 +82,7 @@ def test_time_rounds_runs_the_rotated_order_after_warmup() -> None:
     times, inner = bench.time_rounds(models, torch.zeros(1), repeats=4, inner=2)
     assert inner == 2 and all(len(t) == 4 for t in times.values())
     assert log[:3] == names  # warm-up, once each
-    expected = [n for i in range(4) for n in bench.round_order(names, i) for _ in range(2)]
+    expected = [n for i in range(4) for n in round_order(names, i) for _ in range(2)]
     assert log[3:] == expected
 
 
