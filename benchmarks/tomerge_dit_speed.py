@@ -49,6 +49,7 @@ import torch
 from torch import nn
 
 from benchmarks import common
+from shared.profiling import round_order
 
 RATIOS = (0.3, 0.5, 0.7)
 FAMILIES = ("flux", "sd35", "wan")
@@ -242,19 +243,28 @@ def build(family: str, s: Settings) -> Geometry:
         f"{text} text tokens, batch {batch} ({how})"
     )
     geo = Geometry(model, inputs, kinds, full, n, text, batch, describe)
+    geo.model, geo.inputs = place(geo.model, geo.inputs, s)
+    return geo
+
+
+def place(
+    model: nn.Module, inputs: dict[str, torch.Tensor], s: Settings
+) -> tuple[nn.Module, dict[str, torch.Tensor]]:
+    """Model (in eval mode) and inputs on the run's device and dtype, the model's
+    `_keep_in_fp32_modules` in float32 as from_pretrained(torch_dtype=) leaves them."""
     dtype = DTYPES[s.dtype]
-    geo.model = geo.model.eval().to(s.device, dtype)
-    keep = getattr(geo.model, "_keep_in_fp32_modules", None) or []
-    for name, module in geo.model.named_modules():  # as from_pretrained(torch_dtype=) does
+    model = model.eval().to(s.device, dtype)
+    keep = getattr(model, "_keep_in_fp32_modules", None) or []
+    for name, module in model.named_modules():
         if any(k in name.split(".") for k in keep):
             module.float()
-    geo.inputs = {
+    inputs = {
         k: v.to(
             s.device, dtype if v.is_floating_point() and k not in ("img_ids", "txt_ids") else None
         )
-        for k, v in geo.inputs.items()
+        for k, v in inputs.items()
     }
-    return geo
+    return model, inputs
 
 
 def twin(base: nn.Module) -> nn.Module:
@@ -425,8 +435,7 @@ def time_family(
             clocks[n].clear()
         before = {n: _partition_counts(models[n]) for n in names}
         for r in range(s.repeats):
-            k = r % len(names)
-            for n in names[k:] + names[:k]:
+            for n in round_order(names, r):
                 call(n)
                 log(f"round {r} {n}: " + ", ".join(f"{t[-1]:.3f}" for t in clocks[n].times))
         for n in names:

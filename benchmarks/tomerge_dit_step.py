@@ -81,18 +81,8 @@ def build(family: str, s: blocks.Settings) -> tuple[nn.Module, dict[str, torch.T
             model = getattr(diffusers, cls)(**config)
     finally:
         torch.set_default_dtype(default)
-    model = model.eval()
-    keep = getattr(model, "_keep_in_fp32_modules", None) or []
-    for name, module in model.named_modules():  # as from_pretrained(torch_dtype=) does
-        if any(k in name.split(".") for k in keep):
-            module.float()
     inputs, grid, n = blocks._inputs(family, config, text, s)
-    inputs = {
-        k: v.to(
-            s.device, dtype if v.is_floating_point() and k not in ("img_ids", "txt_ids") else None
-        )
-        for k, v in inputs.items()
-    }
+    model, inputs = blocks.place(model, inputs, s)
     depth_words = ", ".join(
         f"{k} {v if isinstance(v, int) else len(v)}" for k, v in depth[family].items()
     )
@@ -124,6 +114,8 @@ def variants(model: nn.Module, s: blocks.Settings) -> dict[str, nn.Module]:
 
 
 def measure(s: blocks.Settings, log: Any = lambda _: None) -> dict[str, Any]:
+    import tomerge_cli
+
     torch.set_num_threads(s.threads)
     out: dict[str, Any] = {
         "settings": {
@@ -157,8 +149,6 @@ def measure(s: blocks.Settings, log: Any = lambda _: None) -> dict[str, Any]:
         )
         stats = {}
         for n, m in models.items():
-            import tomerge_cli
-
             merger = tomerge_cli.get_merger(m.model)
             stats[n] = (
                 None

@@ -29,9 +29,9 @@ import torch
 from torch import nn
 
 from benchmarks import common
+from benchmarks.tomerge_dit_speed import DTYPES
 from shared.profiling import compare_speed
 
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 SD15_UNET = {"cross_attention_dim": 768, "sample_size": 64}  # the rest is diffusers' default
 FULL_RES_BLOCKS = 5  # 2 in the first down block, 3 in the last up block
 

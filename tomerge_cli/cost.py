@@ -170,7 +170,8 @@ def main(argv: Sequence[str] | None = None) -> None:
             "seconds": {k: list(v) for k, v in costs.items()},  # tokens: (unmerged, merged)
             "speedup": {k: round(a / b, 3) for k, (a, b) in costs.items()},
             "break_even_tokens": n,
-            "break_even_token_width": None if n is None else n * width,
+            # comparable with MIN_WORK / MIN_WORK_CUDA (block_costs runs at ratio 0.5)
+            "break_even_work": None if n is None else 0.5 * args.batch * n * width,
         }
         print(width, out["widths"][width]["speedup"], "break-even:", n, flush=True)
     print(json.dumps(out))
