@@ -2,7 +2,8 @@
 
 Merging a block costs a nearly fixed amount (the matching's similarity product, argsort and
 the gather / scatter around the layer: a few dozen small kernels) and saves the work of the
-tokens it removes, which grows with ratio x batch x tokens x width (the "work" below). Below
+tokens it removes, which grows with ratio x batch x tokens x width on a CPU and x width^2 on a
+GPU (the "work" below). Below
 some work the fixed cost wins and merging makes a small image slower than not merging.
 `apply_patch(skip_unprofitable=True)` (the default) leaves a block call unmerged when its
 work is below `MIN_WORK` (`MIN_WORK_CUDA` on a CUDA GPU), the tokens being those its
@@ -19,16 +20,25 @@ i.e. MIN_WORK = 32768. Real models merge at every size they are used at (SD 1.5 
 width 320: from 103 tokens; Flux, width 3072, batch 1: from 22); tiny test models (width 32:
 from 1024 tokens) are left alone.
 
-CUDA: GPUs run the attention far faster relative to the matching's kernel launches, so the
-break-even lies far higher. MIN_WORK_CUDA comes from the real diffusion-transformer blocks on
-an NVIDIA H200 in bf16 (benchmarks/results/tomerge/dit_speed-cuda.md, every block merged,
-median per-step speed-up): Flux.1 at 1024^2 (batch 1, 4096 tokens, width 3072) 0.93x at ratio
-0.3, 1.03x at 0.5, 1.06x at 0.7; SD3.5-medium at 1024^2 (CFG batch 2, width 1536) 1.01x,
-1.19x, 1.25x; Wan 2.1 at 21 frames (32760 tokens, width 1536) 1.22x, 1.54x, 1.91x. The
-smallest work from which no measured point was slower is Flux at ratio 0.5: 0.5 x 1 x 4096 x
-3072. A bare attention + MLP block timed on that GPU (cost-cuda-h200.md) broke even far
-later, but that run drew and uploaded a new partition in every call, which a patched model
-does once per step (`block_costs` now draws one per size), so it overstated the cost.
+CUDA: on a GPU the matching's cost is mostly fixed per block call (its few dozen small
+kernels are launched by the host: ~1.2 ms per call on an H200, see below), while what merging
+saves is GPU time, dominated by the linear layers: ratio x batch x tokens x width^2. So on a
+CUDA device the work is counted with width squared, and MIN_WORK_CUDA comes from whole
+diffusion transformers at full depth on an NVIDIA H200 in bf16
+(benchmarks/results/tomerge/dit_step-cuda.md and dit_step-cuda-wan21.md, every block merged,
+median per-step speed-up at ratio 0.3 / 0.5 / 0.7): Flux.1 at 1024^2 (batch 1, 4096 tokens,
+width 3072) merging skipped at 0.3 (the block run, dit_speed-cuda.md, measured 0.93x there),
+1.14x at 0.5, 1.29x at 0.7; SD3.5-medium at 1024^2 (CFG batch 2, width 1536) 0.88x at 0.5
+and 0.7: slower; Wan 2.1 at 21 frames (32760 tokens, width 1536, batch 1) 1.40x, 1.79x,
+2.23x. The threshold is the smallest faster point, Flux at ratio 0.5 (0.5 x 1 x 4096 x
+3072^2); every slower point lies below it (SD3.5 at 0.7: 0.7 x 2 x 4096 x 1536^2 is 0.70 of
+it) and every faster one on or above it (Wan at 0.3: 1.17 of it). Counting width once, as on
+the CPU, cannot separate these: SD3.5 at 0.5 has the same ratio x batch x tokens x width as
+Flux at 0.5. A bare attention + MLP block, each call between two synchronises
+(`python -m tomerge_cli.cost --device cuda --dtype bf16`), breaks even later still (9216
+tokens at widths 1280 to 3072, batch 2): merged it costs 1.45 ms at 256 tokens where the
+unmerged block takes 0.28 ms, the fixed cost above; in a whole model the host launches ahead
+and hides part of it.
 """
 
 from __future__ import annotations
@@ -40,19 +50,21 @@ from collections.abc import Callable, Mapping, Sequence
 import torch
 
 MIN_WORK = 32768  # ratio x batch x tokens x width: measured CPU break-even, see above
-MIN_WORK_CUDA = 4096 * 3072 // 2  # the same on a CUDA GPU (H200, bf16)
+MIN_WORK_CUDA = 4096 * 3072**2 // 2  # ratio x batch x tokens x width^2 on a CUDA GPU (H200, bf16)
 
 
-def min_work(device: torch.device | str = "cpu") -> int:
-    """The break-even work (ratio x batch x tokens x width) on this kind of device."""
-    return MIN_WORK_CUDA if torch.device(device).type == "cuda" else MIN_WORK
+def min_work(device: torch.device | str = "cpu") -> tuple[int, int]:
+    """The break-even work on this kind of device and the power of the width it counts:
+    (MIN_WORK, 1) on CPUs, (MIN_WORK_CUDA, 2) on CUDA GPUs (see the module's text)."""
+    return (MIN_WORK_CUDA, 2) if torch.device(device).type == "cuda" else (MIN_WORK, 1)
 
 
 def default_min_tokens(
     width: int, device: torch.device | str = "cpu", ratio: float = 0.5, batch: int = 2
 ) -> int:
     """The fewest tokens per sample a block of this width (channels) merges with a gain."""
-    return math.ceil(min_work(device) / (max(ratio, 1e-6) * max(batch, 1) * max(width, 1)))
+    least, power = min_work(device)
+    return math.ceil(least / (max(ratio, 1e-6) * max(batch, 1) * max(width, 1) ** power))
 
 
 def merge_pays(n_tokens: int, min_tokens: int) -> bool:
@@ -170,8 +182,10 @@ def main(argv: Sequence[str] | None = None) -> None:
             "seconds": {k: list(v) for k, v in costs.items()},  # tokens: (unmerged, merged)
             "speedup": {k: round(a / b, 3) for k, (a, b) in costs.items()},
             "break_even_tokens": n,
-            # comparable with MIN_WORK / MIN_WORK_CUDA (block_costs runs at ratio 0.5)
-            "break_even_work": None if n is None else 0.5 * args.batch * n * width,
+            # comparable with min_work(device) (block_costs runs at ratio 0.5)
+            "break_even_work": None
+            if n is None
+            else 0.5 * args.batch * n * width ** min_work(args.device)[1],
         }
         print(width, out["widths"][width]["speedup"], "break-even:", n, flush=True)
     print(json.dumps(out))
