@@ -247,6 +247,7 @@ class _Step:
         self.cfg = False
         self.partitions: dict[tuple[int, int], tuple[Partition, bool]] = {}
         self.merged_before = 0  # stats["merged_calls"] when the step started
+        self.skipped_before = 0  # stats["skipped_unprofitable"] when the step started
         self.skipped_levels: set[int] = set()  # downsample levels above max_downsample
         self.why_not: set[str] = set()  # other reasons a block was not merged
 
@@ -283,8 +284,13 @@ class TokenMerger:
         self.blocks = self._select_blocks(spatial_blocks(model))
         if settings.mode == "none" or settings.ratio == 0:
             return  # nothing to merge: leave the model without hooks
-        self.handles.append(model.register_forward_pre_hook(self._on_step, with_kwargs=True))
-        self.handles.append(model.register_forward_hook(self._after_step))
+        # idle: a call on input of a shape whose every block call the cost model skipped
+        # runs none of the per-step work (timestep read, CFG check, importance map: host
+        # syncs and kernels that cost a small GPU pipeline a few percent for nothing)
+        self._call_shape: tuple | None = None
+        self._idle_shape: tuple | None = None
+        self.handles.append(model.register_forward_pre_hook(self._step_hook, with_kwargs=True))
+        self.handles.append(model.register_forward_hook(self._after_step_hook))
         for block in self.blocks:
             self._hook_block(block)
         self._check_levels()
@@ -378,6 +384,27 @@ class TokenMerger:
             del scheduler.set_timesteps  # the class method shows through again
 
     # -- per step ----------------------------------------------------------------
+    def _step_hook(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
+        bound = self._signature.bind_partial(*args, **kwargs).arguments
+        sample = bound.get("sample", bound.get("hidden_states"))
+        shape = (tuple(sample.shape), sample.device) if isinstance(sample, torch.Tensor) else None
+        self._call_shape = shape
+        if shape is None or shape != self._idle_shape:
+            self._on_step(module, args, kwargs)
+
+    def _after_step_hook(self, module: nn.Module, args: tuple, output: Any) -> None:
+        shape = self._call_shape
+        if shape is not None and shape == self._idle_shape:
+            return
+        self._after_step(module, args, output)
+        # merging nothing is decided by shapes alone (cost model, grids, levels), so a step
+        # that merged nothing and skipped a block as unprofitable repeats on this shape
+        if (
+            self.stats["merged_calls"] == self.step.merged_before
+            and self.stats["skipped_unprofitable"] > self.step.skipped_before
+        ):
+            self._idle_shape = shape
+
     def _on_step(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
         bound = self._signature.bind_partial(*args, **kwargs).arguments
         sample = bound.get("sample", bound.get("hidden_states"))
@@ -398,6 +425,7 @@ class TokenMerger:
         self.step.index = index + 1
         self.step.timestep = t
         self.step.merged_before = self.stats["merged_calls"]
+        self.step.skipped_before = self.stats["skipped_unprofitable"]
         self.latent_hw = new_hw
         self.step.cfg = self._is_cfg_pair(sample)
 

@@ -89,6 +89,44 @@ def test_a_model_too_small_to_gain_runs_unmerged_by_default(calibrated: None) ->
     assert no_hooks(model)
 
 
+def _host_reads(model, latents: torch.Tensor) -> int:
+    """Host syncs (item, equal) and copies (clone) in one Flux call, counted by the profiler."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from tests.tomerge.test_dit import _sample_flux
+
+    with torch.no_grad(), profile(activities=[ProfilerActivity.CPU]) as prof:
+        _sample_flux(model, latents, steps=1)
+    wanted = {"aten::item", "aten::equal", "aten::clone", "aten::_local_scalar_dense"}
+    return sum(e.name in wanted for e in prof.events())
+
+
+def test_a_shape_the_cost_model_skips_costs_no_per_step_work_after_one_step(
+    calibrated: None,
+) -> None:
+    """Once a step on some input shape merged nothing because every block was below the
+    break-even, later calls on that shape skip the per-step bookkeeping (timestep read, CFG
+    check, copies: host syncs on a GPU): they run the ops of the unpatched model; a shape
+    that pays merges again, and the small shape still gives the unpatched output."""
+    from tests.tomerge.test_dit import _flux, _flux_latents, _sample_flux
+
+    model, small = _flux(), _flux_latents()
+    base = torch.stack(_sample_flux(model, small, steps=2))
+    unpatched = _host_reads(model, small)
+    tomerge_cli.apply_patch(model, ratio=0.5, importance="auto")
+    first = _host_reads(model, small)  # a new shape: the step's bookkeeping runs once
+    assert first > unpatched
+    assert _host_reads(model, small) == unpatched
+    stats = tomerge_cli.get_merger(model).stats
+    assert stats["merged_calls"] == 0 and stats["skipped_unprofitable"] == 2 * 2
+    # batch 256 of 16 tokens at width 16, ratio 0.5: 32768, the CPU break-even: it merges
+    _sample_flux(model, _flux_latents(b=256), steps=1)
+    assert stats["merged_calls"] == 2
+    assert torch.equal(torch.stack(_sample_flux(model, small, steps=2)), base)
+    assert stats["merged_calls"] == 2
+    tomerge_cli.remove_patch(model)
+
+
 @pytest.mark.slow  # a whole (tiny) pipeline
 def test_a_tiny_unet_pipeline_is_left_unmerged_unless_forced(calibrated: None) -> None:
     pipe = tiny.tiny_sd()
