@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import math
 import statistics
 import sys
 import time
@@ -96,6 +97,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 }  # fmt: skip
 QUICK = {"llama": "quick", "gpt2": "gpt2-quick"}  # --quick: the tiny preset of the architecture
 RATIOS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6)
+VAL_SHARE = 0.05  # --select-on-val: the share of the training windows held out for validation
 METHODS = {  # name: (criterion, compensation)
     "VBP": ("variance", True),
     "variance, no comp.": ("variance", False),
@@ -201,20 +203,37 @@ def lm_loss(model: nn.Module, ids: torch.Tensor) -> torch.Tensor:
     )
 
 
-def run_name(preset: str, steps: int | None = None) -> str:
-    """The preset's name, with the training steps when `--steps` changed them."""
-    if steps is None or steps == PRESETS[preset]["steps"]:
-        return preset
-    return f"{preset}-{steps}steps"
+def run_name(preset: str, steps: int | None = None, select: bool = False) -> str:
+    """The preset's name, with the training steps when `--steps` changed them and "-val"
+    when `--select-on-val` chose the checkpoint."""
+    name = preset
+    if steps is not None and steps != PRESETS[preset]["steps"]:
+        name = f"{preset}-{steps}steps"
+    return name + ("-val" if select else "")
 
 
-def cache_name(preset: str, corpus_kind: str, steps: int | None = None) -> str:
-    """The cached model's folder name: architecture, preset (and changed steps) and corpus,
-    so that presets of two architectures, or two training lengths, never share a folder."""
+def cache_name(
+    preset: str, corpus_kind: str, steps: int | None = None, select: bool = False
+) -> str:
+    """The cached model's folder name: architecture, preset (and changed steps, checkpoint
+    selection) and corpus, so that two architectures or trainings never share a folder."""
     arch = PRESETS[preset]["arch"]
-    name = run_name(preset, steps)
+    name = run_name(preset, steps, select)
     stem = name if preset.startswith(arch) else f"{arch}-{name}"
     return f"{stem}-{corpus_kind}"
+
+
+def training_windows(
+    ids: torch.Tensor, seq_len: int, select: bool
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The training windows (the first 90%) and, with `select`, the validation windows
+    carved from their end (VAL_SHARE of them, just before the held-out test tail), which
+    then take no part in training, statistics or distillation."""
+    train = split_windows(ids, seq_len, "train")
+    if not select:
+        return train, None
+    n_val = max(16, int(train.shape[0] * VAL_SHARE))
+    return train[:-n_val], train[-n_val:]
 
 
 def train_lm(
@@ -224,20 +243,23 @@ def train_lm(
     corpus_kind: str,
     text: str,
     amp: bool = False,
+    select: bool = False,
 ) -> tuple[Path, dict[str, Any]]:
-    """Train (or reuse) the LM; returns its folder and what it was trained on."""
+    """Train (or reuse) the LM; returns its folder and what it was trained on. `select`:
+    validation perplexity every twentieth of the steps, and the best checkpoint is kept
+    (the test windows are never seen)."""
     import json
 
     from shared.io import write_json
 
-    folder = cache_dir("vbp_llm", cache_name(preset, corpus_kind, p["steps"]))
+    folder = cache_dir("vbp_llm", cache_name(preset, corpus_kind, p["steps"], select))
     info_path = folder / "training.json"
     if info_path.is_file():
         return folder, json.loads(info_path.read_text())
     cut = int(len(text) * 0.9)  # the tokenizer sees the training text only
     tokenizer = train_tokenizer(text[:cut], p["vocab"])
     ids = tokenize(text, tokenizer)
-    train = split_windows(ids, p["seq_len"], "train")
+    train, val = training_windows(ids, p["seq_len"], select)
     model = build_lm(p, len(tokenizer)).to(dev)
     opt = torch.optim.AdamW(model.parameters(), lr=p["lr"], weight_decay=0.1, betas=(0.9, 0.95))
     sched = torch.optim.lr_scheduler.LambdaLR(
@@ -245,6 +267,9 @@ def train_lm(
     )
     trainer = Trainer(p["steps"], device=dev, amp=amp, description=f"train {preset}")
     trainer.track(student=model, opt=opt, sched=sched)
+    every = max(1, p["steps"] // 20)
+    curve: list[list[float]] = []  # [step, validation perplexity]
+    best: dict[str, Any] = {"nll": math.inf, "step": 0, "state": None}
 
     def step(s: int) -> dict[str, float]:
         rows = step_rng(0, s).integers(0, train.shape[0], p["batch"])
@@ -252,10 +277,19 @@ def train_lm(
         with trainer.autocast():
             loss = lm_loss(model, batch)
         trainer.optimize(loss, opt, clip=1.0, scheduler=sched)
+        if val is not None and (s % every == 0 or s == p["steps"]):
+            nll = float(window_nll(model, val, device=dev).mean())
+            model.train()
+            curve.append([s, round(math.exp(nll), 3)])
+            if nll < best["nll"]:
+                state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+                best.update(nll=nll, step=s, state=state)
         return {"loss": float(loss.detach())}
 
     start = time.perf_counter()
     fit = trainer.fit(step)
+    if val is not None:
+        model.load_state_dict(best["state"])
     model.cpu().save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     info = {
@@ -274,8 +308,29 @@ def train_lm(
         "train_seconds": round(time.perf_counter() - start, 1),
         **fit,
     }
+    if val is not None:
+        info["validation"] = {
+            "windows": int(val.shape[0]),
+            "every": every,
+            "best_step": best["step"],
+            "best_perplexity": round(math.exp(best["nll"]), 3),
+            "curve": curve,
+        }
     write_json(info_path, info)
     return folder, info
+
+
+def validation_text(info: dict[str, Any]) -> str:
+    """How --select-on-val chose the checkpoint, for the results' setup line ("" without)."""
+    v = info.get("validation")
+    if not v:
+        return ""
+    curve = ", ".join(f"{int(step)}: {ppl:.1f}" for step, ppl in v["curve"])
+    return (
+        f", keeping the checkpoint of step {v['best_step']}, the lowest perplexity on "
+        f"{v['windows']} validation windows (the end of the training part, not trained on; "
+        f"{v['best_perplexity']:.2f}; step: perplexity {curve})"
+    )
 
 
 def distill(
@@ -465,6 +520,12 @@ def main() -> None:
         help="training steps instead of the preset's (named in the cache folder and results)",
     )
     parser.add_argument("--amp", action="store_true", help="bf16 autocast in training (CUDA)")
+    parser.add_argument(
+        "--select-on-val",
+        action="store_true",
+        help="hold out the last 5%% of the training windows, score them every twentieth of "
+        "the steps and keep the best checkpoint (named '-val' in the cache and results)",
+    )
     add_common_args(parser)
     args = parser.parse_args()
     check_tree(args)
@@ -475,7 +536,7 @@ def main() -> None:
     arch = PRESETS[args.preset]["arch"]
     preset = QUICK[arch] if args.quick else args.preset
     p = dict(PRESETS[preset], **({"steps": args.steps} if args.steps else {}))
-    result_name = run_name(preset, p["steps"])
+    result_name = run_name(preset, p["steps"], args.select_on_val)
     quick = preset in QUICK.values()
     ratios = (0.2, 0.5) if quick else RATIOS
     print(f"preset {preset} ({arch}) on {choice}", file=sys.stderr)
@@ -484,12 +545,14 @@ def main() -> None:
 
     corpus_kind = args.corpus or ("pydoc" if quick else "pydoc+docstrings")
     text = corpus(corpus_kind)
-    folder, info = train_lm(preset, p, dev, corpus_kind, text, amp=args.amp)
+    folder, info = train_lm(
+        preset, p, dev, corpus_kind, text, amp=args.amp, select=args.select_on_val
+    )
     dense = AutoModelForCausalLM.from_pretrained(folder).to(dev).eval()
     from vbp_cli.text_data import load_tokenizer
 
     ids = tokenize(text, load_tokenizer(folder))
-    train = split_windows(ids, p["seq_len"], "train")
+    train, _ = training_windows(ids, p["seq_len"], args.select_on_val)
     test = split_windows(ids, p["seq_len"], "test")
     if test.shape[0] > args.test_windows:  # evenly spaced, so every part of the tail counts
         test = test[torch.linspace(0, test.shape[0] - 1, args.test_windows).long()]
@@ -589,7 +652,8 @@ def main() -> None:
             f"parameters ({total} MLP neurons), "
             f"trained {info['steps']} steps of {p['batch']} x {p['seq_len']} tokens drawn from "
             f"{info['train_windows']} training windows of {info['corpus']} ({info['tokens']} "
-            f"tokens in all, the last 10% held out) in {info['train_seconds']:.0f} s; "
+            f"tokens in all, the last 10% held out) in {info['train_seconds']:.0f} s"
+            f"{validation_text(info)}; "
             f"dense test perplexity {fmt_ppl(base)} over {base['windows']} held-out windows "
             f"(evenly spaced over the held-out tail). Statistics from {calib.shape[0]} "
             f"training windows. Distillation: {args.kd_steps} steps of logit KL at ratios "

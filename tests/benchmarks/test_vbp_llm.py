@@ -91,6 +91,50 @@ def test_cache_and_results_names_keep_architectures_and_step_counts_apart() -> N
     assert set(bench.QUICK) == {s["arch"] for s in bench.PRESETS.values()}
 
 
+def test_validation_windows_are_carved_from_the_training_part_only() -> None:
+    ids = torch.arange(128 * 400)
+    train, none = bench.training_windows(ids, 128, select=False)
+    assert none is None
+    fit, val = bench.training_windows(ids, 128, select=True)
+    test = bench.split_windows(ids, 128, "test")
+    assert torch.equal(torch.cat([fit, val]), train)  # the end of the training part
+    assert val.shape[0] == max(16, int(train.shape[0] * bench.VAL_SHARE))
+    assert int(val.max()) < int(test.min())  # the test tail is untouched
+    assert bench.run_name("llama-10m", 1500, select=True) == "llama-10m-1500steps-val"
+    assert bench.cache_name("llama-10m", "pydoc", None, True) == "llama-10m-val-pydoc"
+
+
+def test_select_on_val_keeps_the_checkpoint_with_the_lowest_validation_perplexity(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A tiny training with --select-on-val whose validation score is scripted to be lowest
+    at the 5th of 20 evaluations (a real tiny run keeps improving): the saved model holds
+    the weights of that step, not the last, and the results record that step and curve."""
+    from transformers import AutoModelForCausalLM
+
+    monkeypatch.setenv("TOOLKIT_CACHE", str(tmp_path))
+    scripted = [5.0 - 0.1 * i for i in range(5)] + [4.7 + 0.01 * i for i in range(15)]
+    seen: list[dict[str, torch.Tensor]] = []
+
+    def scored(model: torch.nn.Module, windows: torch.Tensor, **_: object) -> torch.Tensor:
+        seen.append({k: v.detach().clone() for k, v in model.state_dict().items()})
+        return torch.full((windows.shape[0],), scripted[len(seen) - 1], dtype=torch.float64)
+
+    monkeypatch.setattr(bench, "window_nll", scored)
+    p = dict(bench.PRESETS["quick"], steps=40)
+    text = bench.corpus("pydoc")[:30_000]
+    folder, info = bench.train_lm("quick", p, torch.device("cpu"), "pydoc", text, select=True)
+    v = info["validation"]
+    assert folder.name == "llama-quick-40steps-val-pydoc"
+    assert [step for step, _ in v["curve"]] == list(range(2, 41, 2)) and len(seen) == 20
+    assert v["best_step"] == 10 and v["best_perplexity"] == round(math.exp(4.6), 3)
+    saved = AutoModelForCausalLM.from_pretrained(folder).state_dict()
+    for name, weight in seen[4].items():
+        assert torch.equal(saved[name], weight), name
+    assert not all(torch.equal(saved[k], w) for k, w in seen[-1].items())
+    assert "checkpoint of step 10" in bench.validation_text(info)
+
+
 def _run_quick(tmp_path: Path, *extra: str) -> dict:
     env = {
         **os.environ,
