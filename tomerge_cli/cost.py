@@ -3,8 +3,8 @@
 Merging a block costs a nearly fixed amount (the matching's similarity product, argsort and
 the gather / scatter around the layer: a few dozen small kernels) and saves the work of the
 tokens it removes, which grows with ratio x batch x tokens x width on a CPU and x width^2 on a
-GPU (the "work" below). Below
-some work the fixed cost wins and merging makes a small image slower than not merging.
+GPU (the "work" below). Below some work the fixed cost wins and merging makes a small image
+slower than not merging.
 `apply_patch(skip_unprofitable=True)` (the default) leaves a block call unmerged when its
 work is below `MIN_WORK` (`MIN_WORK_CUDA` on a CUDA GPU), the tokens being those its
 attention runs over (one image; every frame for Wan, whose attention spans them; one frame
