@@ -45,13 +45,16 @@ gpu-check: install
 
 # The GPU speed runs (a clean tree; results under benchmarks/results/tomerge/): every DiT
 # family's blocks at their real size (Wan: 21 latent frames), the whole models at full depth,
-# and the SD 1.5 UNet step against tomesd; bf16/fp16, SDPA/flash, interleaved rounds.
+# and the SD 1.5 UNet step against tomesd; bf16/fp16, SDPA/flash, interleaved rounds. Then
+# VBP on the 16 M language models (results under benchmarks/results/vbp/).
 gpu-bench: gpu-check
 	$(BIN)/python -m benchmarks.tomerge_dit_speed --device cuda --dtype bf16 --frames 21 \
 		--repeats 10 --name dit_speed-cuda
 	$(BIN)/python -m benchmarks.tomerge_dit_step --device cuda --ratios 0.3 0.5 0.7
 	$(BIN)/python -m benchmarks.tomerge_speed --device cuda --dtype fp16 --attention sdpa \
 		--bound --ratios 0.5 0.7 --repeats 10
+	$(BIN)/python -m benchmarks.vbp_llm --preset llama-16m --device cuda --select-on-val --threads 8
+	$(BIN)/python -m benchmarks.vbp_llm --preset gpt2-16m --device cuda --select-on-val --threads 8
 
 bench: install
 	$(BIN)/python -m benchmarks.run_all

@@ -5,8 +5,9 @@ would otherwise pick, optionally after a short distillation, plus the CPU speed 
 model (prefill and decode tokens/s against dense, always on the CPU).
 
     python -m benchmarks.vbp_llm                  # ~10 M parameters, about an hour on 1 core
-    python -m benchmarks.vbp_llm --preset llama-16m --device cuda   # ~16 M, sized for a GPU
-    python -m benchmarks.vbp_llm --preset gpt2-16m --device cuda    # the GPT-2 counterpart
+    python -m benchmarks.vbp_llm --steps 1500 --select-on-val --threads 2   # a better LM
+    python -m benchmarks.vbp_llm --preset llama-16m --device cuda --select-on-val  # ~16 M, GPU
+    python -m benchmarks.vbp_llm --preset gpt2-16m --device cuda --select-on-val   # GPT-2 twin
     python -m benchmarks.vbp_llm --quick          # a tiny run that shows the pipeline works
     python -m benchmarks.vbp_llm --quick --preset gpt2-10m   # the same for GPT-2
 
@@ -66,12 +67,14 @@ PRESETS: dict[str, dict[str, Any]] = {
         steps=500, batch=16, lr=1e-3,
     ),
     # ~16 M parameters (9.4 M of them in the MLPs' 8 x 1024 neurons), sized for a GPU (~13
-    # s/step on one core here): 250 steps of 32 x 128 tokens, the 1 M tokens of the 10 M
-    # presets. 3000 steps (12 M tokens, ~25 passes) memorised the text on an H200 (training
-    # loss 0.03, held-out perplexity 398; vbp_llm_llama-16m-3000steps.md); 250 is not run yet
+    # s/step on one core here): 750 steps of 32 x 128 tokens, 3 M tokens (~7 passes), where
+    # llama-10m with --select-on-val still improved on validation (best at 1350 of 1500
+    # steps of 16). 3000 steps (12 M tokens, ~25 passes) memorised the text on an H200
+    # (training loss 0.03, held-out perplexity 398; vbp_llm_llama-16m-3000steps.md); 750 is
+    # not run yet: run it with --select-on-val
     "llama-16m": dict(
         arch="llama", vocab=4096, hidden=384, layers=8, heads=6, kv_heads=2, inter=1024,
-        seq_len=128, steps=250, batch=32, lr=1e-3,
+        seq_len=128, steps=750, batch=32, lr=1e-3,
     ),
     # a seconds-long check of the whole pipeline (--quick)
     "quick": dict(
@@ -88,7 +91,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     # memorised the text here too: held-out perplexity 727; vbp_llm_gpt2-16m-3000steps.md)
     "gpt2-16m": dict(
         arch="gpt2", vocab=4096, hidden=384, layers=8, heads=6, inter=1536, seq_len=128,
-        steps=250, batch=32, lr=1e-3,
+        steps=750, batch=32, lr=1e-3,
     ),
     "gpt2-quick": dict(
         arch="gpt2", vocab=384, hidden=64, layers=2, heads=4, inter=128, seq_len=32,

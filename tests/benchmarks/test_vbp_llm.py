@@ -84,7 +84,7 @@ def test_cache_and_results_names_keep_architectures_and_step_counts_apart() -> N
     assert len(names) == len(bench.PRESETS)
     for p, spec in bench.PRESETS.items():
         assert bench.cache_name(p, "pydoc").startswith(spec["arch"] + "-")
-    assert bench.cache_name("llama-16m", "pydoc", 250) == "llama-16m-pydoc"  # the preset's own
+    assert bench.cache_name("llama-16m", "pydoc", 750) == "llama-16m-pydoc"  # the preset's own
     assert bench.run_name("llama-16m", 3000) == "llama-16m-3000steps"  # the GPU run's file
     assert bench.cache_name("llama-16m", "pydoc", 2000) == "llama-16m-2000steps-pydoc"
     assert bench.run_name("gpt2-16m", 2000) == "gpt2-16m-2000steps"
