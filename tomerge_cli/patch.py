@@ -281,6 +281,7 @@ class TokenMerger:
         }
         self._warned: set[str] = set()
         self._signature = inspect.signature(model.forward)
+        self._first_parameter = next(iter(self._signature.parameters), None)
         self.blocks = self._select_blocks(spatial_blocks(model))
         if settings.mode == "none" or settings.ratio == 0:
             return  # nothing to merge: leave the model without hooks
@@ -385,8 +386,9 @@ class TokenMerger:
 
     # -- per step ----------------------------------------------------------------
     def _step_hook(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
-        bound = self._signature.bind_partial(*args, **kwargs).arguments
-        sample = bound.get("sample", bound.get("hidden_states"))
+        # the latents are forward's first parameter (`sample` or `hidden_states`); read
+        # directly, so an idle call binds no signature
+        sample = args[0] if args else kwargs.get(self._first_parameter)
         shape = (tuple(sample.shape), sample.device) if isinstance(sample, torch.Tensor) else None
         self._call_shape = shape
         if shape is None or shape != self._idle_shape:
