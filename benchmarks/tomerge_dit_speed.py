@@ -286,6 +286,7 @@ class SliceMerge:
 
     def __init__(self, batch: int, n: int, r: int, device: torch.device) -> None:
         k = n - r
+        self.batch, self.tokens = batch, n
         self.kept = torch.arange(k, device=device).expand(batch, k)
         self.slot = (torch.arange(n, device=device) % k).expand(batch, n)
         self._slot = self.slot[0]
@@ -293,6 +294,11 @@ class SliceMerge:
     @property
     def n_kept(self) -> int:
         return self.kept.shape[1]
+
+    @property
+    def flat_kept(self) -> torch.Tensor:  # for Wan's rotary rows, as `Merge.flat_kept`
+        rows = torch.arange(self.batch, device=self.kept.device)[:, None]
+        return (self.kept + rows * self.tokens).flatten()
 
     def merge(self, x: torch.Tensor) -> torch.Tensor:
         return x[:, : self.n_kept]

@@ -65,7 +65,7 @@ import torch
 from torch import nn
 
 from tomerge_cli.constants import IMPORTANCE
-from tomerge_cli.merge import Merge, importance_map
+from tomerge_cli.merge import Merge, importance_map, row_positions
 from tomerge_cli.patch import Settings, TokenMerger, spatial_blocks
 
 SUPPORTED = (
@@ -439,14 +439,16 @@ class FrameMerge:
 
     def __init__(self, merge: Merge, batch: int, units: int) -> None:
         self.inner, self.batch, self.units = merge, batch, units
-        n = merge.slot.shape[1]
-        offsets = torch.arange(units, device=merge.kept.device)[:, None] * n
-        # kept token indices in the whole sequence, (B, U * k)
-        self.kept = (merge.kept.view(batch, units, -1) + offsets).flatten(1)
 
     @property
     def n_kept(self) -> int:
-        return self.kept.shape[1]
+        return self.inner.n_kept * self.units
+
+    @property
+    def kept(self) -> torch.Tensor:
+        """Kept token indices in the whole sequence, (B, U * k): the inner merge's flat
+        rows over (B * U) groups of n tokens are already positions in (B, U * n)."""
+        return row_positions(self.inner.flat_kept, self.batch, self.units * self.inner.tokens)
 
     def merge(self, x: torch.Tensor) -> torch.Tensor:
         b, s, c = x.shape
@@ -461,11 +463,10 @@ class FrameMerge:
 
 def merge_frame_rotary(emb: tuple[torch.Tensor, ...], kept: torch.Tensor) -> tuple:
     """Wan's rotary (cos, sin), each (1, S, 1, D), at the kept tokens `kept` (B, S'): the
-    row of every kept token is its own position; (1, S', 1, D) when the images kept the
-    same tokens, else (B, S', 1, D) (the attention broadcasts over the batch)."""
-    same = kept.shape[0] == 1 or bool((kept == kept[:1]).all())
-    rows = kept[:1] if same else kept
-    return tuple(e[0][rows.to(e.device)] for e in emb)
+    row of every kept token is its own position, (B, S', 1, D) (the attention broadcasts
+    over the batch). Not shared when the images happen to keep the same tokens: finding
+    that out reads the indices back, a host sync per block on a GPU."""
+    return tuple(e[0][kept.to(e.device)] for e in emb)
 
 
 def _wan_rotary(merge_hook: Any, state: dict[str, Any]):

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import functools
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -53,6 +53,9 @@ class Partition:
     dst: torch.Tensor  # (P, n_dst) int64
     src: torch.Tensor  # (P, n_src) int64
     forced: torch.Tensor | None = None  # (P, n_src) bool: outside the importance pool
+    _layouts: dict[tuple[int, int, int], _Layout] = field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
 
     def to(self, device: torch.device) -> Partition:
         """On `device` (itself when already there): partitions are drawn on the CPU, the
@@ -61,6 +64,33 @@ class Partition:
             return self
         forced = None if self.forced is None else self.forced.to(device)
         return Partition(self.dst.to(device), self.src.to(device), forced)
+
+    def layout(self, b: int, n: int, r: int) -> _Layout:
+        """The index tensors every block's matching on (b, n) tokens with r merged shares,
+        made once per partition (once per step) instead of once per block."""
+        key = (b, n, r)
+        if key not in self._layouts:
+            self._layouts[key] = _Layout(self, b, n, r)
+        return self._layouts[key]
+
+
+class _Layout:
+    """A partition's indices for a batch of b sequences of n tokens, flat over b * n rows
+    (row i of image j is j * n + i), so that each block gathers and scatters with single
+    `index_select` / `index_copy_` calls and needs no per-block offset arithmetic: on a
+    GPU every op is a kernel launch, and launches are most of a small merge's cost."""
+
+    def __init__(self, partition: Partition, b: int, n: int, r: int) -> None:
+        device = partition.dst.device
+        rows = torch.arange(b, device=device)[:, None]
+        self.src = _expand(partition.src, b) + rows * n  # (b, n_src)
+        self.dst = _expand(partition.dst, b) + rows * n  # (b, n_dst)
+        self.forced = None if partition.forced is None else _expand(partition.forced, b)
+        n_kept = partition.src.shape[1] - r + partition.dst.shape[1]
+        # row of the merged output each kept token fills: kept sources first, destinations last
+        self.kept_rows = torch.arange(b * n_kept, device=device)
+        # a merged token's destination, numbered within the destinations, plus this offset
+        self.into_offset = partition.src.shape[1] - r + rows * n_kept
 
 
 def grid_partition(
@@ -128,8 +158,8 @@ def _gen_device(generator: torch.Generator | None) -> torch.device | str:
 class Merge:
     """The merge / unmerge pair one block uses (`r` tokens merged into destinations).
 
-    Indices are kept flat over batch * tokens: one `index_select` / `index_add_` over the
-    rows is several times faster on CPU than `gather` / `scatter_reduce` with an expanded
+    Indices are flat over batch * tokens: one `index_select` / `index_add_` over the rows
+    is several times faster on CPU than `gather` / `scatter_reduce` with an expanded
     (B, N, C) index, and these ops run around every merged layer.
     """
 
@@ -141,27 +171,42 @@ class Merge:
         slot: torch.Tensor,
         average: bool,
     ) -> None:
-        self.kept = kept  # (B, N - r) token indices kept, destinations last
-        self.merged = merged  # (B, r) token indices merged away
-        self.into = into  # (B, r) position (in the kept list) each merged token goes to
-        self.slot = slot  # (B, N) position in the merged sequence every token reads back
+        self.batch, self.tokens = slot.shape
+        self._kept = kept.flatten()  # (B * (N - r)) rows of x kept, destinations last
+        self._merged = merged.flatten()  # (B * r) rows of x merged away
+        self._into = into.flatten()  # (B * r) row of the merged output each one joins
+        self._slot = slot.flatten()  # (B * N) row of the merged output every token reads
         self.average = average
-        b, n = slot.shape
-        k = kept.shape[1]
-        rows = torch.arange(b, device=slot.device)[:, None]
-        self._kept = (kept + rows * n).flatten()
-        self._merged = (merged + rows * n).flatten()
-        self._into = (into + rows * k).flatten()
-        self._slot = (slot + rows * k).flatten()
         if average:  # 1 / group size, for the mean of each destination and its sources
-            count = torch.ones(b * k, device=slot.device).index_add_(
-                0, self._into, torch.ones_like(self._into, dtype=torch.float)
-            )
-            self._scale = count.reciprocal().view(b, k, 1)
+            count = torch.ones(self._kept.shape[0], device=slot.device)
+            count.index_add_(0, self._into, torch.ones_like(self._into, dtype=torch.float))
+            self._scale = count.reciprocal_().view(self.batch, -1, 1)
 
     @property
     def n_kept(self) -> int:
-        return self.kept.shape[1]
+        return self._kept.shape[0] // self.batch
+
+    @property
+    def flat_kept(self) -> torch.Tensor:
+        """(B * (N - r)) kept rows of the (B * N, C) tokens."""
+        return self._kept
+
+    # per-image positions, (B, .): for rotary tables and tests, not for merging itself
+    @property
+    def kept(self) -> torch.Tensor:
+        return row_positions(self._kept, self.batch, self.tokens)
+
+    @property
+    def merged(self) -> torch.Tensor:
+        return row_positions(self._merged, self.batch, self.tokens)
+
+    @property
+    def into(self) -> torch.Tensor:
+        return row_positions(self._into, self.batch, self.n_kept)
+
+    @property
+    def slot(self) -> torch.Tensor:
+        return row_positions(self._slot, self.batch, self.n_kept)
 
     def merge(self, x: torch.Tensor) -> torch.Tensor:
         b, _, c = x.shape
@@ -175,6 +220,14 @@ class Merge:
     def unmerge(self, y: torch.Tensor) -> torch.Tensor:
         b, _, c = y.shape
         return y.reshape(-1, c).index_select(0, self._slot).view(b, -1, c)
+
+
+def row_positions(flat: torch.Tensor, rows: int, n: int) -> torch.Tensor:
+    """Flat indices over rows * n back to positions within each row, (rows, -1)."""
+    out = flat.view(rows, -1)
+    if rows == 1:
+        return out
+    return out - torch.arange(rows, device=flat.device)[:, None] * n
 
 
 @functools.cache
@@ -199,36 +252,29 @@ def similarity_dtype(metric: torch.Tensor) -> torch.dtype:
 def match_tokens(metric: torch.Tensor, partition: Partition, r: int, average: bool = True) -> Merge:
     """Merge the `r` source tokens most similar (cosine on `metric`, (B, N, C)) to a
     destination, forced sources first; `average=False` drops them instead (pruning)."""
-    b, n, _ = metric.shape
+    b, n, c = metric.shape
     partition = partition.to(metric.device)
-    dst, src = _expand(partition.dst, b), _expand(partition.src, b)
-    n_dst, n_src = dst.shape[1], src.shape[1]
-    r = min(r, n_src)
+    r = min(r, partition.src.shape[1])
+    lay = partition.layout(b, n, r)
     with torch.no_grad():
-        unit = F.normalize(metric, dim=-1).to(similarity_dtype(metric))
-        best, best_dst = (_take(unit, src) @ _take(unit, dst).transpose(1, 2)).max(dim=-1)
+        unit = F.normalize(metric, dim=-1).to(similarity_dtype(metric)).reshape(-1, c)
+        src = unit.index_select(0, lay.src.flatten()).view(b, -1, c)
+        dst = unit.index_select(0, lay.dst.flatten()).view(b, -1, c)
+        best, best_dst = (src @ dst.transpose(1, 2)).max(dim=-1)
         best = best.float()
-        if partition.forced is not None:
-            best = best.masked_fill(_expand(partition.forced, b), float("inf"))
+        if lay.forced is not None:
+            best = best.masked_fill(lay.forced, float("inf"))
         # stable: equal similarities (frequent in bfloat16) keep a fixed order
         order = best.argsort(dim=1, descending=True, stable=True)
         merged_pos, kept_pos = order[:, :r], order[:, r:]
-        merged = src.gather(1, merged_pos)
-        kept = torch.cat([src.gather(1, kept_pos), dst], dim=1)
-        n_unm = n_src - r
-        into = best_dst.gather(1, merged_pos) + n_unm
+        merged = lay.src.gather(1, merged_pos)
+        kept = torch.cat([lay.src.gather(1, kept_pos), lay.dst], dim=1)
+        into = best_dst.gather(1, merged_pos) + lay.into_offset
         slot = torch.empty(b, n, dtype=torch.long, device=metric.device)
-        ar = torch.arange(n_unm + n_dst, device=metric.device).expand(b, -1)
-        slot.scatter_(1, kept, ar)
-        slot.scatter_(1, merged, into)
+        flat_slot = slot.view(-1)
+        flat_slot.index_copy_(0, kept.flatten(), lay.kept_rows)
+        flat_slot.index_copy_(0, merged.flatten(), into.flatten())
     return Merge(kept=kept, merged=merged, into=into, slot=slot, average=average)
-
-
-def _take(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-    """x[b, idx[b]] for every b: (B, N, C), (B, K) -> (B, K, C)."""
-    b, n, c = x.shape
-    rows = torch.arange(b, device=x.device)[:, None] * n
-    return x.reshape(-1, c).index_select(0, (idx + rows).flatten()).view(b, -1, c)
 
 
 def _expand(t: torch.Tensor, b: int) -> torch.Tensor:

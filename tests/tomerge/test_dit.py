@@ -178,19 +178,21 @@ def test_flux_merges_image_tokens_and_their_rotary_rows_in_both_block_kinds() ->
     assert tomerge_cli.get_merger(model).stats["merged_calls"] == 2 * 2
 
 
+def _keeping(kept: torch.Tensor, n: int) -> Merge:
+    """A Merge that keeps `kept` (B, k) of n tokens per image (its indices flat over B * n)."""
+    b = kept.shape[0]
+    flat = kept + torch.arange(b)[:, None] * n
+    none = torch.zeros(b, 0, dtype=torch.long)
+    return Merge(flat, none, none, torch.zeros(b, n, dtype=torch.long), False)
+
+
 def test_merge_rotary_gives_each_kept_token_its_own_row() -> None:
     table = torch.arange(2 + 6, dtype=torch.float)[:, None].repeat(1, 4)  # row i holds i
-    kept = torch.tensor([[4, 0, 2], [4, 0, 2]])
-    merge = Merge(
-        kept,
-        torch.tensor([[1, 3, 5]] * 2),
-        torch.zeros(2, 3).long(),
-        torch.zeros(2, 6).long(),
-        False,
-    )
+    merge = _keeping(torch.tensor([[4, 0, 2], [4, 0, 2]]), 6)
+    assert merge.kept.tolist() == [[4, 0, 2], [4, 0, 2]]
     cos, sin = dit.merge_rotary((table, table + 100), merge, text=2)
     assert cos[:, 0].tolist() == [0, 1, 6, 2, 4] and torch.equal(sin, cos + 100)
-    merge.kept = torch.tensor([[4, 0, 2], [1, 3, 5]])  # images kept different tokens
+    merge = _keeping(torch.tensor([[4, 0, 2], [1, 3, 5]]), 6)  # images kept different tokens
     per_image = dit.merge_rotary(table, merge, text=2)
     assert per_image.shape == (2, 5, 4)
     assert per_image[1, :, 0].tolist() == [0, 1, 3, 5, 7]

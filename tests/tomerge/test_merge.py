@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from tomerge_cli.merge import (
     check_ratio,
@@ -147,3 +148,46 @@ def test_a_cpu_partition_matches_tokens_on_another_device() -> None:
     x = torch.randn(2, 64, 8, device="meta")
     merge = match_tokens(x, grid_partition(8, 8), 20)
     assert merge.n_kept == 44 and merge.merge(x).shape == (2, 44, 8)
+
+
+class _OpCount(TorchDispatchMode):
+    """Counts the ops that do work (views excluded): on a GPU each is a kernel launch."""
+
+    VIEWS = {"view", "_unsafe_view", "expand", "slice", "select", "transpose", "t", "alias"}
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ops: list[str] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN204
+        name = func._schema.name.split("::")[-1]
+        if name not in self.VIEWS:
+            self.ops.append(name)
+        return func(*args, **(kwargs or {}))
+
+
+def _one_block(x: torch.Tensor, part, r: int) -> list[str]:
+    with torch.no_grad(), _OpCount() as count:
+        merge = match_tokens(x, part, r)
+        merge.unmerge(merge.merge(x))
+    return count.ops
+
+
+@pytest.mark.parametrize("kind", ["grid", "importance"])
+def test_a_merged_block_runs_few_ops_once_the_step_has_laid_out_its_partition(kind: str) -> None:
+    """The partition's flat indices are laid out on its first matching and reused by every
+    later block of the step: a merged block then runs at most 28 ops (matching, merge and
+    unmerge; 44 when each block recomputed its offsets), none of which reads a value back
+    to the host (no sync on a GPU)."""
+    x = _tokens(n=64)
+    g = torch.Generator().manual_seed(0)
+    part = (
+        grid_partition(8, 8, g)
+        if kind == "grid"
+        else importance_partition(torch.rand(1, 64), 0.5, g)
+    )
+    first = _one_block(x, part, 32)
+    later = _one_block(x, part, 32)
+    assert len(later) <= 28 and len(first) > len(later)
+    assert not {"_local_scalar_dense", "nonzero", "equal", "item"} & set(later)
+    assert _one_block(x, part, 32) == later

@@ -233,3 +233,33 @@ def test_the_cost_model_counts_every_frame_wan_attends_over(
         stats = tomerge_cli.get_merger(model).stats
         assert (stats["merged_calls"] > 0) == merges, (threshold, stats)
         assert (stats["skipped_unprofitable"] > 0) != merges
+
+
+def _host_syncs(model, latents: torch.Tensor) -> int:
+    """Ops that read a tensor's value back to the host (a sync on a GPU) in one call."""
+    from torch.profiler import ProfilerActivity, profile
+
+    ctx = torch.randn(latents.shape[0], 3, tiny.EMBED, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad(), profile(activities=[ProfilerActivity.CPU]) as prof:
+        model(hidden_states=latents, timestep=torch.full((latents.shape[0],), 600.0),
+              encoder_hidden_states=ctx)  # fmt: skip
+    wanted = {"aten::item", "aten::equal", "aten::_local_scalar_dense", "aten::nonzero"}
+    return sum(e.name in wanted for e in prof.events())
+
+
+def test_host_syncs_per_call_do_not_grow_with_the_merged_blocks() -> None:
+    """A batch of two videos keeps different tokens per video: every merged block's rotary
+    rows are taken per video without first reading back whether the rows agree, so the
+    host syncs of a call are the step's own, whatever the number of merged blocks."""
+    latents = torch.cat([_wan_latents(0), _wan_latents(1)])
+    syncs = []
+    for layers in (2, 4):
+        model = tiny.tiny_wan_transformer(layers=layers).eval()
+        tomerge_cli.apply_patch(
+            model, ratio=0.5, mode="tome", prune_steps=0, blocks=list(range(layers)),
+            skip_unprofitable=False,
+        )  # fmt: skip
+        _host_syncs(model, latents)  # the first call sets up the step's grid
+        syncs.append(_host_syncs(model, latents))
+        assert tomerge_cli.get_merger(model).stats["merged_calls"] == 2 * layers
+    assert syncs[0] == syncs[1]
