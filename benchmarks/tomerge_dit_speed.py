@@ -307,11 +307,14 @@ class SliceMerge:
         return y.index_select(1, self._slot)
 
 
-def _patch(model: nn.Module, method: str, ratio: float, s: Settings) -> None:
+def patch_variant(model: nn.Module, method: str, ratio: float, s: Settings, **options: Any) -> None:
+    """Patch `model` for one timed variant: importance, tome or the zero-cost bound;
+    `options` go to apply_patch (e.g. blocks, skip_unprofitable)."""
     import tomerge_cli
     from tomerge_cli.merge import tokens_removed
 
-    options: dict[str, Any] = {"min_tokens": 0} if s.tiny else {}
+    if s.tiny:
+        options.setdefault("min_tokens", 0)
     if method == "importance":
         # steady state from the warm-up calls: no pruned steps, importance from step 1 (the
         # map is CFG's where the batch is a CFG pair, else the step-to-step change)
@@ -349,7 +352,7 @@ def make_variant(base: nn.Module, name: str, s: Settings) -> nn.Module:
         return base
     method, ratio = name.split()
     model = twin(base)
-    _patch(model, method, float(ratio), s)
+    patch_variant(model, method, float(ratio), s)
     return model
 
 

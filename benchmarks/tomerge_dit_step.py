@@ -9,8 +9,9 @@ Flux.1 (19 double + 38 single blocks), SD3.5-medium (24 joint blocks, the first 
 second attention) and Wan 2.1 1.3B (30 blocks) from the same diffusers configs at full
 depth with random weights (the work does not depend on the values) and times one whole
 transformer call, a denoising step without the scheduler, VAE and text encoders:
-unmerged, and per ratio importance and tome merging with `apply_patch`'s default blocks
-(the middle half) and with every block. The variants share one set of weights.
+unmerged, and per ratio importance and tome merging with `apply_patch`'s defaults (the
+middle half of the blocks, the cost model on) and on every block with the cost model off,
+beside the zero-cost bound on every block. The variants share one set of weights.
 
 Timing: `shared.profiling.compare_speed`, interleaved rounds with the order rotating, each
 call between two synchronises (the host launches ahead within the call, as in a pipeline);
@@ -95,20 +96,23 @@ def build(family: str, s: blocks.Settings) -> tuple[nn.Module, dict[str, torch.T
 
 
 def variants(model: nn.Module, s: blocks.Settings) -> dict[str, nn.Module]:
-    """unmerged, then per ratio and method: apply_patch's default blocks and every block."""
-    import tomerge_cli
+    """unmerged, then per ratio and method: apply_patch's defaults (the middle half of the
+    blocks, the cost model on: what a user gets) and every block merged with the cost model
+    off (what merging itself costs and saves); the zero-cost bound on every block."""
     from tomerge_cli.dit import dit_blocks
 
     every = list(range(len(dit_blocks(model))))
     out = {"unmerged": model}
     for ratio in s.ratios:
-        for method in (m for m in s.methods if m in ("importance", "tome")):
-            for label, chosen in (("default blocks", None), ("every block", every)):
+        for method in s.methods:
+            for label, options in (
+                ("default", {}),
+                ("every block", {"blocks": every, "skip_unprofitable": False}),
+            ):
+                if method == "bound" and not options:
+                    continue  # the bound is the target of merging every block
                 m = blocks.twin(model)
-                options: dict[str, Any] = {"min_tokens": 0} if s.tiny else {}
-                if method == "importance":
-                    options.update(importance="auto", prune_steps=0, importance_start=1)
-                tomerge_cli.apply_patch(m, ratio=ratio, mode=method, blocks=chosen, **options)
+                blocks.patch_variant(m, method, ratio, s, **options)
                 out[f"{method} {ratio}, {label}"] = m
     return out
 
@@ -170,8 +174,10 @@ def report(data: dict[str, Any]) -> list[tuple[str, str]]:
             "One whole transformer call (a denoising step without scheduler, VAE and text "
             f"encoders) at full depth, {s['device']} {s['dtype']}; seconds are medians over "
             f"{s['repeats']} interleaved rounds, speed-ups the median [min, max] of the paired "
-            "per-round ratios unmerged / variant. 'default blocks' is apply_patch's default "
-            "for DiTs (the middle half), 'every block' merges all. 'merged calls' counts the "
+            "per-round ratios unmerged / variant. 'default' is apply_patch's default for DiTs "
+            "(the middle half of the blocks, the cost model on), 'every block' merges all with "
+            "the cost model off; 'bound' merges at zero cost (the first N - r tokens kept, no "
+            "matching), the target of merging every block. 'merged calls' counts the "
             "block calls that merged in all calls of the run (warm-up included), 'skipped' "
             "those the cost model left unmerged.",
         )
@@ -207,9 +213,7 @@ def parse(argv: Sequence[str] | None = None) -> tuple[argparse.Namespace, blocks
     )
     p.add_argument("--families", nargs="+", choices=blocks.FAMILIES, default=list(blocks.FAMILIES))
     p.add_argument("--ratios", nargs="+", type=float, default=[0.5])
-    p.add_argument(
-        "--methods", nargs="+", choices=("importance", "tome"), default=["importance", "tome"]
-    )
+    p.add_argument("--methods", nargs="+", choices=blocks.METHODS, default=list(blocks.METHODS))
     p.add_argument("--repeats", type=int, default=7, help="interleaved rounds")
     p.add_argument("--size", type=int, default=1024, help="Flux / SD3.5 image side in px")
     p.add_argument("--frames", type=int, default=21, help="Wan latent frames")

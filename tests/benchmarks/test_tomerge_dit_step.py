@@ -1,6 +1,6 @@
 """The whole-step DiT benchmark at tiny widths and 8 blocks, on the CPU: every variant is
 timed in one interleaved run, 'every block' merges more block calls than the default middle
-half, and the report names every variant."""
+half (the zero-cost bound as many), and the report names every variant."""
 
 from __future__ import annotations
 
@@ -20,11 +20,15 @@ def test_every_variant_is_timed_and_every_block_merges_more(run: dict) -> None:
     assert set(run["families"]) == set(blocks.FAMILIES)
     for family, fam in run["families"].items():
         names = [r["model"] for r in fam["rows"]]
-        assert names[0] == "unmerged" and len(names) == 5, names
+        assert names[0] == "unmerged" and len(names) == 6, names
+        stats = fam["merge_stats"]
         for method in ("importance", "tome"):
-            default = fam["merge_stats"][f"{method} 0.5, default blocks"]["merged_calls"]
-            every = fam["merge_stats"][f"{method} 0.5, every block"]["merged_calls"]
+            default = stats[f"{method} 0.5, default"]["merged_calls"]
+            every = stats[f"{method} 0.5, every block"]["merged_calls"]
             assert 0 < default < every, (family, method, default, every)
+        # the zero-cost bound replaces the matching of the same block calls
+        bound = stats["bound 0.5, every block"]["merged_calls"]
+        assert bound == stats["tome 0.5, every block"]["merged_calls"]
         for r in fam["rows"]:
             q = r["speedup_rounds"]
             assert r["ms_per_batch"] > 0 and q["min"] <= q["median"] <= q["max"]
