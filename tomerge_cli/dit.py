@@ -158,8 +158,8 @@ class _ImportanceSignals:
     channels: int | None
     importance: torch.Tensor | None
 
-    def _on_step(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
-        super()._on_step(module, args, kwargs)  # type: ignore[misc]
+    def _on_step(self, call: dict[str, Any]) -> None:
+        super()._on_step(call)  # type: ignore[misc]
         if self.step.index == 0:  # a new generation: the previous prediction is another's
             self._previous_eps: torch.Tensor | None = None
 
@@ -226,20 +226,19 @@ class DiTTokenMerger(_ImportanceSignals, TokenMerger):
         return super()._select_blocks(found)
 
     # -- per step ----------------------------------------------------------------
-    def _on_step(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
-        bound = self._signature.bind_partial(*args, **kwargs).arguments
-        sample = bound["hidden_states"]
-        if self._second_call(bound):
+    def _on_step(self, call: dict[str, Any]) -> None:
+        sample = call["hidden_states"]
+        if self._second_call(call):
             self.second_pass = True  # same step: its partitions, grid and counter stay
             return
-        super()._on_step(module, args, kwargs)
+        super()._on_step(call)
         self.second_pass = False
         # copies: a pipeline may update its tensors in place
         self._step_sample = sample.detach().clone()
-        context = bound.get("encoder_hidden_states")
+        context = call.get("encoder_hidden_states")
         self._step_context = context.detach().clone() if isinstance(context, torch.Tensor) else None
         if self._packed:
-            self.grid = _grid_from_ids(bound.get("img_ids"), sample.shape[1])
+            self.grid = _grid_from_ids(call.get("img_ids"), sample.shape[1])
             if self.grid is None:  # e.g. Kontext's reference-image tokens after the latents
                 self._warn_once("nogrid", "tomerge: image tokens form no single grid; not merged")
         else:
@@ -381,9 +380,9 @@ class WanTokenMerger(DiTTokenMerger):
         self.frame_patch = int(patch[0]) if isinstance(patch, (tuple, list)) else 1
         super().__init__(model, settings)
 
-    def _on_step(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
-        super()._on_step(module, args, kwargs)
-        sample = self._signature.bind_partial(*args, **kwargs).arguments["hidden_states"]
+    def _on_step(self, call: dict[str, Any]) -> None:
+        super()._on_step(call)
+        sample = call["hidden_states"]
         self.frames = sample.shape[2] // self.frame_patch if sample.ndim == 5 else 1
 
     def _map_layout(self, imp: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:

@@ -392,7 +392,7 @@ class TokenMerger:
         shape = (tuple(sample.shape), sample.device) if isinstance(sample, torch.Tensor) else None
         self._call_shape = shape
         if shape is None or shape != self._idle_shape:
-            self._on_step(module, args, kwargs)
+            self._on_step(self._signature.bind_partial(*args, **kwargs).arguments)
 
     def _after_step_hook(self, module: nn.Module, args: tuple, output: Any) -> None:
         shape = self._call_shape
@@ -407,10 +407,10 @@ class TokenMerger:
         ):
             self._idle_shape = shape
 
-    def _on_step(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
-        bound = self._signature.bind_partial(*args, **kwargs).arguments
-        sample = bound.get("sample", bound.get("hidden_states"))
-        t = bound.get("timestep")
+    def _on_step(self, call: dict[str, Any]) -> None:
+        """A model call that starts a step; `call`: forward's arguments by name."""
+        sample = call.get("sample", call.get("hidden_states"))
+        t = call.get("timestep")
         t = float(t.max()) if isinstance(t, torch.Tensor) else (float(t) if t is not None else None)
         new_hw = tuple(sample.shape[-2:])
         # a new generation starts when the timestep goes back up (or the size changes)
