@@ -565,13 +565,15 @@ def _unmerge_images(state: dict[str, Any], has_text: bool):
 
 def merge_rotary(emb: Any, merge: Merge, text: int) -> Any:
     """Rotary rows for the merged sequence [text; kept image tokens]: the `text` rows
-    unchanged, then the row of every kept image token (its own position). Rows (S, D) when
-    every image kept the same tokens, else (B, S, D) (see `_per_image_attention`)."""
+    unchanged, then the row of every kept image token (its own position). Rows (S, D) for
+    one image, (B, S, D) for a batch (see `_per_image_attention`): images keep different
+    tokens, and checking whether they happen not to would read the indices back to the
+    host, a sync per block on a GPU."""
     kept = merge.kept
     if isinstance(emb, (tuple, list)):
         return type(emb)(merge_rotary(e, merge, text) for e in emb)
     texts = torch.arange(text, device=kept.device)
-    if kept.shape[0] == 1 or bool((kept == kept[:1]).all()):
+    if kept.shape[0] == 1:
         return emb.index_select(0, torch.cat([texts, kept[0] + text]).to(emb.device))
     rows = torch.cat([texts.expand(kept.shape[0], -1), kept + text], dim=1)
     return emb[rows.to(emb.device)]

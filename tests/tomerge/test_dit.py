@@ -188,13 +188,15 @@ def _keeping(kept: torch.Tensor, n: int) -> Merge:
 
 def test_merge_rotary_gives_each_kept_token_its_own_row() -> None:
     table = torch.arange(2 + 6, dtype=torch.float)[:, None].repeat(1, 4)  # row i holds i
-    merge = _keeping(torch.tensor([[4, 0, 2], [4, 0, 2]]), 6)
-    assert merge.kept.tolist() == [[4, 0, 2], [4, 0, 2]]
+    merge = _keeping(torch.tensor([[4, 0, 2]]), 6)
+    assert merge.kept.tolist() == [[4, 0, 2]]
     cos, sin = dit.merge_rotary((table, table + 100), merge, text=2)
     assert cos[:, 0].tolist() == [0, 1, 6, 2, 4] and torch.equal(sin, cos + 100)
-    merge = _keeping(torch.tensor([[4, 0, 2], [1, 3, 5]]), 6)  # images kept different tokens
+    merge = _keeping(torch.tensor([[4, 0, 2], [1, 3, 5]]), 6)  # a batch: rows per image
+    assert merge.kept.tolist() == [[4, 0, 2], [1, 3, 5]]
     per_image = dit.merge_rotary(table, merge, text=2)
     assert per_image.shape == (2, 5, 4)
+    assert per_image[0, :, 0].tolist() == [0, 1, 6, 2, 4]
     assert per_image[1, :, 0].tolist() == [0, 1, 3, 5, 7]
 
 
@@ -661,3 +663,31 @@ def test_sd3_skip_layer_guidance_calls_belong_to_their_step() -> None:
     assert calls == [(2, 0), (2, 1), (1, 1), (2, 2), (1, 2), (2, 3), (1, 3)]
     assert merger.stats["partitions"]["importance"] == 2 + 2  # steps 2, 3: CFG and SLG calls
     torch.testing.assert_close(merger.importance, importance_map(outs[-2], 4))
+
+
+def _host_syncs(model, latents: torch.Tensor) -> int:
+    """Ops that read a tensor's value back to the host (a sync on a GPU) in one call."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with torch.no_grad(), profile(activities=[ProfilerActivity.CPU]) as prof:
+        _sample_flux(model, latents, steps=1)
+    wanted = {"aten::item", "aten::equal", "aten::_local_scalar_dense", "aten::nonzero"}
+    return sum(e.name in wanted for e in prof.events())
+
+
+def test_flux_host_syncs_per_call_do_not_grow_with_the_merged_blocks() -> None:
+    """A batch of two images: each merged block takes per-image rotary rows without reading
+    back whether the images kept the same tokens, so a call's host syncs are the step's
+    own, whatever the number of merged blocks."""
+    latents = torch.cat([_flux_latents(seed=0), _flux_latents(seed=1)])
+    syncs = []
+    for layers in (1, 2):
+        model = _flux(layers=layers, single=layers)
+        every = list(range(2 * layers))
+        tomerge_cli.apply_patch(
+            model, ratio=0.5, mode="tome", prune_steps=0, blocks=every, skip_unprofitable=False
+        )
+        _host_syncs(model, latents)  # the first call sets up the step's grid
+        syncs.append(_host_syncs(model, latents))
+        assert tomerge_cli.get_merger(model).stats["merged_calls"] == 2 * 2 * layers
+    assert syncs[0] == syncs[1]
