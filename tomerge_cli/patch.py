@@ -342,6 +342,7 @@ class TokenMerger:
         self.handles.append(
             block.register_forward_pre_hook(self._block_hook(state), with_kwargs=True)
         )
+        self.handles.append(block.register_forward_hook(release_merge(state)))
         layers = [
             (getattr(block, "attn1", None), s.merge_attn),
             (getattr(block, "attn2", None), s.merge_crossattn),
@@ -599,6 +600,16 @@ class TokenMerger:
         if self.settings.no_cfg == "error":
             raise ValueError(msg + "; use mode='tome' or a guidance scale above 1")
         self._warn_once("nocfg", msg + "; falling back to random-grid merging (mode='tome')")
+
+
+def release_merge(state: dict[str, Any]):
+    """Post-hook of a block: its merge indices are dropped once the block is done, not
+    kept alive through the rest of the model (Wan 2.1 at 21 frames: ~0.75 MiB a block)."""
+
+    def hook(module: nn.Module, args: tuple, output: Any) -> None:
+        state["merge"] = None
+
+    return hook
 
 
 def _merge_input(state: dict[str, Merge | None]):

@@ -263,3 +263,37 @@ def test_host_syncs_per_call_do_not_grow_with_the_merged_blocks() -> None:
         syncs.append(_host_syncs(model, latents))
         assert tomerge_cli.get_merger(model).stats["merged_calls"] == 2 * layers
     assert syncs[0] == syncs[1]
+
+
+def _live_merges() -> int:
+    import gc
+
+    from tomerge_cli.merge import Merge
+
+    gc.collect()
+    return sum(isinstance(o, (Merge, dit.FrameMerge)) for o in gc.get_objects())
+
+
+def test_no_merge_outlives_its_block() -> None:
+    """Each block drops its merge indices when it is done, so a call leaves none alive
+    (the rest of the model, and the time between calls, need not hold them)."""
+    model = tiny.tiny_wan_transformer(layers=4).eval()
+    tomerge_cli.apply_patch(model, ratio=0.5, mode="tome", prune_steps=0, blocks=[0, 1, 2, 3],
+                            skip_unprofitable=False)  # fmt: skip
+    before = _live_merges()
+    _sample_wan(model, _wan_latents(), steps=2)
+    assert tomerge_cli.get_merger(model).stats["merged_calls"] == 2 * 2 * 4
+    assert _live_merges() == before
+
+
+def test_a_fingerprint_tells_the_same_tensor_from_another_without_a_copy() -> None:
+    """The step keeps at most Fingerprint.VALUES values per batch row of its latents (not a
+    copy of them); equal tensors match, a tensor changed everywhere does not, and a CFG
+    batch's second half compares row by row with a call on that half."""
+    x = torch.randn(2, 16, 3, 40, 40)  # 76,800 values a row
+    fp = dit.Fingerprint(x)
+    assert fp.values.numel() <= 2 * dit.Fingerprint.VALUES
+    assert fp.same(dit.Fingerprint(x.clone()))
+    assert not fp.same(dit.Fingerprint(x + 1e-3))
+    assert not fp.same(dit.Fingerprint(x[:1]))
+    assert torch.equal(fp.values[1:], dit.Fingerprint(x[1:]).values)
