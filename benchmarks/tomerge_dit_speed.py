@@ -74,6 +74,9 @@ class Settings:
     memory: bool = True  # peak memory (CPU: Wan subprocesses; GPU: every family)
     memory_ratios: tuple[float, ...] = (0.5,)
     memory_repeats: int = 3  # CPU peak-RSS rounds
+    # glibc's mmap threshold for the peak-RSS children (MALLOC_MMAP_THRESHOLD_; None: its
+    # default, which rises as mid-sized blocks are freed and then keeps freed heap resident)
+    mmap_threshold: int | None = None
     methods: tuple[str, ...] = ("importance", "tome", "bound")
     warmup: int = 1  # calls per variant before timing (importance: at least 2)
     tiny: bool = False  # tiny widths (tests): the cost model's threshold is lifted
@@ -514,7 +517,12 @@ def _rss_now_kib() -> int:
 def peak_rss(family: str, s: Settings) -> dict[str, dict[str, list[int]]]:
     """memory_child of unmerged and each merging method at `memory_ratios`, one subprocess
     each, `memory_repeats` interleaved rounds (peak RSS moves by a few % between identical
-    runs: the allocator's history); per variant the lists of each round's values."""
+    runs: the allocator's history); per variant the lists of each round's values. With
+    `mmap_threshold` every block at least that large is mapped and unmapped on its own, so
+    the peak follows the live tensors rather than the heap's history."""
+    env = dict(os.environ)
+    if s.mmap_threshold is not None:
+        env["MALLOC_MMAP_THRESHOLD_"] = str(s.mmap_threshold)
     merging = [m for m in s.methods if m != "bound"]
     names = ["unmerged"] + [f"{m} {r}" for r in s.memory_ratios for m in merging]
     out: dict[str, dict[str, list[int]]] = {n: {} for n in names}
@@ -522,7 +530,9 @@ def peak_rss(family: str, s: Settings) -> dict[str, dict[str, list[int]]]:
         for name in names:
             cmd = [sys.executable, "-m", "benchmarks.tomerge_dit_speed", "--memory-child"]
             cmd += [family, name, "--settings", json.dumps(asdict(s))]
-            done = subprocess.run(cmd, capture_output=True, text=True, check=True, cwd=common.REPO)
+            done = subprocess.run(
+                cmd, capture_output=True, text=True, check=True, cwd=common.REPO, env=env
+            )
             for key, value in json.loads(done.stdout.strip().splitlines()[-1]).items():
                 out[name].setdefault(key, []).append(value)
     return out
@@ -724,8 +734,13 @@ def report(data: dict[str, Any]) -> list[tuple[str, str]]:
                 ),
             )
         )
+    allocator = (
+        f", glibc mmap threshold fixed at {s.mmap_threshold} bytes"
+        if s.mmap_threshold is not None
+        else ""
+    )
     for family, mem in data.get("memory", {}).items():
-        sections.append((f"{family}: peak memory of one step", _memory_table(mem)))
+        sections.append((f"{family}: peak memory of one step{allocator}", _memory_table(mem)))
     return sections
 
 
@@ -855,6 +870,17 @@ def parse(argv: Sequence[str] | None = None) -> tuple[argparse.Namespace, Settin
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory runs")
     p.add_argument("--memory-ratios", nargs="+", type=float, default=[0.5])
     p.add_argument("--memory-repeats", type=int, default=3, help="CPU peak-RSS rounds")
+    p.add_argument(
+        "--memory-only", action="store_true", help="time nothing: the CPU peak-RSS runs alone"
+    )
+    p.add_argument(
+        "--mmap-threshold",
+        type=int,
+        default=None,
+        metavar="BYTES",
+        help="fix glibc's mmap threshold in the peak-RSS runs (e.g. 65536), so that the peak "
+        "follows the live tensors, not the heap's history",
+    )
     p.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
     p.add_argument("--warmup", type=int, default=1, help="calls per variant before timing")
     p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
@@ -865,7 +891,7 @@ def parse(argv: Sequence[str] | None = None) -> tuple[argparse.Namespace, Settin
     args = p.parse_args(argv)
     cuda = args.device.startswith("cuda")
     s = Settings(
-        families=tuple(args.families),
+        families=() if args.memory_only else tuple(args.families),
         ratios=tuple(args.ratios or ([0.5] if args.quick else RATIOS)),
         repeats=args.repeats or (2 if args.quick else 5),
         size=args.size or (256 if args.quick else 1024),
@@ -876,6 +902,7 @@ def parse(argv: Sequence[str] | None = None) -> tuple[argparse.Namespace, Settin
         memory=not args.no_memory,
         memory_ratios=tuple(args.memory_ratios),
         memory_repeats=args.memory_repeats,
+        mmap_threshold=args.mmap_threshold,
         methods=tuple(args.methods),
         warmup=args.warmup,
         threads=args.threads,
@@ -910,7 +937,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         report(data),
         data,
     )
-    plot(data, common.RESULTS / "tomerge" / f"{name}.png")
+    if data["families"]:
+        plot(data, common.RESULTS / "tomerge" / f"{name}.png")
     print(path.read_text())
 
 

@@ -5,6 +5,7 @@ the timed steps, and the ratios in the report come from the same run's samples."
 from __future__ import annotations
 
 import statistics
+from dataclasses import asdict
 
 import pytest
 
@@ -69,3 +70,25 @@ def test_memory_table_pairs_each_round_with_the_unmerged_one() -> None:
     row = next(r for r in bench._memory_table(mem).splitlines() if "importance" in r)
     # per round 220/200 = 1.1 and 270/300 = 0.9; above the model 120/100 and 170/200
     assert "| 1.000 [0.900, 1.100] |" in row and "| 1.025 [0.850, 1.200] |" in row
+
+
+@pytest.mark.parametrize("threshold", [None, 65536])
+def test_peak_rss_children_get_the_fixed_mmap_threshold(monkeypatch, threshold) -> None:
+    import subprocess
+
+    seen: list[dict] = []
+
+    def fake_run(cmd, env=None, **kwargs):  # noqa: ANN001, ANN202
+        seen.append(env)
+        return subprocess.CompletedProcess(cmd, 0, '{"rss_built_kib": 1, "rss_peak_kib": 2}\n')
+
+    monkeypatch.delenv("MALLOC_MMAP_THRESHOLD_", raising=False)
+    monkeypatch.setattr(bench.subprocess, "run", fake_run)
+    s = bench.Settings(tiny=True, methods=("tome",), memory_repeats=2, mmap_threshold=threshold)
+    out = bench.peak_rss("wan", s)
+    assert out["tome 0.5"]["rss_peak_kib"] == [2, 2] and len(seen) == 2 * 2
+    want = None if threshold is None else str(threshold)
+    assert all(env.get("MALLOC_MMAP_THRESHOLD_") == want for env in seen)
+    title = dict(bench.report({"settings": asdict(s), "families": {}, "memory": {"wan": out}}))
+    heading = next(h for h in title if "peak memory" in h)
+    assert ("mmap threshold fixed at 65536" in heading) == (threshold is not None)
