@@ -2,16 +2,21 @@
 pixel-space UNet (diffusers UNet2DConditionModel, attention at full resolution, CFG
 dropout) trained here on builtin:digits at 16x16 (the digits are 8x8 originals; at 32x32 a
 training step was ~10x slower on this shared 2-core CPU and did not fit the budget), then
-sampled unmerged, with our ToMe baseline (mode=tome) and with importance merging at ratios
-0.3 / 0.5 / 0.7.
+sampled unmerged, with tomesd, with our ToMe baseline (mode=tome) and with importance merging
+at ratios 0.3 / 0.5 / 0.7.
 
     python -m benchmarks.tomerge_fidelity [--quick] [--train-steps 1500] [--per-class 20]
 
 Reported per method and ratio: PSNR / SSIM of each sample to the unmerged sample from the
-same seed, and the accuracy of a digits classifier (the cached reference ViT) on the
-samples: does the image still show the requested class? Without --train-steps / --quick the
-UNet is the shipped reference (references/tomerge/digits-unet-<size>px.safetensors, one
-attention head, see tomerge_cli.references); with them it is trained here with the recipe
+same seed (mean and 95% bootstrap interval over the samples), and the accuracy of a digits
+classifier (the cached reference ViT) on the samples: does the image still show the
+requested class? Then importance against tome and against tomesd, paired per sample (the
+bootstrap interval of the mean PSNR difference; "closer" / "farther" only when it excludes
+0, else "on par"). Every method merges attn1 at full resolution (tomesd's defaults).
+
+Without --train-steps / --quick the UNet is the shipped reference
+(references/tomerge/digits-unet-<size>px.safetensors, one attention head, see
+tomerge_cli.references); with them it is trained here with the recipe
 of tomerge_cli.references (eight heads) and cached under $TOOLKIT_CACHE (default ./.cache).
 """
 
@@ -83,9 +88,7 @@ def main() -> None:
     check_tree(args)
     per_class = args.per_class or (4 if args.quick else 20)
 
-    import tomerge_cli
     from tomerge_cli.demo import digits_classifier, sample
-    from tomerge_cli.fidelity import psnr, ssim
     from tomerge_cli.references import CLASSES, RECIPES, reference_model
 
     shipped = f"digits-unet-{args.size}px"
@@ -112,34 +115,34 @@ def main() -> None:
 
     results: dict[str, Any] = {}
     base, base_s = run_all()
-    base_acc = (predict(base) == labels).float().mean().item() * 100
-    rows = [("unmerged", "-", "inf", 1.0, base_acc, base_s)]
-    grid = {"unmerged": base}
-    data_rows = [{"method": "unmerged", "ratio": 0.0, "accuracy": base_acc, "seconds": base_s}]
     real, real_labels = _real_digits(args.size)
     real_acc = (predict(real) == real_labels).float().mean().item() * 100
+    outputs: dict[str, tuple[torch.Tensor, float]] = {}
+    grid = {"unmerged": base}
     for ratio in args.ratios:
-        for mode in ("tome", "importance"):
-            # fidelity of merging itself: merge even where the cost model would skip it
-            tomerge_cli.apply_patch(
-                model.unet, ratio=ratio, mode=mode, prune_steps=args.prune_steps,
-                skip_unprofitable=False,
-            )  # fmt: skip
-            imgs, sec = run_all()
-            tomerge_cli.remove_patch(model.unet)
-            per_img_psnr = [psnr(imgs[i : i + 1], base[i : i + 1]) for i in range(len(imgs))]
-            row = {
-                "method": mode,
-                "ratio": ratio,
-                "psnr": sum(per_img_psnr) / len(per_img_psnr),
-                "ssim": ssim(imgs, base),
-                "accuracy": (predict(imgs) == labels).float().mean().item() * 100,
-                "seconds": sec,
-            }
-            data_rows.append(row)
-            rows.append((mode, ratio, row["psnr"], row["ssim"], row["accuracy"], row["seconds"]))
-            grid[f"{mode} {ratio}"] = imgs
-    results["rows"] = data_rows
+        for method in METHODS:
+            remove = patch(model.unet, method, ratio, args.prune_steps)
+            outputs[f"{method} {ratio}"] = run_all()
+            remove()
+            grid[f"{method} {ratio}"] = outputs[f"{method} {ratio}"][0]
+    data_rows = compare(base, base_s, outputs, labels, predict)
+    rows = [
+        (
+            r["method"],
+            r["ratio"] or "-",
+            _with_interval(r["psnr"], r["psnr_interval"]) if "psnr" in r else "inf",
+            f"{r['ssim']:.4f}",
+            _with_interval(r["accuracy"], r["accuracy_interval"], "{:.0f}"),
+            f"{r['seconds']:.1f}",
+        )
+        for r in data_rows["rows"]
+    ]
+    paired_rows = [
+        (p["ratio"], f"importance - {p['other']}", f"{p['diff']:+.2f}",
+         f"[{p['low']:+.2f}, {p['high']:+.2f}]", p["verdict"])
+        for p in data_rows["paired"]
+    ]  # fmt: skip
+    results.update(data_rows)
     results["train_steps"] = train_steps
     results["train_seconds"] = train_s
     results["classifier_val_top1"] = cls_meta.get("val_top1")
@@ -155,18 +158,26 @@ def main() -> None:
                 [
                     "method",
                     "ratio",
-                    "PSNR to unmerged (dB)",
+                    "PSNR to unmerged, dB [95% CI]",
                     "SSIM",
-                    "class accuracy (%)",
+                    "class accuracy, % [95% CI]",
                     "seconds (all samples)",
                 ],
                 rows,
             )  # fmt: skip
             + f"\n\nThe classifier (reference ViT, val top-1 {cls_meta.get('val_top1'):.1f}% "
             f"at 16 px) scores {real_acc:.1f}% on the real validation digits resized the "
-            f"same way ({args.size} px in, 16 px to the classifier). PSNR averages the "
-            "per-image PSNR.",
-        )
+            f"same way ({args.size} px in, 16 px to the classifier). PSNR is the mean of the "
+            f"per-sample PSNR (capped at {PSNR_CAP:.0f} dB for a sample identical to the "
+            "unmerged one); intervals: percentile bootstrap over the samples.",
+        ),
+        (
+            "Importance against the others, paired per sample (PSNR to unmerged, dB)",
+            markdown_table(
+                ["ratio", "difference", "mean", "95% bootstrap interval", "importance is"],
+                paired_rows,
+            ),
+        ),
     ]
     name = "fidelity-quick" if args.quick else "fidelity"
     if args.size != SIZE:
@@ -175,11 +186,84 @@ def main() -> None:
         name += f"-prune{args.prune_steps}"
     name = args.name or name
     path = write_results(
-        "tomerge", name, "tomerge fidelity: digits diffusion UNet, tome vs importance",
+        "tomerge", name, "tomerge fidelity: digits diffusion UNet, tomesd vs tome vs importance",
         sections, results,
     )  # fmt: skip
     save_grid(grid, labels, RESULTS / "tomerge" / f"{name}.png")
     print(path.read_text())
+
+
+METHODS = ("tomesd", "tome", "importance")
+PSNR_CAP = 99.0  # dB for a sample identical to the unmerged one (inf would void the mean)
+
+
+def patch(unet: nn.Module, method: str, ratio: float, prune_steps: int = 2) -> Any:
+    """Patch `unet` with one method at `ratio`; returns the function that removes it.
+    Ours merge even where the cost model would skip these small blocks (this measures
+    merging's fidelity, not its speed)."""
+    import tomerge_cli
+
+    if method == "tomesd":
+        import tomesd
+
+        tomesd.apply_patch(unet, ratio=ratio)
+        return lambda: tomesd.remove_patch(unet)
+    tomerge_cli.apply_patch(
+        unet, ratio=ratio, mode=method, prune_steps=prune_steps, skip_unprofitable=False
+    )
+    return lambda: tomerge_cli.remove_patch(unet)
+
+
+def compare(
+    base: torch.Tensor,
+    base_s: float,
+    outputs: dict[str, tuple[torch.Tensor, float]],
+    labels: torch.Tensor,
+    predict: Any,
+) -> dict[str, Any]:
+    """Per "method ratio" of `outputs` (samples, seconds): per-sample PSNR to `base`, SSIM,
+    class accuracy, with bootstrap intervals over the samples (one resampling shared by all
+    rows); and importance paired against each other method at the same ratio."""
+    from shared.intervals import bootstrap_mean, paired, resample_index
+    from tomerge_cli.fidelity import psnr, ssim
+
+    index = resample_index(len(labels))
+    correct = (predict(base) == labels).double()
+    _, low, high = bootstrap_mean(correct * 100, index=index)
+    rows: list[dict[str, Any]] = [
+        {"method": "unmerged", "ratio": 0.0, "ssim": 1.0, "accuracy": float(correct.mean()) * 100,
+         "accuracy_interval": [low, high], "seconds": base_s}
+    ]  # fmt: skip
+    per_sample: dict[str, list[float]] = {}
+    for key, (imgs, seconds) in outputs.items():
+        method, ratio = key.rsplit(" ", 1)
+        values = [min(psnr(imgs[i : i + 1], base[i : i + 1]), PSNR_CAP) for i in range(len(imgs))]
+        per_sample[key] = values
+        mean, low, high = bootstrap_mean(values, index=index)
+        hits = (predict(imgs) == labels).double() * 100
+        acc, acc_low, acc_high = bootstrap_mean(hits, index=index)
+        rows.append(
+            {"method": method, "ratio": float(ratio), "psnr": mean, "psnr_interval": [low, high],
+             "ssim": ssim(imgs, base), "accuracy": acc, "accuracy_interval": [acc_low, acc_high],
+             "seconds": seconds}
+        )  # fmt: skip
+    pairs = []
+    for key in per_sample:
+        method, ratio = key.rsplit(" ", 1)
+        if method == "importance":
+            continue
+        mine = per_sample.get(f"importance {ratio}")
+        if mine is None:
+            continue
+        p = paired(mine, per_sample[key], "bootstrap", index=index)
+        word = {"beats": "closer", "worse": "farther", "on par": "on par"}[p["verdict"]]
+        pairs.append({"ratio": float(ratio), "other": method, **p, "verdict": word})
+    pairs.sort(key=lambda p: (p["ratio"], p["other"]))
+    return {"rows": rows, "paired": pairs, "psnr_per_sample": per_sample}
+
+
+def _with_interval(value: float, bounds: list[float], fmt: str = "{:.2f}") -> str:
+    return f"{fmt.format(value)} [{fmt.format(bounds[0])}, {fmt.format(bounds[1])}]"
 
 
 def _real_digits(size: int) -> tuple[torch.Tensor, torch.Tensor]:
