@@ -31,6 +31,7 @@ def test_compare_pairs_importance_with_each_method_per_sample() -> None:
     assert len(res["psnr_per_sample"]["tome 0.5"]) == 40
 
 
+@pytest.mark.slow  # samples the shipped UNet three times per arm
 @pytest.mark.parametrize("method", bench.METHODS)
 def test_each_arm_merges_and_its_removal_restores_the_unmerged_samples(method: str) -> None:
     from tomerge_cli.demo import sample
