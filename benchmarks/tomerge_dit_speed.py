@@ -640,10 +640,17 @@ def targets(summary: dict[str, Any]) -> list[tuple[str, str, str, str]]:
 def report(data: dict[str, Any]) -> list[tuple[str, str]]:
     """The markdown sections of a run's `data` (see main)."""
     s = Settings(**{**data["settings"], "families": tuple(data["settings"]["families"])})
+    how = (
+        "Nothing timed (--memory-only): peak RSS of one subprocess per variant and round, "
+        "each building one block and making the same number of calls; ratios are paired per "
+        "round with the unmerged child."
+    )
     sections = [
         (
             "How to read",
-            "Seconds are medians over "
+            how
+            if not data["families"]
+            else "Seconds are medians over "
             f"{s.repeats} interleaved rounds, [min, max] over rounds; speed-ups are the median "
             "[min, max] of the paired per-round ratios unmerged / variant. tomerge merges the "
             "image tokens into each block's attention (apply_patch's default layers); "
