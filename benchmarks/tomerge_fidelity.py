@@ -88,7 +88,7 @@ def main() -> None:
     check_tree(args)
     per_class = args.per_class or (4 if args.quick else 20)
 
-    from tomerge_cli.demo import digits_classifier, sample
+    from tomerge_cli.demo import digits_classifier, patch, sample
     from tomerge_cli.references import CLASSES, RECIPES, reference_model
 
     shipped = f"digits-unet-{args.size}px"
@@ -195,23 +195,6 @@ def main() -> None:
 
 METHODS = ("tomesd", "tome", "importance")
 PSNR_CAP = 99.0  # dB for a sample identical to the unmerged one (inf would void the mean)
-
-
-def patch(unet: nn.Module, method: str, ratio: float, prune_steps: int = 2) -> Any:
-    """Patch `unet` with one method at `ratio`; returns the function that removes it.
-    Ours merge even where the cost model would skip these small blocks (this measures
-    merging's fidelity, not its speed)."""
-    import tomerge_cli
-
-    if method == "tomesd":
-        import tomesd
-
-        tomesd.apply_patch(unet, ratio=ratio)
-        return lambda: tomesd.remove_patch(unet)
-    tomerge_cli.apply_patch(
-        unet, ratio=ratio, mode=method, prune_steps=prune_steps, skip_unprofitable=False
-    )
-    return lambda: tomerge_cli.remove_patch(unet)
 
 
 def compare(

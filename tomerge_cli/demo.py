@@ -111,9 +111,11 @@ def sample(model: nn.Module, labels: torch.Tensor, seed: int, steps: int, guidan
     return ((x + 1) / 2).clamp(0, 1)
 
 
-def patch(model: nn.Module, method: str) -> Callable[[], None]:
-    """Apply one method to `model` (a UNet or a module holding transformer blocks); returns
-    the function that removes it."""
+def patch(
+    model: nn.Module, method: str, ratio: float = RATIO, prune_steps: int = 2
+) -> Callable[[], None]:
+    """Apply one method at `ratio` to `model` (a UNet or a module holding transformer
+    blocks); returns the function that removes it."""
     import tomerge_cli
 
     if method == "unmerged":
@@ -121,10 +123,12 @@ def patch(model: nn.Module, method: str) -> Callable[[], None]:
     if method == "tomesd":
         import tomesd
 
-        tomesd.apply_patch(model, ratio=RATIO)
+        tomesd.apply_patch(model, ratio=ratio)
         return lambda: tomesd.remove_patch(model)
     # a fidelity comparison: merge even where the cost model would skip these small blocks
-    tomerge_cli.apply_patch(model, ratio=RATIO, mode=method, skip_unprofitable=False)
+    tomerge_cli.apply_patch(
+        model, ratio=ratio, mode=method, prune_steps=prune_steps, skip_unprofitable=False
+    )
     return lambda: tomerge_cli.remove_patch(model)
 
 

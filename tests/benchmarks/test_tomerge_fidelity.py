@@ -34,13 +34,13 @@ def test_compare_pairs_importance_with_each_method_per_sample() -> None:
 @pytest.mark.slow  # samples the shipped UNet three times per arm
 @pytest.mark.parametrize("method", bench.METHODS)
 def test_each_arm_merges_and_its_removal_restores_the_unmerged_samples(method: str) -> None:
-    from tomerge_cli.demo import sample
+    from tomerge_cli.demo import patch, sample
     from tomerge_cli.references import reference_model
 
     model = reference_model("digits-unet-16px")
     labels = torch.arange(4)
     base = sample(model, labels, seed=0, steps=4, guidance=3.0)
-    remove = bench.patch(model.unet, method, 0.5)
+    remove = patch(model.unet, method, 0.5)
     merged = sample(model, labels, seed=0, steps=4, guidance=3.0)
     remove()
     assert not torch.equal(merged, base)
