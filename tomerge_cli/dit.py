@@ -250,6 +250,7 @@ class DiTTokenMerger(_ImportanceSignals, TokenMerger):
         if self._second_call(call):
             self.second_pass = True  # same step: its partitions, grid and counter stay
             return
+        self._first = None  # the previous step's prediction: its caller has let it go
         super()._on_step(call)
         self.second_pass = False
         # copies of a few values: a pipeline may update its tensors in place
@@ -301,6 +302,9 @@ class DiTTokenMerger(_ImportanceSignals, TokenMerger):
         elif self.settings.importance != "step-delta" and not self.step.cfg:
             # |eps_cond - eps_uncond| of the two calls (either order: the absolute value)
             self.importance = step_delta_map(eps, self._first, self.channels)
+            # the map is all the next step needs: holding either prediction past this step
+            # would add one to every later call's peak memory (the pipeline lets them go)
+            self._first = self._previous_eps = None
         else:
             return  # step-delta compares the steps' first calls; a CFG batch gave its map
         if self.importance is not None:

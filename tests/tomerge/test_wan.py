@@ -297,3 +297,34 @@ def test_a_fingerprint_tells_the_same_tensor_from_another_without_a_copy() -> No
     assert not fp.same(dit.Fingerprint(x + 1e-3))
     assert not fp.same(dit.Fingerprint(x[:1]))
     assert torch.equal(fp.values[1:], dit.Fingerprint(x[1:]).values)
+
+
+@pytest.mark.parametrize(("importance", "cfg", "held"), [("auto", True, 0), ("cfg", True, 0),
+                                                          ("step-delta", False, 1)])  # fmt: skip
+def test_only_step_delta_holds_a_prediction_past_its_step(importance, cfg, held) -> None:
+    """Once the sampler drops a step's predictions, the CFG map (two calls per step, as
+    Wan's pipeline runs it) keeps none of them alive during later calls, which would add a
+    prediction to every call's peak memory; step-delta keeps exactly one, the previous
+    step's, which its next map needs."""
+    import weakref
+
+    model = tiny.tiny_wan_transformer().eval()
+    tomerge_cli.apply_patch(model, ratio=0.5, importance=importance, prune_steps=0)
+    dropped: list[weakref.ref] = []  # storages of the predictions of earlier steps
+    alive: list[int] = []
+    count = lambda m, a: alive.append(sum(r() is not None for r in dropped))  # noqa: E731
+    model.register_forward_pre_hook(count)
+    g = torch.Generator().manual_seed(1)
+    contexts = [torch.randn(1, 3, tiny.EMBED, generator=g) for _ in range(1 + cfg)]
+    x = _wan_latents()
+    with torch.no_grad():
+        for t in (900.0, 700.0, 500.0, 300.0):
+            ts = torch.full((1,), t)
+            preds = [model(hidden_states=x, timestep=ts, encoder_hidden_states=c).sample
+                     for c in contexts]  # fmt: skip
+            x = x - 0.2 * (preds[-1] + 4.0 * (preds[0] - preds[-1]))
+            dropped += [weakref.ref(p.untyped_storage()) for p in preds]
+            del preds
+    merger = tomerge_cli.get_merger(model)
+    assert merger.stats["partitions"]["importance"] >= 2  # the maps were drawn
+    assert alive[0] == 0 and max(alive[1:]) == held
