@@ -29,7 +29,12 @@ DiTs of 8 or more blocks (the middle half merged, the rest unmerged).
 Peak memory: on a CPU, peak RSS of one subprocess per variant on the Wan geometry
 (/proc's VmHWM, which tracemalloc would miss), 3 interleaved rounds, as it moves by a few %
 between identical runs; on a GPU, torch.cuda.max_memory_allocated of one call per variant,
-every family.
+every family. Each child first runs every variant once on a tiny Wan model, so the same
+code (libtorch's kernels, our modules) is resident in every child and the peaks differ by
+data only, then samples as WanPipeline does: with CFG ("cfg"), a conditional and an
+unconditional call per step, the caller holding the conditional prediction during the
+second, 2 steps; without ("no-cfg", where importance is step-delta's), one call per step,
+3 steps. Each row is paired with the unmerged child of its own sampling loop.
 """
 
 from __future__ import annotations
@@ -77,6 +82,8 @@ class Settings:
     # glibc's mmap threshold for the peak-RSS children (MALLOC_MMAP_THRESHOLD_; None: its
     # default, which rises as mid-sized blocks are freed and then keeps freed heap resident)
     mmap_threshold: int | None = None
+    # how the peak-RSS children sample (see the module docstring): "cfg", "no-cfg"
+    memory_loops: tuple[str, ...] = ("cfg", "no-cfg")
     methods: tuple[str, ...] = ("importance", "tome", "bound")
     warmup: int = 1  # calls per variant before timing (importance: at least 2)
     tiny: bool = False  # tiny widths (tests): the cost model's threshold is lifted
@@ -483,21 +490,57 @@ def cuda_memory(models: dict[str, nn.Module], geo: Geometry) -> dict[str, int]:
 
 
 # -- peak RSS (CPU) -------------------------------------------------------------------------
-def memory_child(family: str, name: str, s: Settings) -> dict[str, int]:
-    """In a fresh process: build, patch, run importance's warm-up calls and one more (every
-    variant the same number of calls, so the allocator's history is alike); the RSS after
-    building and the peak RSS (KiB)."""
+def memory_child(family: str, name: str, s: Settings, loop: str = "cfg") -> dict[str, int]:
+    """In a fresh process: every variant once on a tiny model (the same code resident in
+    every child), then build, patch and sample `loop` (`wan_sampling`); the RSS after
+    building, the peak RSS and the file-backed RSS at the end (KiB)."""
     torch.set_num_threads(s.threads)
+    warm = Settings(families=(family,), frames=2, tiny=True, memory_ratios=s.memory_ratios)
+    tiny = build(family, warm)
+    for variant in memory_variants(s):
+        wan_sampling(make_variant(tiny.model, variant[1], warm), tiny.inputs, variant[2])
+    del tiny
     geo = build(family, s)
     model = make_variant(geo.model, name, s)
     built = _rss_now_kib()
-    with torch.inference_mode():
-        for _ in range(max(s.warmup, IMPORTANCE_WARMUP) + 1):  # the same count for all
-            model(**geo.inputs)
+    wan_sampling(model, geo.inputs, loop)
     return {
         "rss_built_kib": built,
         "rss_peak_kib": _status_kib("VmHWM"),
+        "rss_file_kib": _status_kib("RssFile"),
     }
+
+
+def wan_sampling(model: nn.Module, inputs: dict[str, torch.Tensor], loop: str) -> None:
+    """Euler steps as WanPipeline takes them: with "cfg" two calls per step (conditional,
+    then unconditional while the conditional prediction is held), 2 steps, importance's map
+    from the first step's pair; with "no-cfg" one call per step, 3 steps (step-delta's map
+    needs two earlier predictions). Every variant of a loop makes the same calls."""
+    x, context = inputs["hidden_states"], inputs["encoder_hidden_states"]
+    contexts = [context, torch.randn_like(context)] if loop == "cfg" else [context]
+    with torch.inference_mode():
+        for t in (900.0, 700.0, 500.0)[: 2 if loop == "cfg" else 3]:
+            call = {
+                **inputs,
+                "hidden_states": x,
+                "timestep": torch.full_like(inputs["timestep"], t),
+            }
+            preds = [model(**{**call, "encoder_hidden_states": c}).sample for c in contexts]
+            x = x - 0.2 * (preds[-1] + 5.0 * (preds[0] - preds[-1]))
+            del preds
+
+
+def memory_variants(s: Settings) -> list[tuple[str, str, str]]:
+    """(row label, variant, sampling loop) of the peak-RSS children, each loop's unmerged
+    child first."""
+    merging = [m for m in s.methods if m != "bound"]
+    out = []
+    for loop in s.memory_loops:
+        names = ["unmerged"] + [f"{m} {r}" for r in s.memory_ratios for m in merging]
+        if loop == "no-cfg":  # without CFG only importance changes (its map: step-delta)
+            names = [n for n in names if not n.startswith("tome")]
+        out += [(n if loop == "cfg" else f"{n} (no CFG)", n, loop) for n in names]
+    return out
 
 
 def _status_kib(key: str) -> int:
@@ -523,18 +566,17 @@ def peak_rss(family: str, s: Settings) -> dict[str, dict[str, list[int]]]:
     env = dict(os.environ)
     if s.mmap_threshold is not None:
         env["MALLOC_MMAP_THRESHOLD_"] = str(s.mmap_threshold)
-    merging = [m for m in s.methods if m != "bound"]
-    names = ["unmerged"] + [f"{m} {r}" for r in s.memory_ratios for m in merging]
-    out: dict[str, dict[str, list[int]]] = {n: {} for n in names}
+    variants = memory_variants(s)
+    out: dict[str, dict[str, list[int]]] = {label: {} for label, _, _ in variants}
     for _ in range(s.memory_repeats):
-        for name in names:
+        for label, name, loop in variants:
             cmd = [sys.executable, "-m", "benchmarks.tomerge_dit_speed", "--memory-child"]
-            cmd += [family, name, "--settings", json.dumps(asdict(s))]
+            cmd += [family, name, loop, "--settings", json.dumps(asdict(s))]
             done = subprocess.run(
                 cmd, capture_output=True, text=True, check=True, cwd=common.REPO, env=env
             )
             for key, value in json.loads(done.stdout.strip().splitlines()[-1]).items():
-                out[name].setdefault(key, []).append(value)
+                out[label].setdefault(key, []).append(value)
     return out
 
 
@@ -641,9 +683,12 @@ def report(data: dict[str, Any]) -> list[tuple[str, str]]:
     """The markdown sections of a run's `data` (see main)."""
     s = Settings(**{**data["settings"], "families": tuple(data["settings"]["families"])})
     how = (
-        "Nothing timed (--memory-only): peak RSS of one subprocess per variant and round, "
-        "each building one block and making the same number of calls; ratios are paired per "
-        "round with the unmerged child."
+        "Nothing timed (--memory-only): peak RSS of one subprocess per variant and round; "
+        "each first runs every variant on a tiny model (the same code resident in all), then "
+        "builds one block and samples as WanPipeline does: rows without a suffix with CFG "
+        "(two calls per step, the conditional prediction held during the second; importance "
+        "from CFG), '(no CFG)' rows one call per step (importance from step-delta). Ratios "
+        "are paired per round with the unmerged child of the same sampling."
     )
     sections = [
         (
@@ -753,34 +798,53 @@ def report(data: dict[str, Any]) -> list[tuple[str, str]]:
 
 def _memory_table(mem: dict[str, dict[str, Any]]) -> str:
     """Peak memory per variant: median [min, max] over rounds and the paired per-round
-    ratios to unmerged (CPU: RSS in MiB, also counted above the built model; GPU: one call,
-    bytes allocated by torch)."""
-    base = mem["unmerged"]
-    cpu = "rss_peak_kib" in base
+    ratios to the unmerged child of the same sampling loop (CPU: RSS in MiB, also counted
+    above the built model, and the file-backed part at the end, which shows the same code
+    resident in every child; GPU: one call, bytes allocated by torch)."""
+    cpu = "rss_peak_kib" in mem["unmerged"]
+    key = "rss_peak_kib" if cpu else "cuda_peak_bytes"
 
-    def rounds(m: dict[str, Any], key: str) -> list[float]:
-        v = m[key]
+    def rounds(m: dict[str, Any], k: str) -> list[float]:
+        v = m[k]
         return [float(x) for x in (v if isinstance(v, list) else [v])]
 
-    def ratios(m: dict[str, Any], above: bool) -> str:
-        key = "rss_peak_kib" if cpu else "cuda_peak_bytes"
+    def ratios(m: dict[str, Any], base: dict[str, Any], above: bool) -> str:
         num, den = rounds(m, key), rounds(base, key)
         if above:
             num = [a - b for a, b in zip(num, rounds(m, "rss_built_kib"), strict=True)]
             den = [a - b for a, b in zip(den, rounds(base, "rss_built_kib"), strict=True)]
         return _interval(spread([a / max(b, 1.0) for a, b in zip(num, den, strict=True)]))
 
+    def mib(m: dict[str, Any], k: str) -> str:
+        return _interval(spread([v / 1024 for v in rounds(m, k)]), "{:,.0f}")
+
+    def added(m: dict[str, Any], base: dict[str, Any]) -> str:
+        d = [(a - b) / 1024 for a, b in zip(rounds(m, key), rounds(base, key), strict=True)]
+        return _interval(spread(d), "{:+.1f}")
+
     rows = []
     for name, m in mem.items():
+        base = mem.get("unmerged (no CFG)") if name.endswith("(no CFG)") else None
+        base = base or mem["unmerged"]
         if cpu:
-            peak = spread([v / 1024 for v in rounds(m, "rss_peak_kib")])
-            rows.append((name, _interval(peak, "{:,.0f}"), ratios(m, False), ratios(m, True)))
+            file = mib(m, "rss_file_kib") if "rss_file_kib" in m else "n/a"
+            over = added(m, base)
+            rows.append(
+                (name, mib(m, key), over, ratios(m, base, False), ratios(m, base, True), file)
+            )
         else:
-            peak = spread([v / 1024**3 for v in rounds(m, "cuda_peak_bytes")])
-            rows.append((name, _interval(peak, "{:.2f}"), ratios(m, False), ""))
-    n = len(rounds(base, "rss_peak_kib" if cpu else "cuda_peak_bytes"))
+            peak = spread([v / 1024**3 for v in rounds(m, key)])
+            rows.append((name, _interval(peak, "{:.2f}"), "", ratios(m, base, False), "", ""))
+    n = len(rounds(mem["unmerged"], key))
     unit = f"MiB peak RSS, median [min, max] of {n}" if cpu else "GiB max allocated"
-    cols = ["variant", unit, "ratio to unmerged", "above the built model, ratio"]
+    cols = [
+        "variant",
+        unit,
+        "MiB over unmerged",
+        "ratio to unmerged",
+        "above the built model, ratio",
+        "file-backed MiB at the end",
+    ]
     return common.markdown_table(cols, rows)
 
 
@@ -892,7 +956,16 @@ def parse(argv: Sequence[str] | None = None) -> tuple[argparse.Namespace, Settin
     p.add_argument("--warmup", type=int, default=1, help="calls per variant before timing")
     p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     p.add_argument("--name", default=None, help="results file name")
-    p.add_argument("--memory-child", nargs=2, metavar=("FAMILY", "VARIANT"), help=argparse.SUPPRESS)
+    p.add_argument(
+        "--memory-loops",
+        nargs="+",
+        choices=["cfg", "no-cfg"],
+        default=["cfg", "no-cfg"],
+        help="how the peak-RSS children sample Wan: two calls per step (CFG) and/or one",
+    )
+    p.add_argument(
+        "--memory-child", nargs=3, metavar=("FAMILY", "VARIANT", "LOOP"), help=argparse.SUPPRESS
+    )
     p.add_argument("--settings", help=argparse.SUPPRESS)
     common.add_common_args(p)
     args = p.parse_args(argv)
@@ -910,6 +983,7 @@ def parse(argv: Sequence[str] | None = None) -> tuple[argparse.Namespace, Settin
         memory_ratios=tuple(args.memory_ratios),
         memory_repeats=args.memory_repeats,
         mmap_threshold=args.mmap_threshold,
+        memory_loops=tuple(args.memory_loops),
         methods=tuple(args.methods),
         warmup=args.warmup,
         threads=args.threads,
@@ -926,7 +1000,8 @@ def main(argv: Sequence[str] | None = None) -> None:
                 for k, v in json.loads(args.settings).items()
             }
         )
-        print(json.dumps(memory_child(*args.memory_child, child)))
+        family, name, loop = args.memory_child
+        print(json.dumps(memory_child(family, name, child, loop)))
         return
     common.check_tree(args)
     if s.threads == 1 and os.environ.get("OMP_NUM_THREADS") != "1":

@@ -9,6 +9,7 @@ from dataclasses import asdict
 
 import pytest
 
+import tomerge_cli
 from benchmarks import tomerge_dit_speed as bench
 from tomerge_cli.merge import tokens_removed
 
@@ -56,10 +57,40 @@ def test_report_names_every_variant_and_the_targets(run: dict) -> None:
     assert "Targets" in text and "EXTRAPOLATION" in text
 
 
-def test_memory_child_reports_its_own_peak() -> None:
+@pytest.mark.parametrize("loop", ["cfg", "no-cfg"])
+def test_memory_child_reports_its_own_peak(loop) -> None:
     s = bench.Settings(tiny=True, ratios=(0.5,), frames=2, memory=False)
-    out = bench.memory_child("wan", "tome 0.5", s)
-    assert out["rss_peak_kib"] >= out["rss_built_kib"] > 0
+    out = bench.memory_child("wan", "importance 0.5", s, loop)
+    assert out["rss_peak_kib"] >= out["rss_built_kib"] > 0 and out["rss_file_kib"] > 0
+
+
+@pytest.mark.parametrize(("loop", "calls", "maps"), [("cfg", 4, 1), ("no-cfg", 3, 1)])
+def test_wan_sampling_draws_importance_from_its_map(loop, calls, maps) -> None:
+    """The memory children sample as WanPipeline: with CFG two calls per step and the map
+    from the first pair; without, step-delta's map from the first two calls."""
+    s = bench.Settings(tiny=True, ratios=(0.5,), frames=2, memory=False)
+    geo = bench.build("wan", s)
+    model = bench.make_variant(geo.model, "importance 0.5", s)
+    seen: list[int] = []
+    model.register_forward_pre_hook(lambda m, a: seen.append(1))
+    bench.wan_sampling(model, geo.inputs, loop)
+    merger = tomerge_cli.get_merger(model)
+    assert len(seen) == calls and merger.stats["partitions"]["importance"] == maps
+
+
+def test_no_cfg_rows_pair_with_the_unmerged_child_without_cfg() -> None:
+    mem = {
+        "unmerged": {"rss_built_kib": [100], "rss_peak_kib": [200], "rss_file_kib": [10]},
+        "unmerged (no CFG)": {"rss_built_kib": [100], "rss_peak_kib": [100]},
+        "importance 0.5 (no CFG)": {"rss_built_kib": [100], "rss_peak_kib": [110]},
+    }
+    row = next(r for r in bench._memory_table(mem).splitlines() if "importance" in r)
+    assert "| 1.100 [1.100, 1.100] |" in row and "| n/a |" in row
+    variants = bench.memory_variants(bench.Settings(methods=("importance", "tome")))
+    assert [v[1:] for v in variants] == [
+        ("unmerged", "cfg"), ("importance 0.5", "cfg"), ("tome 0.5", "cfg"),
+        ("unmerged", "no-cfg"), ("importance 0.5", "no-cfg"),
+    ]  # fmt: skip
 
 
 def test_memory_table_pairs_each_round_with_the_unmerged_one() -> None:
@@ -86,7 +117,8 @@ def test_peak_rss_children_get_the_fixed_mmap_threshold(monkeypatch, threshold) 
     monkeypatch.setattr(bench.subprocess, "run", fake_run)
     s = bench.Settings(tiny=True, methods=("tome",), memory_repeats=2, mmap_threshold=threshold)
     out = bench.peak_rss("wan", s)
-    assert out["tome 0.5"]["rss_peak_kib"] == [2, 2] and len(seen) == 2 * 2
+    # per round: unmerged and tome with CFG, unmerged without (tome has no map to change)
+    assert out["tome 0.5"]["rss_peak_kib"] == [2, 2] and len(seen) == 2 * 3
     want = None if threshold is None else str(threshold)
     assert all(env.get("MALLOC_MMAP_THRESHOLD_") == want for env in seen)
     title = dict(bench.report({"settings": asdict(s), "families": {}, "memory": {"wan": out}}))
