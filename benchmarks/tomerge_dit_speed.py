@@ -29,7 +29,8 @@ DiTs of 8 or more blocks (the middle half merged, the rest unmerged).
 Peak memory: on a CPU, peak RSS of one subprocess per variant on the Wan geometry
 (/proc's VmHWM, which tracemalloc would miss), 3 interleaved rounds, as it moves by a few %
 between identical runs; on a GPU, torch.cuda.max_memory_allocated of one call per variant,
-every family. Each child first runs every variant once on a tiny Wan model, so the same
+every family (all variants in one process: what one keeps between calls, e.g. step-delta's
+previous prediction, counts in every row; the CPU children keep it apart). Each child first runs every variant once on a tiny Wan model, so the same
 code (libtorch's kernels, our modules) is resident in every child and the peaks differ by
 data only, then samples as WanPipeline does: with CFG ("cfg"), a conditional and an
 unconditional call per step, the caller holding the conditional prediction during the
