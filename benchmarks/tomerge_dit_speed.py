@@ -30,12 +30,13 @@ Peak memory: on a CPU, peak RSS of one subprocess per variant on the Wan geometr
 (/proc's VmHWM, which tracemalloc would miss), 3 interleaved rounds, as it moves by a few %
 between identical runs; on a GPU, torch.cuda.max_memory_allocated of one call per variant,
 every family (all variants in one process: what one keeps between calls, e.g. step-delta's
-previous prediction, counts in every row; the CPU children keep it apart). Each child first runs every variant once on a tiny Wan model, so the same
-code (libtorch's kernels, our modules) is resident in every child and the peaks differ by
-data only, then samples as WanPipeline does: with CFG ("cfg"), a conditional and an
-unconditional call per step, the caller holding the conditional prediction during the
-second, 2 steps; without ("no-cfg", where importance is step-delta's), one call per step,
-3 steps. Each row is paired with the unmerged child of its own sampling loop.
+previous prediction, counts in every row; the CPU children keep it apart). Each CPU child
+first runs every variant once on a tiny Wan model, so the same code (libtorch's kernels,
+our modules) is resident in every child and the peaks differ by data only, then samples as
+WanPipeline does: with CFG ("cfg"), a conditional and an unconditional call per step, the
+caller holding the conditional prediction during the second, 2 steps; without ("no-cfg",
+where importance is step-delta's), one call per step, 3 steps. Each row is paired with the
+unmerged child of its own sampling loop.
 """
 
 from __future__ import annotations

@@ -16,7 +16,6 @@ output back to every token merged into it, (B, N - r, C) -> (B, N, C).
 
 from __future__ import annotations
 
-import functools
 import math
 from dataclasses import dataclass, field
 
@@ -230,12 +229,18 @@ def row_positions(flat: torch.Tensor, rows: int, n: int) -> torch.Tensor:
     return out - torch.arange(rows, device=flat.device)[:, None] * n
 
 
-@functools.cache
-def _cpu_has_bf16() -> bool:
+def _probe_cpu_bf16() -> bool:
     try:  # oneDNN's own check; builds without oneDNN lack the op
         return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     except (AttributeError, RuntimeError):
         return False
+
+
+_CPU_BF16 = _probe_cpu_bf16()  # probed once, at import: under torch.compile a constant
+
+
+def _cpu_has_bf16() -> bool:
+    return _CPU_BF16
 
 
 def similarity_dtype(metric: torch.Tensor) -> torch.dtype:

@@ -290,8 +290,13 @@ class TokenMerger:
         # syncs and kernels that cost a small GPU pipeline a few percent for nothing)
         self._call_shape: tuple | None = None
         self._idle_shape: tuple | None = None
-        self.handles.append(model.register_forward_pre_hook(self._step_hook, with_kwargs=True))
-        self.handles.append(model.register_forward_hook(self._after_step_hook))
+        # the per-step bookkeeping reads values on the host and draws from generators: under
+        # torch.compile it runs eagerly instead of breaking the graph at every such read
+        step_hook, after_step_hook = map(
+            torch.compiler.disable, (self._step_hook, self._after_step_hook)
+        )
+        self.handles.append(model.register_forward_pre_hook(step_hook, with_kwargs=True))
+        self.handles.append(model.register_forward_hook(after_step_hook))
         for block in self.blocks:
             self._hook_block(block)
         self._check_levels()
@@ -577,6 +582,7 @@ class TokenMerger:
             self.step.partitions[key] = partition, average
         return self.step.partitions[key]
 
+    @torch.compiler.disable  # host-side, once per step and resolution (see register)
     def _draw_partition(self, h: int, w: int, batch: int) -> tuple[Partition, bool]:
         s = self.settings
         step = self.step.index
