@@ -51,6 +51,8 @@ gpu-bench: gpu-check
 	$(BIN)/python -m benchmarks.tomerge_dit_speed --device cuda --dtype bf16 --frames 21 \
 		--repeats 10 --name dit_speed-cuda
 	$(BIN)/python -m benchmarks.tomerge_dit_step --device cuda --ratios 0.3 0.5 0.7
+	$(BIN)/python -m benchmarks.tomerge_dit_step --device cuda --families flux wan --ratios 0.5 \
+		--methods importance bound --compile
 	$(BIN)/python -m benchmarks.tomerge_speed --device cuda --dtype fp16 --attention sdpa \
 		--bound --ratios 0.5 0.7 --repeats 10
 	$(BIN)/python -m benchmarks.vbp_llm --preset llama-16m --device cuda --select-on-val --threads 8

@@ -90,6 +90,7 @@ class Settings:
     warmup: int = 1  # calls per variant before timing (importance: at least 2)
     tiny: bool = False  # tiny widths (tests): the cost model's threshold is lifted
     threads: int = 1
+    compile: bool = False  # whole-step runs: every variant, unmerged too, under torch.compile
 
 
 @dataclass

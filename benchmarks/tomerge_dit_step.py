@@ -18,6 +18,10 @@ call between two synchronises (the host launches ahead within the call, as in a 
 median time per variant and the median [min, max] of the paired per-round ratios. Importance
 is timed in its steady state (its warm-up calls make the map: the CFG map for SD3.5's CFG
 batch, the step-to-step change for Flux and Wan).
+
+`--compile`: every variant, unmerged included, is `torch.compile`d (inductor; the warm-up
+calls compile), so the merged blocks' matching, merge and unmerge are fused into the
+blocks' graphs and launched as fewer kernels; the per-step bookkeeping stays eager.
 """
 
 from __future__ import annotations
@@ -133,6 +137,7 @@ def measure(s: blocks.Settings, log: Any = lambda _: None) -> dict[str, Any]:
                 "device",
                 "dtype",
                 "methods",
+                "compile",
             )
         },
         "families": {},
@@ -140,7 +145,14 @@ def measure(s: blocks.Settings, log: Any = lambda _: None) -> dict[str, Any]:
     for family in s.families:
         model, inputs, describe = build(family, s)
         log(f"{family}: {describe}")
-        models = {n: Call(m, inputs) for n, m in variants(model, s).items()}
+        patched = variants(model, s)
+        if s.compile:  # each variant its own compiled code, none falling back to eager:
+            # the variants are instances of one class that differ only in their hooks
+            torch._dynamo.config.skip_nnmodule_hook_guards = False
+            torch._dynamo.config.recompile_limit = max(
+                torch._dynamo.config.recompile_limit, 4 * len(patched)
+            )
+        models = {n: Call(torch.compile(m) if s.compile else m, inputs) for n, m in patched.items()}
         warmup = max(s.warmup, blocks.IMPORTANCE_WARMUP + 1)
         rows = compare_speed(
             models,
@@ -152,15 +164,15 @@ def measure(s: blocks.Settings, log: Any = lambda _: None) -> dict[str, Any]:
             device=s.device,
         )
         stats = {}
-        for n, m in models.items():
-            merger = tomerge_cli.get_merger(m.model)
+        for n, m in patched.items():
+            merger = tomerge_cli.get_merger(m)
             stats[n] = (
                 None
                 if merger is None
                 else {k: merger.stats[k] for k in ("merged_calls", "skipped_unprofitable")}
             )
         out["families"][family] = {"describe": describe, "rows": rows, "merge_stats": stats}
-        del models, model
+        del models, patched, model
         if s.device.startswith("cuda"):
             torch.cuda.empty_cache()
     return out
@@ -179,7 +191,12 @@ def report(data: dict[str, Any]) -> list[tuple[str, str]]:
             "the cost model off; 'bound' merges at zero cost (the first N - r tokens kept, no "
             "matching), the target of merging every block. 'merged calls' counts the "
             "block calls that merged in all calls of the run (warm-up included), 'skipped' "
-            "those the cost model left unmerged.",
+            "those the cost model left unmerged."
+            + (
+                " Every variant, unmerged included, ran under torch.compile (inductor)."
+                if s.get("compile")
+                else ""
+            ),
         )
     ]
     for family, fam in data["families"].items():
@@ -222,6 +239,9 @@ def parse(argv: Sequence[str] | None = None) -> tuple[argparse.Namespace, blocks
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     p.add_argument("--name", default=None, help="results file name")
     p.add_argument("--tiny", action="store_true", help="tiny widths, 8 blocks (a smoke run)")
+    p.add_argument(
+        "--compile", action="store_true", help="torch.compile every variant, unmerged included"
+    )
     common.add_common_args(p)
     args = p.parse_args(argv)
     s = blocks.Settings(
@@ -236,6 +256,7 @@ def parse(argv: Sequence[str] | None = None) -> tuple[argparse.Namespace, blocks
         threads=args.threads,
         memory=False,
         tiny=args.tiny,
+        compile=args.compile,
     )
     return args, s
 
@@ -246,7 +267,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     start = time.perf_counter()
     data = measure(s, log=print)
     data["wall_s"] = time.perf_counter() - start
-    name = args.name or f"dit_step-{s.device.split(':')[0]}-{s.dtype}"
+    name = args.name or f"dit_step-{s.device.split(':')[0]}-{s.dtype}" + (
+        "-compiled" if s.compile else ""
+    )
     path = common.write_results(
         "tomerge",
         name,

@@ -14,6 +14,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import inspect
+import sys
 import warnings
 from dataclasses import dataclass, fields
 from typing import Any
@@ -166,6 +167,7 @@ def apply_patch(
     patcher = make_merger(net, settings)
     patcher.watch_scheduler(getattr(model, "scheduler", None))
     setattr(net, _ATTR, patcher)
+    _forget_compiled_code()
     return model
 
 
@@ -177,7 +179,17 @@ def remove_patch(model: Any) -> Any:
     if patcher is not None:
         patcher.remove()
         delattr(net, _ATTR)
+        _forget_compiled_code()
     return model
+
+
+def _forget_compiled_code() -> None:
+    """torch.compile does not guard on module hooks (dynamo's skip_nnmodule_hook_guards), so
+    code compiled before a patch would run without its hooks, and code compiled with them
+    would keep merging after remove_patch: drop compiled code, the next call recompiles."""
+    dynamo = sys.modules.get("torch._dynamo")
+    if dynamo is not None:
+        dynamo.reset()
 
 
 def get_merger(pipe: Any) -> TokenMerger | None:
@@ -185,14 +197,19 @@ def get_merger(pipe: Any) -> TokenMerger | None:
     return getattr(denoiser(pipe), _ATTR, None)
 
 
+def _uncompiled(model: nn.Module) -> nn.Module:
+    """The module torch.compile(model) wraps (its hooks run inside the compiled call)."""
+    return getattr(model, "_orig_mod", model)
+
+
 def denoiser(pipe: Any) -> nn.Module:
     """The pipeline's UNet or transformer (or the model itself)."""
     for name in ("unet", "transformer"):
         model = getattr(pipe, name, None)
         if isinstance(model, nn.Module):
-            return model
+            return _uncompiled(model)
     if isinstance(pipe, nn.Module):
-        return pipe
+        return _uncompiled(pipe)
     raise ValueError(
         f"{type(pipe).__name__} has no `unet` or `transformer`: tomerge patches diffusers "
         "pipelines (or their UNet / transformer)"

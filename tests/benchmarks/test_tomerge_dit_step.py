@@ -4,6 +4,8 @@ half (the zero-cost bound as many), and the report names every variant."""
 
 from __future__ import annotations
 
+import shutil
+
 import pytest
 
 from benchmarks import tomerge_dit_speed as blocks
@@ -39,3 +41,22 @@ def test_report_names_every_variant(run: dict) -> None:
     for fam in run["families"].values():
         for r in fam["rows"]:
             assert f"| {r['model']} |" in text
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(
+    not any(shutil.which(c) for c in ("g++", "c++", "clang++")),
+    reason="torch.compile's CPU backend (inductor) needs a C++ compiler",
+)
+def test_compiled_variants_still_merge() -> None:
+    """--compile: the variants are one class differing only in hooks, which torch.compile
+    does not guard by default; each must run its own code (the patched ones merging)."""
+    s = blocks.Settings(tiny=True, ratios=(0.5,), repeats=1, size=64, frames=2, memory=False,
+                        families=("wan",), methods=("importance",), compile=True)  # fmt: skip
+    stats = bench.measure(s)["families"]["wan"]["merge_stats"]
+    assert stats["unmerged"] is None
+    assert stats["importance 0.5, default"]["merged_calls"] > 0
+    assert (
+        stats["importance 0.5, default"]["merged_calls"]
+        < (stats["importance 0.5, every block"]["merged_calls"])
+    )
