@@ -4,12 +4,11 @@ half (the zero-cost bound as many), and the report names every variant."""
 
 from __future__ import annotations
 
-import shutil
-
 import pytest
 
 from benchmarks import tomerge_dit_speed as blocks
 from benchmarks import tomerge_dit_step as bench
+from tests.tomerge.test_compile import NEEDS_COMPILER
 
 
 @pytest.fixture(scope="module")
@@ -44,10 +43,7 @@ def test_report_names_every_variant(run: dict) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(
-    not any(shutil.which(c) for c in ("g++", "c++", "clang++")),
-    reason="torch.compile's CPU backend (inductor) needs a C++ compiler",
-)
+@NEEDS_COMPILER
 def test_compiled_variants_still_merge() -> None:
     """--compile: the variants are one class differing only in hooks, which torch.compile
     does not guard by default; each must run its own code (the patched ones merging)."""

@@ -12,6 +12,11 @@ import tomerge_cli
 from tests.tomerge import test_dit, test_wan
 from tomerge_cli import tiny
 
+NEEDS_COMPILER = pytest.mark.skipif(
+    not any(shutil.which(c) for c in ("g++", "c++", "clang++")),
+    reason="torch.compile's CPU backend (inductor) needs a C++ compiler",
+)
+
 
 def _family(name: str):
     """(model, sampler, latents) of a tiny model of each DiT family the patch supports."""
@@ -23,10 +28,7 @@ def _family(name: str):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(
-    not any(shutil.which(c) for c in ("g++", "c++", "clang++")),
-    reason="torch.compile's CPU backend (inductor) needs a C++ compiler",
-)
+@NEEDS_COMPILER
 @pytest.mark.parametrize("family", ["wan", "flux", "sd35"])
 def test_a_compiled_patched_model_samples_as_the_eager_one(family: str) -> None:
     """Importance merging with every block merged: the compiled model (inductor) gives the
@@ -53,10 +55,7 @@ def test_a_compiled_patched_model_samples_as_the_eager_one(family: str) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(
-    not any(shutil.which(c) for c in ("g++", "c++", "clang++")),
-    reason="torch.compile's CPU backend (inductor) needs a C++ compiler",
-)
+@NEEDS_COMPILER
 @pytest.mark.parametrize("how", ["torch.compile", "module.compile"])
 def test_patching_a_model_compiled_before_takes_effect_and_removing_it_too(how: str) -> None:
     """torch.compile does not guard on module hooks: compiled before apply_patch, the model
