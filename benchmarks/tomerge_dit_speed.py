@@ -533,6 +533,9 @@ def wan_sampling(model: nn.Module, inputs: dict[str, torch.Tensor], loop: str) -
             del preds
 
 
+NO_CFG = " (no CFG)"  # label suffix of the rows sampled without CFG
+
+
 def memory_variants(s: Settings) -> list[tuple[str, str, str]]:
     """(row label, variant, sampling loop) of the peak-RSS children, each loop's unmerged
     child first."""
@@ -542,7 +545,7 @@ def memory_variants(s: Settings) -> list[tuple[str, str, str]]:
         names = ["unmerged"] + [f"{m} {r}" for r in s.memory_ratios for m in merging]
         if loop == "no-cfg":  # without CFG only importance changes (its map: step-delta)
             names = [n for n in names if not n.startswith("tome")]
-        out += [(n if loop == "cfg" else f"{n} (no CFG)", n, loop) for n in names]
+        out += [(n if loop == "cfg" else n + NO_CFG, n, loop) for n in names]
     return out
 
 
@@ -827,7 +830,7 @@ def _memory_table(mem: dict[str, dict[str, Any]]) -> str:
 
     rows = []
     for name, m in mem.items():
-        base = mem.get("unmerged (no CFG)") if name.endswith("(no CFG)") else None
+        base = mem.get("unmerged" + NO_CFG) if name.endswith(NO_CFG) else None
         base = base or mem["unmerged"]
         if cpu:
             file = mib(m, "rss_file_kib") if "rss_file_kib" in m else "n/a"

@@ -27,6 +27,7 @@ blocks' graphs and launched as fewer kernels; the per-step bookkeeping stays eag
 from __future__ import annotations
 
 import argparse
+import contextlib
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -121,6 +122,14 @@ def variants(model: nn.Module, s: blocks.Settings) -> dict[str, nn.Module]:
     return out
 
 
+def _compiled_apart(n: int) -> Any:
+    """Dynamo settings for the timed calls only: each of `n` variants runs its own compiled
+    code, none falling back to eager (they are instances of one class that differ only in
+    their hooks, which dynamo does not guard by default)."""
+    limit = max(torch._dynamo.config.recompile_limit, 4 * n)
+    return torch._dynamo.config.patch(skip_nnmodule_hook_guards=False, recompile_limit=limit)
+
+
 def measure(s: blocks.Settings, log: Any = lambda _: None) -> dict[str, Any]:
     import tomerge_cli
 
@@ -146,23 +155,18 @@ def measure(s: blocks.Settings, log: Any = lambda _: None) -> dict[str, Any]:
         model, inputs, describe = build(family, s)
         log(f"{family}: {describe}")
         patched = variants(model, s)
-        if s.compile:  # each variant its own compiled code, none falling back to eager:
-            # the variants are instances of one class that differ only in their hooks
-            torch._dynamo.config.skip_nnmodule_hook_guards = False
-            torch._dynamo.config.recompile_limit = max(
-                torch._dynamo.config.recompile_limit, 4 * len(patched)
-            )
         models = {n: Call(torch.compile(m) if s.compile else m, inputs) for n, m in patched.items()}
         warmup = max(s.warmup, blocks.IMPORTANCE_WARMUP + 1)
-        rows = compare_speed(
-            models,
-            lambda bs: torch.zeros(1),
-            batch_sizes=[1],
-            warmup=warmup,
-            iters=1,
-            repeats=s.repeats,
-            device=s.device,
-        )
+        with _compiled_apart(len(models)) if s.compile else contextlib.nullcontext():
+            rows = compare_speed(
+                models,
+                lambda bs: torch.zeros(1),
+                batch_sizes=[1],
+                warmup=warmup,
+                iters=1,
+                repeats=s.repeats,
+                device=s.device,
+            )
         stats = {}
         for n, m in patched.items():
             merger = tomerge_cli.get_merger(m)

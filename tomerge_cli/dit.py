@@ -66,7 +66,7 @@ from torch import nn
 
 from tomerge_cli.constants import IMPORTANCE
 from tomerge_cli.merge import Merge, importance_map, row_positions
-from tomerge_cli.patch import Settings, TokenMerger, release_merge, spatial_blocks
+from tomerge_cli.patch import Settings, TokenMerger, spatial_blocks
 
 SUPPORTED = (
     "BasicTransformerBlock (Stable Diffusion 1.x/2.x, SDXL, PixArt, AnimateDiff), "
@@ -338,10 +338,7 @@ class DiTTokenMerger(_ImportanceSignals, TokenMerger):
         s = self.settings
         family = _dit_classes()[type(block)]
         state: dict[str, Any] = {"merge": None, "text": 0}
-        self.handles.append(
-            block.register_forward_pre_hook(self._dit_block_hook(state), with_kwargs=True)
-        )
-        self.handles.append(block.register_forward_hook(release_merge(state)))
+        self._hook_matching(block, self._dit_block_hook(state), state)
         single = family == "flux_single"
         rotary = family != "joint"  # Flux attention takes rotary rows for every token
         # (layer, takes rotary rows, text tokens first in its input)
@@ -441,10 +438,7 @@ class WanTokenMerger(DiTTokenMerger):
 
         s = self.settings
         state: dict[str, Any] = {"merge": None, "text": 0}
-        self.handles.append(
-            block.register_forward_pre_hook(self._dit_block_hook(state), with_kwargs=True)
-        )
-        self.handles.append(block.register_forward_hook(release_merge(state)))
+        self._hook_matching(block, self._dit_block_hook(state), state)
         mlp = getattr(block, "ffn", None)  # Wan's; Sana's `ff` is a convolution on the grid
         layers = [
             (block.attn1, s.merge_attn, _wan_rotary(_merge_input(state), state)),

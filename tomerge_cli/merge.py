@@ -229,18 +229,14 @@ def row_positions(flat: torch.Tensor, rows: int, n: int) -> torch.Tensor:
     return out - torch.arange(rows, device=flat.device)[:, None] * n
 
 
-def _probe_cpu_bf16() -> bool:
+def _cpu_has_bf16() -> bool:
     try:  # oneDNN's own check; builds without oneDNN lack the op
         return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     except (AttributeError, RuntimeError):
         return False
 
 
-_CPU_BF16 = _probe_cpu_bf16()  # probed once, at import: under torch.compile a constant
-
-
-def _cpu_has_bf16() -> bool:
-    return _CPU_BF16
+_CPU_BF16 = _cpu_has_bf16()  # probed once, at import: under torch.compile a constant
 
 
 def similarity_dtype(metric: torch.Tensor) -> torch.dtype:
@@ -249,7 +245,7 @@ def similarity_dtype(metric: torch.Tensor) -> torch.dtype:
     27 -> 5.5 ms at N=4096, C=320, B=2): only the choice of partners depends on it, the
     merged values stay in the model's dtype (tomesd in a float16 pipeline matches in float16
     likewise). Elsewhere the metric's own dtype."""
-    if metric.device.type == "cpu" and metric.dtype == torch.float32 and _cpu_has_bf16():
+    if metric.device.type == "cpu" and metric.dtype == torch.float32 and _CPU_BF16:
         return torch.bfloat16
     return metric.dtype
 

@@ -358,13 +358,16 @@ class TokenMerger:
             stacklevel=6,  # apply_patch's caller
         )
 
+    def _hook_matching(self, block: nn.Module, match: Any, state: dict[str, Any]) -> None:
+        """`match` (a pre-hook that puts the block's merge in `state`) before the block, and
+        the merge dropped when the block is done (`release_merge`)."""
+        self.handles.append(block.register_forward_pre_hook(match, with_kwargs=True))
+        self.handles.append(block.register_forward_hook(release_merge(state)))
+
     def _hook_block(self, block: nn.Module) -> None:
         s = self.settings
         state: dict[str, Merge | None] = {"merge": None}
-        self.handles.append(
-            block.register_forward_pre_hook(self._block_hook(state), with_kwargs=True)
-        )
-        self.handles.append(block.register_forward_hook(release_merge(state)))
+        self._hook_matching(block, self._block_hook(state), state)
         layers = [
             (getattr(block, "attn1", None), s.merge_attn),
             (getattr(block, "attn2", None), s.merge_crossattn),
