@@ -36,7 +36,9 @@ our modules) is resident in every child and the peaks differ by data only, then 
 WanPipeline does: with CFG ("cfg"), a conditional and an unconditional call per step, the
 caller holding the conditional prediction during the second, 2 steps; without ("no-cfg",
 where importance is step-delta's), one call per step, 3 steps. Each row is paired with the
-unmerged child of its own sampling loop.
+unmerged child of its own sampling loop. With CFG one more row, "importance+mlp", merges
+the feed-forward input as well (merge_mlp): the peak of a Wan block is its MLP's activation,
+which attention-only merging leaves at full length.
 """
 
 from __future__ import annotations
@@ -328,6 +330,9 @@ def patch_variant(model: nn.Module, method: str, ratio: float, s: Settings, **op
 
     if s.tiny:
         options.setdefault("min_tokens", 0)
+    if method == MLP_VARIANT:  # importance with the feed-forward merged too (the peak's op)
+        method = "importance"
+        options["merge_mlp"] = True
     if method == "importance":
         # steady state from the warm-up calls: no pruned steps, importance from step 1 (the
         # map is CFG's where the batch is a CFG pair, else the step-to-step change)
@@ -349,6 +354,9 @@ def patch_variant(model: nn.Module, method: str, ratio: float, s: Settings, **op
 
 
 METHODS = ("importance", "tome", "bound")
+# memory only: importance with the MLP merged as well. Attention-only merging cannot lower
+# Wan's peak, which is the unmerged MLP's activation; this row shows what merging it saves.
+MLP_VARIANT = "importance+mlp"
 IMPORTANCE_WARMUP = 2  # step-delta needs two previous steps (Wan: one CFG pair)
 
 
@@ -542,7 +550,8 @@ def memory_variants(s: Settings) -> list[tuple[str, str, str]]:
     merging = [m for m in s.methods if m != "bound"]
     out = []
     for loop in s.memory_loops:
-        names = ["unmerged"] + [f"{m} {r}" for r in s.memory_ratios for m in merging]
+        methods = [*merging, MLP_VARIANT] if loop == "cfg" and "importance" in merging else merging
+        names = ["unmerged"] + [f"{m} {r}" for r in s.memory_ratios for m in methods]
         if loop == "no-cfg":  # without CFG only importance changes (its map: step-delta)
             names = [n for n in names if not n.startswith("tome")]
         out += [(n if loop == "cfg" else n + NO_CFG, n, loop) for n in names]

@@ -12,6 +12,9 @@ blocks merged; merging forced where the cost model would skip blocks this small)
   0.3 / 0.5 / 0.7;
 - without it (guidance 1, one conditional call per step, as a guidance-distilled model
   runs): importance="step-delta" (|eps_t - eps_{t-1}|) against the grid, at the same ratios.
+With --merge-mlp instead one setting, "mlp": importance merging (CFG) with the feed-forward
+input merged as well (merge_mlp=True) against attention only: what merging the MLP, the op
+that sets a DiT block's peak memory, costs in fidelity.
 
 Per method: PSNR of each sample to the unmerged sample of the same seed, mean with a 95%
 bootstrap interval over samples; the paired difference importance - grid with its 95%
@@ -187,7 +190,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--guidance", type=float, default=3.0, help="the CFG setting's scale")
     parser.add_argument("--ratios", nargs="+", type=float, default=list(RATIOS))
     parser.add_argument("--seed", type=int, default=100, help="first sampling seed")
-    parser.add_argument("--name", default="fidelity-mmdit-32px")
+    parser.add_argument("--name", default=None, help="results file name")
+    parser.add_argument(
+        "--merge-mlp",
+        action="store_true",
+        help="instead: importance merging with the feed-forward input merged too against "
+        "attention only, with CFG (what merge_mlp costs in fidelity)",
+    )
     add_common_args(parser)
     args = parser.parse_args(argv)
     check_tree(args)
@@ -201,12 +210,16 @@ def main(argv: list[str] | None = None) -> None:
     predict, cls_meta, cls_source = digits_classifier()
     labels = torch.arange(CLASSES).repeat_interleave(args.per_class)
     ratios = tuple(args.ratios)
+    importance = dict(mode="importance", importance="cfg")
     settings = {
-        "cfg": (args.guidance, {"importance": dict(mode="importance", importance="cfg"),
-                                "grid": dict(mode="tome")}),
+        "cfg": (args.guidance, {"importance": importance, "grid": dict(mode="tome")}),
         "no-cfg": (1.0, {"step-delta": dict(mode="importance", importance="step-delta"),
                          "grid": dict(mode="tome")}),
     }  # fmt: skip
+    if args.merge_mlp:
+        mlp = {"importance + MLP": {**importance, "merge_mlp": True}, "importance": importance}
+        settings = {"mlp": (args.guidance, mlp)}
+    args.name = args.name or "fidelity-mmdit-32px" + ("-mlp" if args.merge_mlp else "")
     data: dict[str, Any] = {
         "model": {**CONFIG, "size": SIZE, "train_steps": args.train_steps, "batch": args.batch,
                   "final_loss": loss, "train_seconds": train_s,

@@ -89,8 +89,32 @@ def test_no_cfg_rows_pair_with_the_unmerged_child_without_cfg() -> None:
     variants = bench.memory_variants(bench.Settings(methods=("importance", "tome")))
     assert [v[1:] for v in variants] == [
         ("unmerged", "cfg"), ("importance 0.5", "cfg"), ("tome 0.5", "cfg"),
-        ("unmerged", "no-cfg"), ("importance 0.5", "no-cfg"),
+        ("importance+mlp 0.5", "cfg"), ("unmerged", "no-cfg"), ("importance 0.5", "no-cfg"),
     ]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("variant", "mlp_merged"), [("importance 0.5", False), ("importance+mlp 0.5", True)]
+)
+def test_the_mlp_row_merges_the_feed_forward_input(variant, mlp_merged) -> None:
+    """The "+mlp" memory row shortens the MLP's input like the attention's; the plain
+    importance row leaves the MLP (Wan's peak) at full length."""
+    s = bench.Settings(tiny=True, ratios=(0.5,), frames=2, memory=False)
+    geo = bench.build("wan", s)
+    model = bench.make_variant(geo.model, variant, s)
+    block = model.blocks[0]
+    seen: dict[str, list[int]] = {"attn1": [], "ffn": []}
+    for name in seen:
+        getattr(block, name).register_forward_pre_hook(
+            lambda m, a, k, name=name: seen[name].append(
+                (a[0] if a else k["hidden_states"]).shape[1]
+            ),
+            with_kwargs=True,
+        )
+    bench.wan_sampling(model, geo.inputs, "cfg")
+    n = geo.image_tokens
+    assert seen["attn1"][-1] == n - tokens_removed(n, 0.5)
+    assert seen["ffn"][-1] == (seen["attn1"][-1] if mlp_merged else n)
 
 
 def test_memory_table_pairs_each_round_with_the_unmerged_one() -> None:

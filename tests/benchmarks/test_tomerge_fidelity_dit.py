@@ -48,3 +48,16 @@ def test_bootstrap_mean_of_a_constant_has_no_width() -> None:
     assert bench.bootstrap_mean([3.0] * 10) == (3.0, 3.0, 3.0)
     mean, low, high = bench.bootstrap_mean([0.0, 10.0] * 10)
     assert low < mean == 5.0 < high
+
+
+def test_the_mlp_setting_compares_merging_the_feed_forward_against_attention_only(model) -> None:
+    labels = torch.arange(4)
+    importance = {"mode": "importance", "importance": "cfg"}
+    methods = {"importance + MLP": {**importance, "merge_mlp": True}, "importance": importance}
+    res = bench.run_setting(
+        model, lambda x: torch.zeros(len(x), dtype=torch.long), labels,
+        guidance=3.0, steps=5, ratios=(0.5,), methods=methods, seed=0, log=lambda _: None,
+    )  # fmt: skip
+    both, attn = res["images"]["importance + MLP 0.5"], res["images"]["importance 0.5"]
+    assert not torch.equal(both, attn)  # the MLP's merge changed the samples
+    assert res["paired 0.5"]["verdict"] in ("higher", "on par", "lower")
