@@ -291,9 +291,17 @@ def init(
     return env
 
 
-def cleanup() -> None:
-    """Destroy the process group if there is one (safe to call unconditionally)."""
+def cleanup(synchronise: bool = True) -> None:
+    """Destroy the process group if there is one (safe to call unconditionally).
+
+    ``synchronise`` (a command that finished on every rank) first waits at a barrier, so
+    no rank tears its Gloo/NCCL connections down while another still writes its outputs
+    and talks to it: a peer closing early can abort the other's transport threads at exit.
+    After an error the other ranks may never arrive, so there it is False.
+    """
     if is_initialized():
+        if synchronise and dist.get_world_size() > 1:
+            dist.barrier()
         dist.destroy_process_group()
 
 

@@ -267,23 +267,28 @@ def tool_command(
                     if spec is not None:
                         check_value(flag_of(f), given[f.name], spec)
                 cfg = config(**given)
-            with command(
-                ctx,
-                app.info.name or "",
-                values.get("out"),
-                resume=bool(values.get("resume", False)),
-                checkpoint_every=int(values.get("checkpoint_every", 0) or 0),
-                overwrite=bool(values.get("overwrite", False)),
-            ) as run:
-                inv = Invocation(ctx, run, values.get("device"))
-                metrics = fn(cfg, inv) if config is not None else fn(inv)
-                if metrics is not None:
-                    full = run.save_metrics(metrics)
-                    shown = {k: v for k, v in full.items() if k not in ("tool", "version")}
-                    run.console.summary(shown, title or f"{app.info.name} {name}")
-            if "device" in values and inv._device is not None:
-                from shared import distributed
+            from shared import distributed
 
+            inv = None
+            try:
+                with command(
+                    ctx,
+                    app.info.name or "",
+                    values.get("out"),
+                    resume=bool(values.get("resume", False)),
+                    checkpoint_every=int(values.get("checkpoint_every", 0) or 0),
+                    overwrite=bool(values.get("overwrite", False)),
+                ) as run:
+                    inv = Invocation(ctx, run, values.get("device"))
+                    metrics = fn(cfg, inv) if config is not None else fn(inv)
+                    if metrics is not None:
+                        full = run.save_metrics(metrics)
+                        shown = {k: v for k, v in full.items() if k not in ("tool", "version")}
+                        run.console.summary(shown, title or f"{app.info.name} {name}")
+            except BaseException:
+                distributed.cleanup(synchronise=False)  # the other ranks may never arrive
+                raise
+            if inv is not None and inv._device is not None:
                 distributed.cleanup()
 
         body.__signature__ = signature  # type: ignore[attr-defined]

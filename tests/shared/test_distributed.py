@@ -267,9 +267,9 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _run_two(tmp_path: Path, envs: list[dict[str, str]]) -> list[dict]:
+def _run_two(tmp_path: Path, envs: list[dict[str, str]], worker: str = _WORKER) -> list[dict]:
     script = tmp_path / "worker.py"
-    script.write_text(_WORKER)
+    script.write_text(worker)
     procs = []
     for extra in envs:
         env = _clean_environ()
@@ -341,3 +341,40 @@ def test_two_processes_under_each_launcher(tmp_path: Path, launcher: str) -> Non
     host = "127.0.0.1" if launcher == "torchrun" else "localhost"
     for r, res in enumerate(results):
         assert res["env"] == [r, 2, r, host, port, launcher]
+
+
+_LATE_WORKER = r"""
+import json, os, sys, time
+from shared import distributed as D
+
+env = D.init("cpu", timeout_s=60)
+if env.rank == 0:
+    time.sleep(1.0)  # rank 0 still writing its outputs
+res = {"enter": time.time()}
+D.cleanup()
+res["leave"] = time.time()
+with open(os.path.join(sys.argv[1], f"rank{env.rank}.json"), "w") as f:
+    json.dump(res, f)
+"""
+
+
+@pytest.mark.slow
+def test_no_rank_tears_the_group_down_before_the_others_are_done(tmp_path: Path) -> None:
+    """cleanup() after a finished command waits for every rank before destroying the
+    group: the early rank leaves only once the late one has arrived."""
+    port = _free_port()
+    envs = [torchrun_env(r, 2, "127.0.0.1", port) for r in range(2)]
+    late, early = _run_two(tmp_path, envs, _LATE_WORKER)
+    assert early["leave"] >= late["enter"] > early["enter"] + 0.5
+
+
+def test_cleanup_after_an_error_does_not_wait_for_the_others(monkeypatch) -> None:
+    calls: list[str] = []
+    monkeypatch.setattr(D, "is_initialized", lambda: True)
+    monkeypatch.setattr(D.dist, "get_world_size", lambda: 2)
+    monkeypatch.setattr(D.dist, "barrier", lambda: calls.append("barrier"))
+    monkeypatch.setattr(D.dist, "destroy_process_group", lambda: calls.append("destroy"))
+    D.cleanup(synchronise=False)
+    assert calls == ["destroy"]
+    D.cleanup()
+    assert calls == ["destroy", "barrier", "destroy"]
