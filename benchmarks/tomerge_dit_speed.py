@@ -2,8 +2,11 @@
 (double- and single-stream blocks, width 3072, 24 heads x 128, 1024^2 = 4096 image tokens
 + 512 text tokens, rotary embeddings), SD3.5-medium (joint blocks, width 1536, 24 heads x
 64, 4096 image + 333 text tokens, CFG batch 2, one block with the second image-only
-attention) and Wan 2.1 1.3B (width 1536, 12 heads x 128, 480p = 30x52 tokens per latent
-frame, 3D rotary; Wan 2.1 generates 21 latent frames, fewer are timed on a CPU: --frames).
+attention), Wan 2.1 1.3B (width 1536, 12 heads x 128, 480p = 30x52 tokens per latent
+frame, 3D rotary; Wan 2.1 generates 21 latent frames, fewer are timed on a CPU: --frames)
+and Sana 1.6B (width 2240, linear self-attention of 70 heads x 32, a convolutional MLP;
+1024^2 = 32x32 tokens after its 32x autoencoder + 300 text tokens, CFG batch 2: only the
+self-attention is merged, whose cost is linear in the tokens).
 
     python -m benchmarks.tomerge_dit_speed                 # ratios 0.3 0.5 0.7, 5 repeats
     python -m benchmarks.tomerge_dit_speed --quick         # small grids: checks the run
@@ -23,7 +26,7 @@ layer, and the VAE and text encoders of a pipeline) are not counted.
 
 Per step-equivalent: an extrapolation of the block times to the full model from its block
 counts (Flux 19 double + 38 single; SD3.5-medium 13 joint blocks with the second attention
-+ 11 without; Wan 1.3B 30), with every block merged and with apply_patch's default for
++ 11 without; Wan 1.3B 30; Sana 1.6B 20), with every block merged and with apply_patch's default for
 DiTs of 8 or more blocks (the middle half merged, the rest unmerged).
 
 Peak memory: on a CPU, peak RSS of one subprocess per variant on the Wan geometry
@@ -61,7 +64,7 @@ from benchmarks import common
 from shared.profiling import round_order
 
 RATIOS = (0.3, 0.5, 0.7)
-FAMILIES = ("flux", "sd35", "wan")
+FAMILIES = ("flux", "sd35", "wan", "sana")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 TARGET_SPEEDUP = 1.20  # Flux at 1024^2, ratio 0.5, per step-equivalent (issue 18)
 TARGET_BOUND_GAP = 0.05  # within 5% of the zero-cost bound
@@ -142,6 +145,20 @@ CONFIGS: dict[str, dict[str, Any]] = {
         "dual_attention_layers": (0,),
         "qk_norm": "rms_norm",
     },
+    "sana": {  # Sana 1600M at 1024^2 (linear self-attention, a convolutional MLP)
+        "in_channels": 32,
+        "out_channels": 32,
+        "num_attention_heads": 70,
+        "attention_head_dim": 32,
+        "num_layers": 1,
+        "num_cross_attention_heads": 20,
+        "cross_attention_head_dim": 112,
+        "cross_attention_dim": 2240,
+        "caption_channels": 2304,
+        "mlp_ratio": 2.5,
+        "sample_size": 32,
+        "patch_size": 1,
+    },
     "wan": {
         "patch_size": (1, 2, 2),
         "num_attention_heads": 12,
@@ -163,10 +180,18 @@ TINY: dict[str, dict[str, Any]] = {
     "flux": {**_TINY_WIDTH, "joint_attention_dim": 32, "pooled_projection_dim": 16},
     "sd35": {**_TINY_WIDTH, "joint_attention_dim": 32, "pooled_projection_dim": 16},
     "wan": {**_TINY_WIDTH, "text_dim": 32, "ffn_dim": 64},
+    "sana": {
+        **_TINY_WIDTH,
+        "num_cross_attention_heads": 2,
+        "cross_attention_head_dim": 16,
+        "cross_attention_dim": 32,
+        "caption_channels": 32,
+    },
 }
 TINY["flux"]["axes_dims_rope"] = (2, 6, 8)  # sums to the head width
 TINY["sd35"]["caption_projection_dim"] = 32
-TEXT_TOKENS = {"flux": 512, "sd35": 333, "wan": 512}  # T5 512; SD3: CLIP 77 + T5 256
+# T5 512; SD3: CLIP 77 + T5 256; Sana: Gemma-2, 300
+TEXT_TOKENS = {"flux": 512, "sd35": 333, "wan": 512, "sana": 300}
 # per family: the model class, block kinds of the reduced model (execution order) and of
 # the full model, the batch, and how the pipeline calls it
 LAYOUT: dict[str, tuple[str, list[str], list[str], int, str]] = {
@@ -191,15 +216,16 @@ LAYOUT: dict[str, tuple[str, list[str], list[str], int, str]] = {
         1,
         "the pipeline runs CFG as two calls",
     ),
+    "sana": ("SanaTransformer2DModel", ["sana"], ["sana"] * 20, 2, "a CFG batch"),
 }
-NAMES = {"flux": "Flux.1", "sd35": "SD3.5-medium", "wan": "Wan 2.1 1.3B"}
+NAMES = {"flux": "Flux.1", "sd35": "SD3.5-medium", "wan": "Wan 2.1 1.3B", "sana": "Sana 1.6B"}
 
 
 def _inputs(
     family: str, config: dict[str, Any], text: int, s: Settings
 ) -> tuple[dict[str, torch.Tensor], str, int]:
     """The call's arguments as the pipeline passes them, the size in words, image tokens."""
-    ctx = config.get("joint_attention_dim") or config["text_dim"]
+    ctx = config.get("joint_attention_dim") or config.get("text_dim") or config["caption_channels"]
     pooled = config.get("pooled_projection_dim")
     if family == "flux":
         side = s.size // 16  # VAE 8x, then 2x2 latent patches packed into one token
@@ -229,6 +255,17 @@ def _inputs(
             },
             f"{s.size}^2",
             (latent // 2) ** 2,
+        )
+    if family == "sana":
+        side = 6 if s.tiny else s.size // 32  # DC-AE: 32x downsampling, patch 1
+        return (
+            {
+                "hidden_states": torch.randn(1, 32, side, side).repeat(2, 1, 1, 1),  # CFG
+                "encoder_hidden_states": torch.randn(2, text, ctx),  # uncond, cond
+                "timestep": torch.tensor([900.0, 900.0]),
+            },
+            f"{s.size}^2",
+            side * side,
         )
     h, w = (4, 6) if s.tiny else s.wan_grid
     return (
@@ -1030,7 +1067,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     path = common.write_results(
         "tomerge",
         name,
-        "tomerge speed on diffusion-transformer blocks (Flux.1, SD3.5-medium, Wan 2.1 1.3B)",
+        "tomerge speed on diffusion-transformer blocks ("
+        + ", ".join(NAMES[f] for f in s.families or ("wan",))
+        + ")",
         report(data),
         data,
     )

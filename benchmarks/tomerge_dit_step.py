@@ -6,7 +6,8 @@
 `benchmarks.tomerge_dit_speed` times one or two blocks of each family and extrapolates to
 the full model, since the full models do not fit a CPU run; on a GPU they fit. This builds
 Flux.1 (19 double + 38 single blocks), SD3.5-medium (24 joint blocks, the first 13 with the
-second attention) and Wan 2.1 1.3B (30 blocks) from the same diffusers configs at full
+second attention), Wan 2.1 1.3B (30 blocks) and Sana 1.6B (20 blocks) from the same
+diffusers configs at full
 depth with random weights (the work does not depend on the values) and times one whole
 transformer call, a denoising step without the scheduler, VAE and text encoders:
 unmerged, and per ratio importance and tome merging with `apply_patch`'s defaults (the
@@ -44,11 +45,13 @@ FULL_DEPTH: dict[str, dict[str, Any]] = {
     "flux": {"num_layers": 19, "num_single_layers": 38},
     "sd35": {"num_layers": 24, "dual_attention_layers": tuple(range(13))},
     "wan": {"num_layers": 30},
+    "sana": {"num_layers": 20},
 }
 TINY_DEPTH: dict[str, dict[str, Any]] = {  # tests: 8 blocks, so the default is a middle half
     "flux": {"num_layers": 4, "num_single_layers": 4},
     "sd35": {"num_layers": 8, "dual_attention_layers": (0, 1)},
     "wan": {"num_layers": 8},
+    "sana": {"num_layers": 8},
 }
 
 
