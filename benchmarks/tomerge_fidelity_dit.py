@@ -5,8 +5,9 @@ at 32x32 (256 image tokens), then sampled unmerged and merged from the same seed
 
     python -m benchmarks.tomerge_fidelity_dit [--train-steps 1500] [--per-class 6]
 
-Two settings, each the methods of apply_patch's default for DiTs (the middle half of the
-blocks merged; merging forced where the cost model would skip blocks this small):
+Two settings, each the methods with apply_patch's default blocks (for a DiT of fewer than 8
+blocks, as this one, every block; merging forced where the cost model would skip blocks
+this small):
 - with classifier-free guidance (guidance 3, a CFG batch per step): importance merging from
   the paper's map |eps_cond - eps_uncond| against the random grid (mode="tome"), at ratios
   0.3 / 0.5 / 0.7;
@@ -96,6 +97,17 @@ def trained_model(steps: int, batch: int) -> tuple[DigitsMMDiT, float, float]:
     cache.mkdir(parents=True, exist_ok=True)
     save_file(model.state_dict(), path)
     return model.eval(), loss, time.perf_counter() - start
+
+
+def blocks_merged(model: nn.Module) -> int:
+    """How many blocks apply_patch merges by default on this model (read off a patch)."""
+    import tomerge_cli
+
+    tomerge_cli.apply_patch(model, ratio=0.5, skip_unprofitable=False)
+    try:
+        return len(tomerge_cli.get_merger(model).blocks)
+    finally:
+        tomerge_cli.remove_patch(model)
 
 
 def per_sample_psnr(imgs: torch.Tensor, base: torch.Tensor) -> list[float]:
@@ -254,8 +266,9 @@ def main(argv: list[str] | None = None) -> None:
         f"{data['model']['params'] / 1e6:.2f} M parameters, trained {args.train_steps} steps x "
         f"{args.batch} on builtin:digits at {SIZE} px (final loss {loss:.4f}, "
         f"{train_s / 60:.0f} min on one thread; nan / 0: read from the cache). apply_patch's "
-        f"default blocks for DiTs (the middle half), merging forced at this size. Classifier: "
-        f"the digits ViT ({cls_source})."
+        f"default blocks ({blocks_merged(model)} of {CONFIG['layers']} merged: the middle "
+        f"half only from 8 blocks on), merging forced at this size. Classifier: the digits "
+        f"ViT ({cls_source})."
     )
     sections.insert(0, ("Setting", intro))
     path = write_results(

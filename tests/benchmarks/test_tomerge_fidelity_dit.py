@@ -61,3 +61,10 @@ def test_the_mlp_setting_compares_merging_the_feed_forward_against_attention_onl
     both, attn = res["images"]["importance + MLP 0.5"], res["images"]["importance 0.5"]
     assert not torch.equal(both, attn)  # the MLP's merge changed the samples
     assert res["paired 0.5"]["verdict"] in ("higher", "on par", "lower")
+
+
+@pytest.mark.parametrize(("layers", "merged"), [(6, 6), (8, 4)])
+def test_the_report_counts_the_blocks_the_default_merges(layers, merged) -> None:
+    """Fewer than 8 DiT blocks are all merged by default; from 8 the middle half."""
+    m = bench.DigitsMMDiT(size=16, layers=layers, heads=2, head_dim=8, embed=16).eval()
+    assert bench.blocks_merged(m) == merged
