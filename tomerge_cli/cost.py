@@ -14,9 +14,12 @@ for AnimateDiff's spatial blocks); `default_min_tokens` turns that into a token 
 CPU (`block_costs`, then `break_even_tokens`): one self-attention + MLP block, batch 2,
 SDPA, float32, ratio 0.5, attention merged (the default), timed unmerged vs merged (matching
 included) on 16 ... 1024 tokens, on this project's CPU with one thread. Break-even: width 64
-at 576 tokens (at 256 merged is 6% slower), width 320 at 64 tokens, width 1536 at 16 or
+at 576 tokens (at 256 merged was 6% slower), width 320 at 64 tokens, width 1536 at 16 or
 fewer (1.22x faster at 16): tokens x width of 20k-37k, so 32768 at ratio 0.5 and batch 2,
-i.e. MIN_WORK = 32768. Real models merge at every size they are used at (SD 1.5 with CFG,
+i.e. MIN_WORK = 32768. Since a step lays out its partition's indices once (fewer ops per
+merged block), one recalibration put width 64 at 256 tokens (merged 1.08x there), the others
+as before: work 16k-25k, so MIN_WORK is now a little conservative at small widths.
+Real models merge at every size they are used at (SD 1.5 with CFG,
 width 320: from 103 tokens; Flux, width 3072, batch 1: from 22); tiny test models (width 32:
 from 1024 tokens) are left alone.
 
