@@ -303,7 +303,9 @@ def finetune(
     out: Path | None = None,
 ) -> tuple[nn.Module, dict[str, Any]]:
     """End-to-end RD training of a codec: fine-tune a (distilled) student, or with
-    `arch` (no `model`) / `scratch` train a codec from scratch."""
+    `arch` (no `model`) / `scratch` train a codec from scratch, or with `pretrained` start
+    from compressai's zoo weights (with steps=0: save them as a checkpoint to distill from,
+    the paper's setting of a pretrained teacher)."""
     from kdic_cli.models import new_model
     from kdic_cli.training import Phase, run_phases
     from shared import distributed
@@ -313,7 +315,14 @@ def finetune(
     torch.manual_seed(cfg.seed)
     spec = arch_spec(cfg, cfg.s2c_widths, cfg.s2c_blocks)
     extra: dict[str, Any] = {}
-    if cfg.model is None:
+    if cfg.pretrained and (cfg.model is not None or cfg.scratch):
+        raise InputError(
+            "--pretrained starts from compressai's zoo weights: no --model or --scratch"
+        )
+    if cfg.pretrained:
+        net, meta = load_codec(None, "--arch", loading_arch(cfg), pretrained=True)
+        extra["source"] = f"{meta['source']} {cfg.arch} quality {cfg.quality}"
+    elif cfg.model is None:
         if spec is None:
             raise InputError("--model or --arch: say what to train")
         net = new_model(spec)
@@ -332,7 +341,7 @@ def finetune(
     summary, final = run_phases(phases, batches, net, lr=cfg.lr, aux_lr=cfg.aux_lr,
                                 device=dev, run=run)  # fmt: skip
     net.eval().update(force=True)
-    scratch = cfg.scratch or cfg.model is None
+    scratch = cfg.scratch or (cfg.model is None and not cfg.pretrained)
     extra["trained"] = {"lmbda": cfg.lmbda, "steps": cfg.steps, "scratch": scratch}
     saved = _save(net, out, extra)
     finals = {k: v for k, v in final.items() if k != "steps"}

@@ -40,8 +40,8 @@ class _ArchOptions:
     arch: str | None = opt(
         None,
         "Architecture: bmshj2018-hyperprior, mbt2018-mean, mbt2018, cheng2020-anchor, "
-        "elic2022-official, s2c-conv. For a new model, a foreign compressai checkpoint "
-        "(.pth/.pth.tar/.safetensors; N and M are read off its weights), or --pretrained.",
+        "elic2022-official, s2c-conv. For a new model or a foreign compressai checkpoint "
+        "(.pth/.pth.tar/.safetensors; N and M are read off its weights).",
     )
     n: int | None = opt(None, "Channel width N (hyperprior width).", flag="--N", min=1)
     m: int | None = opt(None, "Latent width M.", flag="--M", min=1)
@@ -50,7 +50,11 @@ class _ArchOptions:
 
 @dataclass(kw_only=True)
 class _ZooOptions(_ArchOptions):
-    pretrained: bool = opt(False, "compressai zoo weights for --arch/--quality.")
+    pretrained: bool = opt(
+        False,
+        "compressai's zoo weights of --arch at --quality (bmshj2018-hyperprior, "
+        "mbt2018-mean, mbt2018, cheng2020-anchor; downloads them).",
+    )
 
 
 @dataclass(kw_only=True)
@@ -102,7 +106,7 @@ class DistillOptions(_TrainOptions):
 
 
 @dataclass(kw_only=True)
-class FinetuneOptions(_TrainOptions):
+class FinetuneOptions(_TrainOptions, _ZooOptions):
     model: str | None = opt(None, "Checkpoint to fine-tune (file or run dir).")
     scratch: bool = opt(
         False, "Re-initialise: train the architecture from scratch (the no-KD baseline)."

@@ -146,6 +146,63 @@ def test_distill_zero_steps_saves_the_student_unchanged(tiny_codecs, tmp_path) -
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+def _zoo(monkeypatch, error: str | None = None) -> dict[str, torch.Tensor]:
+    """compressai's zoo entry for mbt2018-mean with the download replaced: seeded random
+    weights of the zoo architecture (no network here), or the error a failed download
+    raises. Returns the weights a `pretrained=True` call gives."""
+    from compressai.zoo import image_models
+
+    build = image_models["mbt2018-mean"]
+
+    def download(
+        quality: int, metric: str = "mse", pretrained: bool = False, progress: bool = True
+    ):
+        if error is not None:
+            raise OSError(error)
+        torch.manual_seed(quality)
+        return build(quality=quality, metric=metric, pretrained=False, progress=progress)
+
+    monkeypatch.setitem(image_models, "mbt2018-mean", download)
+    return download(1).state_dict() if error is None else {}
+
+
+def test_a_zoo_teacher_becomes_a_checkpoint_that_distills(monkeypatch, tmp_path) -> None:
+    """finetune --pretrained --steps 0 saves compressai's zoo weights unchanged as a kdic
+    checkpoint, from which build-student and distill work (the paper's pretrained teacher)."""
+    from kdic_cli.models import load_model
+
+    zoo = _zoo(monkeypatch)
+    teacher = tmp_path / "teacher"
+    res = kdic("finetune", "--arch", "mbt2018-mean", "--quality", "1", "--pretrained",
+               "--steps", "0", *TRAIN, "--json", "--out", str(teacher))  # fmt: skip
+    assert json.loads(res.stdout)["status"] == "ok"
+    net, meta = load_model(teacher)
+    assert meta["architecture"] == {"name": "mbt2018-mean", "N": 128, "M": 192}
+    learned = dict(net.named_parameters())  # the entropy coder's tables are derived
+    assert learned and all(torch.equal(learned[k], zoo[k]) for k in learned)
+    kdic("build-student", "--teacher", str(teacher), "--width", "0.5", "--crop", "64",
+         "--calib-images", "2", "--out", str(tmp_path / "s"))  # fmt: skip
+    res = kdic("distill", "--teacher", str(teacher), "--student", str(tmp_path / "s"),
+               "--steps", "1", *TRAIN, "--json", "--out", str(tmp_path / "d"))  # fmt: skip
+    assert json.loads(res.stdout)["steps"] == 1
+
+
+@pytest.mark.parametrize(
+    ("extra", "words"),
+    [
+        ([], ["--pretrained", "could not download", "offline"]),
+        (["--scratch"], ["--pretrained", "no --model or --scratch"]),
+    ],
+)
+def test_finetune_pretrained_refusals_leave_nothing(monkeypatch, tmp_path, extra, words) -> None:
+    _zoo(monkeypatch, error="<urlopen error [Errno -3] Temporary failure in name resolution>")
+    out = tmp_path / "t"
+    res = kdic("finetune", "--arch", "mbt2018-mean", "--quality", "1", "--pretrained",
+               "--steps", "0", *extra, *TRAIN, "--out", str(out), check=False)  # fmt: skip
+    _one_line_error(res, *words)
+    assert not out.exists()
+
+
 # -- slow: training and real processes ----------------------------------------------------
 @pytest.fixture(scope="module")
 def student(trained_codec, tmp_path_factory) -> str:
