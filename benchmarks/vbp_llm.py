@@ -70,7 +70,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     # s/step on one core here): 750 steps of 32 x 128 tokens, 3 M tokens (~7 passes), where
     # llama-10m with --select-on-val still improved on validation (best at 1350 of 1500
     # steps of 16). 3000 steps (12 M tokens, ~25 passes) memorised the text on an H200
-    # (training loss 0.03, held-out perplexity 398; vbp_llm_llama-16m-3000steps.md); 750 is
+    # (training loss 0.023, held-out perplexity 398; vbp_llm_llama-16m-3000steps.md); 750 is
     # not run yet: run it with --select-on-val
     "llama-16m": dict(
         arch="llama", vocab=4096, hidden=384, layers=8, heads=6, kv_heads=2, inter=1024,

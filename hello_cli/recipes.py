@@ -35,7 +35,7 @@ ENCODERS: dict[str, dict[str, Any]] = {
 
 # `hello distill --synthetic`: epochs (batch 32) on top of the distilled EfficientNet projector,
 # each step a real batch and a batch of the synthetic set augmented as the student sees it
-SYNTHETIC_EPOCHS = 22  # ~1000 steps: students within 2 points of teacher-taught ones
+SYNTHETIC_EPOCHS = 22  # ~1000 steps; fixed, not tuned (storage-synthetic-v2.md)
 
 IMAGE_SIZE = 32  # pixel space of real and synthetic digits
 STUDENT = "resnet10t"

@@ -65,7 +65,7 @@ class SimulateOptions:
 class TrainTeacherOptions:
     data: Path = opt(help=_DATA, short="-d")
     sequences: str = opt("train", _SEQUENCES)
-    preset: str = opt("small", "small (trains on a CPU) | tiny | lidiff (24 M).",
+    preset: str = opt("small", "small (trains on a CPU) | tiny | lidiff (25 M).",
                       choices=PRESET_NAMES)  # fmt: skip
     # a JSON object on the command line; a dict from Python
     model_config: str | None = opt(

@@ -91,7 +91,7 @@ def test_unet_forward_backward_and_condition_dropout() -> None:
 
 def test_lidiff_preset_builds_with_published_size() -> None:
     net = build_model("lidiff")
-    assert 20e6 < count_params(net) < 30e6  # LiDiff's MinkUNet: about 24 M
+    assert 20e6 < count_params(net) < 30e6  # LiDiff's MinkUNet: about 25 M
     assert PRESETS["lidiff"].voxel == 0.05 and PRESETS["lidiff"].n_cond * 10 == 180000
 
 
