@@ -130,13 +130,15 @@ class EvaluateOptions(_ArchOptions):
 @dataclass(kw_only=True)
 class CompressOptions(_ZooOptions):
     image: Path = opt(help="Image to compress (PNG, JPEG, ...).", argument=True)
-    model: str = opt(help="Codec checkpoint.")
+    model: str | None = opt(None, "Codec checkpoint (or --arch/--quality --pretrained).")
     output: Path = opt(help="Output .kdic file.", short="-o")
 
 
 @dataclass(kw_only=True)
 class DecompressOptions(_ZooOptions):
     file: Path = opt(help="A .kdic file.", argument=True)
-    model: str = opt(help="The codec that wrote the file.")
+    model: str | None = opt(
+        None, "The codec that wrote the file (or --arch/--quality --pretrained)."
+    )
     output: Path = opt(help="Output PNG.", short="-o")
     reference: Path | None = opt(None, "Original image: also print PSNR.")

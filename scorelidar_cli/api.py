@@ -49,7 +49,7 @@ _DATA = (
 _SEED = "Random seed."
 _SOLVER = "sde (DPM-Solver++ SDE, LiDiff's) or ode (DPM-Solver++)."
 _GUIDANCE = "Classifier-free guidance weight (1: no guidance, one pass per step)."
-_CHECKPOINT = "Save resume state every N steps (0: only at the end and on SIGTERM/SIGUSR1)."
+_CHECKPOINT = "Save resume state every N steps (0: only on SIGTERM/SIGUSR1/Ctrl-C)."
 
 
 # -- the options of each command ---------------------------------------------------------------
@@ -127,7 +127,9 @@ class CompleteOptions:
     steps: int = opt(8, "DPM-Solver++ steps.", short="-k", min=1)
     guidance: float = opt(1.0, _GUIDANCE, min=0)
     solver: str = opt("sde", _SOLVER, choices=tuple(SOLVERS))
-    refine: Path | None = opt(None, "A refinement net from train-refine: x6 points per output.")
+    refine: Path | None = opt(
+        None, "A refinement net from train-refine: x its --up points per output (6 by default)."
+    )
     seed: int = opt(0, _SEED, min=0)
 
 

@@ -181,7 +181,7 @@ def _common_params(out: str, device: bool, train: bool) -> list[inspect.Paramete
             p("out", Path if required else Path | None,
               inspect.Parameter.empty if required else None, "--out", "-o",
               help="Run folder: config.yaml, metrics.json, log.txt and the artefacts. Must be "
-              "new or empty unless --resume or --overwrite."),
+              "new or empty unless " + ("--resume or " if train else "") + "--overwrite."),
             p("overwrite", bool, False, "--overwrite",
               help="Delete what an earlier run left in --out before starting."),
         ]  # fmt: skip
@@ -191,8 +191,7 @@ def _common_params(out: str, device: bool, train: bool) -> list[inspect.Paramete
               help="Continue from the state saved in --out (resume.pt) by the same command "
               "with the same options."),
             p("checkpoint_every", int, 0, "--checkpoint-every", min=0,
-              help="Save resume state every N steps (0: only at the end of preemption, "
-              "on SIGTERM/SIGUSR1/Ctrl-C)."),
+              help="Save resume state every N steps (0: only on SIGTERM/SIGUSR1/Ctrl-C)."),
         ]  # fmt: skip
     return params
 

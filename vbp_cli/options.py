@@ -35,8 +35,8 @@ AMP_HELP = "Mixed precision on CUDA (bf16 where supported); ignored on CPU."
 WORKERS_HELP = "Data loader workers (-1: auto)."
 TEACHER_CKPT_HELP = "Weights for a timm-name teacher."
 EMA_HELP = (
-    "A timm train.py checkpoint (--checkpoint/--teacher-checkpoint) holding EMA weights: use "
-    "them (timm's default); --no-ema: its raw weights."
+    "A timm train.py checkpoint given here that holds EMA weights: use them (timm's "
+    "default); --no-ema: its raw weights."
 )
 EXPORT_FORMATS = ("onnx", "torchscript", "pt2", "timm")
 TEACHER_PRETRAINED_HELP = "Teacher from timm's hub weights."

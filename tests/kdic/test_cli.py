@@ -187,6 +187,23 @@ def test_a_zoo_teacher_becomes_a_checkpoint_that_distills(monkeypatch, tmp_path)
     assert json.loads(res.stdout)["steps"] == 1
 
 
+def test_compress_and_decompress_with_zoo_weights_need_no_checkpoint(monkeypatch, tmp_path) -> None:
+    from shared.builtin_data import PhotoImages
+    from shared.images import save_image
+
+    _zoo(monkeypatch)
+    img = tmp_path / "photo.png"
+    save_image(PhotoImages("val")[0][:, :64, :64], img)
+    zoo = ["--arch", "mbt2018-mean", "--quality", "1", "--pretrained"]
+    kdic("compress", str(img), *zoo, "-o", str(tmp_path / "a.kdic"), "--quiet")
+    res = kdic("decompress", str(tmp_path / "a.kdic"), *zoo, "-o", str(tmp_path / "r.png"),
+               "--reference", str(img), "--json")  # fmt: skip
+    assert json.loads(res.stdout)["psnr"] > 0
+    res = kdic("compress", str(img), "-o", str(tmp_path / "b.kdic"), check=False)
+    _one_line_error(res, "--model", "checkpoint")
+    assert not (tmp_path / "b.kdic").exists()
+
+
 @pytest.mark.parametrize(
     ("extra", "words"),
     [
