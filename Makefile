@@ -29,8 +29,8 @@ test: install
 test-fast: install
 	$(BIN)/python -m pytest -m "not slow" -n $(WORKERS)
 
-# Retrain every shipped reference model in a temporary folder and compare it with the
-# shipped file (make test does the smallest only); `make references` rewrites them.
+# Retrain the four reference models marked `rebuild` (minutes each) in a temporary folder
+# and compare their bytes with the shipped files; `make references` rewrites them all.
 test-references: install
 	TOOLKIT_REBUILD=1 $(BIN)/python -m pytest -m "rebuild" -v
 

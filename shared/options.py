@@ -121,6 +121,13 @@ def _param_for(f: dataclasses.Field[Any], hint: Any) -> inspect.Parameter:
     help_text = spec.help
     if spec.choices:
         help_text = f"{help_text} One of: {', '.join(spec.choices)}.".strip()
+    bounds = []
+    if spec.min is not None:
+        bounds.append(f"{'>' if spec.min_open else '>='} {spec.min:g}")
+    if spec.max is not None:
+        bounds.append(f"{'<' if spec.max_open else '<='} {spec.max:g}")
+    if bounds:  # the bounds check_value enforces, so --help shows what is accepted
+        help_text = f"{help_text} [{', '.join(bounds)}]".strip()
     kwargs: dict[str, Any] = {"help": help_text, "hidden": spec.hidden}
     if spec.argument:
         info = typer.Argument(**{k: v for k, v in kwargs.items() if k != "hidden"})

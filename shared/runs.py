@@ -21,7 +21,7 @@ import torch
 
 from shared import __version__
 from shared.console import Console, get_console
-from shared.errors import InputError, Preempted
+from shared.errors import InputError, MissingExtraError, Preempted
 from shared.io import atomic_path, write_json, write_yaml
 
 STATE_FILE = "resume.pt"
@@ -88,8 +88,8 @@ class Run:
         for sig, handler in self._old_handlers.items():
             signal.signal(sig, handler)
         get_console().detach_log()
-        if exc_type is not None and issubclass(exc_type, InputError):
-            self._remove_created()
+        if exc_type is not None and issubclass(exc_type, (InputError, MissingExtraError)):
+            self._remove_created()  # nothing ran: leave no folder behind
         elif exc is not None and self.main and not isinstance(exc, KeyboardInterrupt):
             status = "preempted" if isinstance(exc, Preempted) else "failed"
             write_json(self.dir / "metrics.json", self._header(status) | {"error": str(exc)})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from types import ModuleType
 from typing import Any
 
 from shared.cli import create_app, run_app
@@ -12,16 +13,27 @@ app = create_app(
     "tomerge",
     (
         "Importance-based token merging for diffusers pipelines (ICCV 2025): faster Stable "
-        "Diffusion, SDXL, PixArt and AnimateDiff sampling, measured against tomesd."
+        "Diffusion 1.x/2.x/XL, PixArt, AnimateDiff, SD3/3.5, Flux.1, Wan 2.x and Sana "
+        "sampling, measured against tomesd."
     ),
 )
+
+
+def _api(*modules: str) -> ModuleType:
+    """The API once the command's extra is there (one line naming it otherwise)."""
+    from shared.deps import require
+
+    require("tomerge", "diffusers", "transformers", *modules)
+    from tomerge_cli import api
+
+    return api
 
 
 @tool_command(app, "generate", GenerateOptions)
 def generate_cmd(cfg: GenerateOptions, inv: Invocation) -> dict[str, Any]:
     """Generate images (or video frames) with token merging: PNGs in --out/images and
     generate.json with timings and settings. Prompt i uses seed + i."""
-    from tomerge_cli import api
+    api = _api()
 
     metrics = api.generate(cfg, out=inv.run.dir, device=inv.device, run=inv.run)
     rows = [
@@ -40,7 +52,7 @@ def benchmark_cmd(cfg: BenchmarkOptions, inv: Invocation) -> dict[str, Any]:
     the reason elsewhere), mode=tome and mode=importance: seconds per image, speed-up,
     PSNR / SSIM (LPIPS when its weights load) to the unmerged image; with SDPA and math
     attention. Writes benchmark.md, benchmark.json and grid.png."""
-    from tomerge_cli import api
+    api = _api()
 
     metrics = api.benchmark(cfg, out=inv.run.dir, device=inv.device, run=inv.run)
     inv.console.table(
@@ -59,7 +71,7 @@ def benchmark_cmd(cfg: BenchmarkOptions, inv: Invocation) -> dict[str, Any]:
 def evaluate_cmd(cfg: EvaluateOptions, inv: Invocation) -> dict[str, Any]:
     """FID against --reference and CLIP score of the generated images (torchmetrics). The
     metric weights are checked before anything is generated."""
-    from tomerge_cli import api
+    api = _api("torchmetrics")
 
     return api.evaluate(cfg, device=inv.device, run=inv.run)
 

@@ -331,3 +331,36 @@ def test_library_warnings_are_one_line_and_quiet_hides_them(capsys: pytest.Captu
         if not quiet:
             expected.insert(0, "warning: UserWarning: a library's multi-line advice block")
         assert err == expected
+
+
+def test_every_bounded_option_shows_its_bounds_in_help() -> None:
+    """The bounds check_value enforces are printed in --help, for every tool and command."""
+    import dataclasses
+
+    import typer
+
+    from shared.options import flag_of, option_spec
+    from shared.registry import load_app
+    from tests.faults.cases import _config_of
+
+    checked = 0
+    for tool in ("vbp", "tomerge", "kdic", "scorelidar", "hello"):
+        app = typer.main.get_command(load_app(tool))
+        for cmd in app.commands.values():
+            config = _config_of(cmd.callback)
+            if config is None:
+                continue
+            helps = {p.name: p.help or "" for p in cmd.params}
+            for f in dataclasses.fields(config):
+                spec = option_spec(f)
+                if spec is None or (spec.min is None and spec.max is None):
+                    continue
+                text = helps[f.name]
+                if spec.min is not None:
+                    assert f"{'>' if spec.min_open else '>='} {spec.min:g}" in text, (
+                        tool, flag_of(f), text)  # fmt: skip
+                if spec.max is not None:
+                    assert f"{'<' if spec.max_open else '<='} {spec.max:g}" in text, (
+                        tool, flag_of(f), text)  # fmt: skip
+                checked += 1
+    assert checked > 100
