@@ -6,4 +6,5 @@ TOOL = ToolSpec(
     "knowledge distillation for learned image codecs (compressai)",
     "kdic: shipped codec and distilled student vs JPEG/WebP on held-out photos",
     ("benchmarks.kdic_students", "benchmarks.kdic_rd"),
+    {"compressai": "compressai", "bjontegaard": "bjontegaard", "pytorch_msssim": "pytorch-msssim"},
 )

@@ -6,4 +6,5 @@ TOOL = ToolSpec(
     "distilled LiDAR scene completion (spconv)",
     "scorelidar: complete a simulated LiDAR scan, teacher vs distilled student",
     ("benchmarks.scorelidar_bench",),
+    {"spconv": "spconv", "diffusers": "diffusers", "scipy": "scipy"},
 )

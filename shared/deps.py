@@ -1,4 +1,5 @@
-"""Optional dependencies per tool: say which extra to install instead of an ImportError."""
+"""Optional dependencies per tool: say which extra to install instead of an ImportError.
+Each tool declares its extra's modules in its registry entry (`ToolSpec.extras`)."""
 
 from __future__ import annotations
 
@@ -9,23 +10,12 @@ from shared.errors import MissingExtraError
 
 DISTRIBUTION = "efficient-learning-toolkit"
 
-# module to import -> distribution name (for versions in `doctor`)
-EXTRAS: dict[str, dict[str, str]] = {
-    "vbp": {"timm": "timm", "onnx": "onnx", "onnxruntime": "onnxruntime"},
-    "tomerge": {
-        "diffusers": "diffusers",
-        "transformers": "transformers",
-        "timm": "timm",
-        "torchmetrics": "torchmetrics",
-    },
-    "kdic": {
-        "compressai": "compressai",
-        "bjontegaard": "bjontegaard",
-        "pytorch_msssim": "pytorch-msssim",
-    },
-    "scorelidar": {"spconv": "spconv", "diffusers": "diffusers", "scipy": "scipy"},
-    "hello": {"open_clip": "open_clip_torch", "timm": "timm"},
-}
+
+def extras(tool: str) -> dict[str, str]:
+    """The modules of `tool`'s extra -> their distributions (for versions in `doctor`)."""
+    from shared.registry import tool as registered
+
+    return registered(tool).extras
 
 
 def is_installed(module: str) -> bool:
@@ -44,7 +34,7 @@ def version_of(distribution: str) -> str | None:
 
 def require(tool: str, *modules: str) -> None:
     """Fail with one line naming the extra when a module the command needs is missing."""
-    wanted = modules or tuple(EXTRAS[tool])
+    wanted = modules or tuple(extras(tool))
     missing = [m for m in wanted if not is_installed(m)]
     if missing:
         raise MissingExtraError(
@@ -55,7 +45,7 @@ def require(tool: str, *modules: str) -> None:
 def extra_status(tool: str) -> dict[str, str | None]:
     """Installed version (or None) of each optional dependency of `tool`."""
     out: dict[str, str | None] = {}
-    for module, dist in EXTRAS[tool].items():
+    for module, dist in extras(tool).items():
         out[dist] = version_of(dist) if is_installed(module) else None
     if tool.startswith("scorelidar") and out.get("spconv") is None:
         cuda_build = version_of("spconv-cu120")

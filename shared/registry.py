@@ -21,6 +21,8 @@ class ToolSpec:
     summary: str  # one line for listings
     demo_title: str = ""  # the heading of its part of `make demo`
     benchmarks: tuple[str, ...] = field(default_factory=tuple)  # modules under benchmarks/
+    # its extra's modules -> their distributions (what `require` and `doctor` check)
+    extras: dict[str, str] = field(default_factory=dict)
     name: str = ""  # filled from the entry point's name
 
     @property

@@ -6,4 +6,10 @@ TOOL = ToolSpec(
     "importance-based token merging for diffusers pipelines",
     "tomerge: a tiny offline pipeline with and without token merging",
     ("benchmarks.tomerge_speed", "benchmarks.tomerge_fidelity"),
+    {
+        "diffusers": "diffusers",
+        "transformers": "transformers",
+        "timm": "timm",
+        "torchmetrics": "torchmetrics",
+    },
 )

@@ -6,4 +6,5 @@ TOOL = ToolSpec(
     "Variance-Based Pruning of trained networks (timm)",
     "vbp: prune a digits ViT by 50%",
     ("benchmarks.vbp_ablation", "benchmarks.vbp_speed"),
+    {"timm": "timm", "onnx": "onnx", "onnxruntime": "onnxruntime"},
 )

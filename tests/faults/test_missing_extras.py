@@ -22,7 +22,7 @@ COMMANDS = {
 
 @pytest.mark.parametrize("tool", sorted(COMMANDS))
 def test_a_missing_extra_is_named_in_one_line(tool: str, monkeypatch, tmp_path: Path) -> None:
-    extra = set(deps.EXTRAS[tool])
+    extra = set(deps.extras(tool))
     monkeypatch.setattr(deps, "is_installed", lambda module: module not in extra)
     out = tmp_path / "run"
     res = run_cli(tool, *COMMANDS[tool], "--out", str(out))
