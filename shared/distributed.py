@@ -14,6 +14,7 @@ Launchers, in order of precedence:
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import os
 import re
@@ -301,7 +302,9 @@ def cleanup(synchronise: bool = True) -> None:
     """
     if is_initialized():
         if synchronise and dist.get_world_size() > 1:
-            dist.barrier()
+            # a peer that failed and left makes it raise: then there is nobody to wait for
+            with contextlib.suppress(RuntimeError):
+                dist.barrier()
         dist.destroy_process_group()
 
 

@@ -368,6 +368,33 @@ def test_no_rank_tears_the_group_down_before_the_others_are_done(tmp_path: Path)
     assert early["leave"] >= late["enter"] > early["enter"] + 0.5
 
 
+_GONE_WORKER = r"""
+import json, os, sys, time
+from shared import distributed as D
+
+env = D.init("cpu", timeout_s=60)
+if env.rank == 0:  # a rank that failed and exited without tearing the group down
+    with open(os.path.join(sys.argv[1], "rank0.json"), "w") as f:
+        json.dump({}, f)
+    os._exit(0)
+time.sleep(0.5)
+start = time.time()
+D.cleanup()
+with open(os.path.join(sys.argv[1], "rank1.json"), "w") as f:
+    json.dump({"seconds": time.time() - start, "initialized": D.is_initialized()}, f)
+"""
+
+
+@pytest.mark.slow
+def test_a_finished_rank_still_exits_cleanly_when_a_peer_has_gone(tmp_path: Path) -> None:
+    """The barrier before destroying the group fails at once when the other rank has
+    exited; cleanup() then destroys the group and returns (no hang, no error)."""
+    port = _free_port()
+    envs = [torchrun_env(r, 2, "127.0.0.1", port) for r in range(2)]
+    _, survivor = _run_two(tmp_path, envs, _GONE_WORKER)
+    assert survivor["seconds"] < 30 and not survivor["initialized"]
+
+
 def test_cleanup_after_an_error_does_not_wait_for_the_others(monkeypatch) -> None:
     calls: list[str] = []
     monkeypatch.setattr(D, "is_initialized", lambda: True)
