@@ -341,6 +341,7 @@ def run_distill(
     from hello_cli.distill import DistillConfig, agreement, distill_projector
     from hello_cli.projector import load_projector, save_projector, storage_bytes
     from hello_cli.teachers import check_classes
+    from shared import distributed
 
     require_extras()
     torch.manual_seed(cfg.seed)
@@ -375,7 +376,7 @@ def run_distill(
     )
     proj.cpu()
     folder = _out_dir(run, out)
-    if folder is not None:
+    if folder is not None and distributed.is_main():  # the ranks' copies are identical
         stored = save_projector(proj, folder)
     else:
         tensors = {k: v.float() for k, v in proj.stored_tensors().items()}

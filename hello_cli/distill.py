@@ -82,7 +82,9 @@ def distill_projector(
     `synthetic_aug` (default: the student's crop, flip and CutMix); no CE there, since on
     those batches the teacher's top-1 is often not the image's class and the teacher is what
     the student will be taught to imitate. `run` (a shared.runs.Run) gives checkpoints,
-    preemption and exact --resume."""
+    preemption and exact --resume. Under torchrun/srun each rank takes every world-th batch
+    (`cfg.batch_size` per rank) and the factors' gradients are averaged over the ranks."""
+    from shared import distributed
     from shared.train import Trainer
 
     # a low-rank update on every encoder layer compounds through the depth: a step size that
@@ -101,11 +103,14 @@ def distill_projector(
     opt = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
     hw = tuple(images.shape[-2:])
     aug = AugConfig(aug.out_size, aug.crop_scale, aug.flip, cutmix=False)
-    real = StepPlans(lambda e: plan_epoch(len(images), hw, cfg.batch_size, aug, cfg.seed, e))
+    ranks = {"world": distributed.world_size(), "rank": distributed.rank()}
+    real = StepPlans(
+        lambda e: plan_epoch(len(images), hw, cfg.batch_size, aug, cfg.seed, e), **ranks
+    )
     steps = cfg.epochs * real.per_epoch
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(1, steps))
     synthetic_aug = synthetic_aug or AugConfig(aug.out_size)
-    synth = _synthetic_plans(synthetic, synthetic_aug, cfg)
+    synth = _synthetic_plans(synthetic, synthetic_aug, cfg, **ranks)
     teacher.eval()
     # The encoder stays in eval mode: its BatchNorm statistics are part of the frozen base
     # (not stored), and labels are later generated in eval mode, so train in that mode too.
@@ -126,14 +131,16 @@ def distill_projector(
                 with torch.no_grad():
                     ts = teacher(xs).float()
                 loss = loss + cfg.synthetic_weight * F.mse_loss(centred(projector(xs)), centred(ts))
-        trainer.optimize(loss, opt, scheduler=sched)
+        trainer.optimize(loss, opt, scheduler=sched, average=[*rest, *encoder])
         return {"loss": loss}
 
-    return trainer.fit(step_fn)
+    summary = trainer.fit(step_fn)
+    distributed.check_replicas(projector, "projector")
+    return summary
 
 
 def _synthetic_plans(
-    images: torch.Tensor | None, aug: AugConfig, cfg: DistillConfig
+    images: torch.Tensor | None, aug: AugConfig, cfg: DistillConfig, *, world: int, rank: int
 ) -> StepPlans | None:
     """Augmented batches of the synthetic set by step, on a seed stream apart from the
     student's (the projector must not have seen the student's exact batches)."""
@@ -143,7 +150,9 @@ def _synthetic_plans(
         raise ValueError("the synthetic set is empty")
     bs = min(cfg.batch_size, len(images))
     hw = tuple(images.shape[-2:])
-    return StepPlans(lambda e: plan_epoch(len(images), hw, bs, aug, cfg.seed + 7919, e))
+    return StepPlans(
+        lambda e: plan_epoch(len(images), hw, bs, aug, cfg.seed + 7919, e), world=world, rank=rank
+    )
 
 
 @torch.no_grad()

@@ -203,12 +203,15 @@ class Run:
         return self.dir / name
 
     def _header(self, status: str) -> dict[str, Any]:
+        from shared import distributed
+
         return {
             "tool": self.tool,
             "command": self.command,
             "version": __version__,
             "status": status,
             "seconds": round(time.time() - self.started, 3),
+            "world_size": distributed.world_size(),  # processes that ran it (torchrun/srun)
         }
 
     def save_metrics(self, metrics: dict[str, Any]) -> dict[str, Any]:

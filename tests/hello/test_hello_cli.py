@@ -328,3 +328,34 @@ def test_distill_resume_continues_the_same_run_and_refuses_other_options(
     assert code == 2 and "other options" in err and "--lr" in err, err
     code, _, err = hello(None, *args)  # a used folder without --resume/--overwrite
     assert code == 2 and "not empty" in err
+
+
+@pytest.mark.slow
+def test_two_ranks_distil_one_projector_on_half_the_steps_each(
+    capsys, tmp_path: Path, teacher_file: Path
+) -> None:
+    """torchrun with 2 CPU ranks (Gloo): each rank takes every other batch and the factors'
+    gradients are averaged; the run ends with the check that both ranks hold the same
+    projector (it raises if the averaging were skipped, as the ranks see other batches)."""
+    import os
+    import subprocess
+
+    from tests.helpers import BIN, tool_path
+
+    code, _, err = hello(capsys, "build-projector", "--encoder", "openclip:TinyCLIP-RN",
+                         "--classes", "builtin:digits", "--out", str(tmp_path / "p0"))  # fmt: skip
+    assert code == 0, err
+    args = ["distill", "--projector", str(tmp_path / "p0"), "--teacher", str(teacher_file),
+            "--data", "builtin:digits", "--rank", "1", "--head-rank", "2", "--epochs", "1",
+            "--batch-size", "128", "--device", "cpu", "--json"]  # fmt: skip
+    code, one, err = hello(capsys, *args, "--out", str(tmp_path / "one"))
+    assert code == 0, err
+    res = subprocess.run(
+        [str(BIN / "torchrun"), "--nproc-per-node", "2", "--master-port",
+         str(29900 + os.getpid() % 90), tool_path("hello"), *args, "--out", str(tmp_path / "two")],
+        capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=600,
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr[-3000:]
+    two = json.loads((tmp_path / "two" / "metrics.json").read_text())
+    assert two["world_size"] == 2 and two["steps"] == one["steps"] // 2
+    assert (tmp_path / "two" / "projector.safetensors").is_file()
