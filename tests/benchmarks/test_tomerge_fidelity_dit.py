@@ -41,7 +41,18 @@ def test_both_settings_merge_with_their_own_importance(model, guidance, methods,
         assert r["psnr_low"] <= r["psnr"] <= r["psnr_high"]
         assert len(r["psnr_per_sample"]) == len(labels)
         assert not torch.equal(res["images"][key], res["images"]["unmerged"])  # merging acted
-    assert res["paired 0.5"]["verdict"] in ("higher", "on par", "lower")
+    _check_paired(res, f"{name} 0.5", "grid 0.5")
+
+
+def _check_paired(res: dict, first: str, second: str) -> None:
+    """The paired row is the per-sample difference of the two methods on the same samples,
+    its interval around it and a verdict that follows the interval."""
+    a, b = res[first]["psnr_per_sample"], res[second]["psnr_per_sample"]
+    p = res["paired 0.5"]
+    assert p["diff"] == pytest.approx(sum(x - y for x, y in zip(a, b, strict=True)) / len(a))
+    assert p["low"] <= p["diff"] <= p["high"]
+    expected = "higher" if p["low"] > 0 else "lower" if p["high"] < 0 else "on par"
+    assert p["verdict"] == expected
 
 
 def test_bootstrap_mean_of_a_constant_has_no_width() -> None:
@@ -60,7 +71,7 @@ def test_the_mlp_setting_compares_merging_the_feed_forward_against_attention_onl
     )  # fmt: skip
     both, attn = res["images"]["importance + MLP 0.5"], res["images"]["importance 0.5"]
     assert not torch.equal(both, attn)  # the MLP's merge changed the samples
-    assert res["paired 0.5"]["verdict"] in ("higher", "on par", "lower")
+    _check_paired(res, "importance + MLP 0.5", "importance 0.5")
 
 
 @pytest.mark.parametrize(("layers", "merged"), [(6, 6), (8, 4)])

@@ -361,7 +361,8 @@ case(
     file_of("hello_ckpt:random"),
 )
 case("evaluate-teacher-wrong-classes", HE,
-     lambda w: he_eval(w, None, w["tm_inception:wrong"]), None)  # fmt: skip
+     lambda w: he_eval(w, None, w["tm_inception:wrong"]),
+     file_of("tm_inception:wrong"))  # fmt: skip
 
 case("distill-teacher-wrong-width", HE,
      lambda w: he_distill(w, None, w["hello:teacher_wrong_width"]),

@@ -395,6 +395,44 @@ def test_a_finished_rank_still_exits_cleanly_when_a_peer_has_gone(tmp_path: Path
     assert survivor["seconds"] < 30 and not survivor["initialized"]
 
 
+_REPLICA_WORKER = r"""
+import json, os, sys
+import torch
+from torch import nn
+from shared import distributed as D
+from shared.errors import ToolkitError
+
+env = D.init("cpu", timeout_s=60)
+res = {}
+model = nn.Linear(4, 3)
+with torch.no_grad():
+    for p in model.parameters():
+        p.fill_(0.5)
+for case, change in (("same", 0.0), ("one_weight_off", 1e-3)):
+    with torch.no_grad():
+        model.weight[0, 0] = 0.5 + (change if env.rank == 1 else 0.0)
+    try:
+        D.check_replicas(model)
+        res[case] = "passed"
+    except ToolkitError as exc:
+        res[case] = str(exc)
+D.cleanup()
+with open(os.path.join(sys.argv[1], f"rank{env.rank}.json"), "w") as f:
+    json.dump(res, f)
+"""
+
+
+@pytest.mark.slow
+def test_check_replicas_raises_on_every_rank_when_one_weight_differs(tmp_path: Path) -> None:
+    """The end-of-training guard the 2-rank tests of every tool rely on: identical replicas
+    pass, a single weight off by 1e-3 on one rank is caught on both."""
+    port = _free_port()
+    envs = [torchrun_env(r, 2, "127.0.0.1", port) for r in range(2)]
+    for res in _run_two(tmp_path, envs, _REPLICA_WORKER):
+        assert res["same"] == "passed"
+        assert "drifted" in res["one_weight_off"]
+
+
 def test_cleanup_after_an_error_does_not_wait_for_the_others(monkeypatch) -> None:
     calls: list[str] = []
     monkeypatch.setattr(D, "is_initialized", lambda: True)

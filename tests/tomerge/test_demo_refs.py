@@ -96,12 +96,29 @@ def test_speed_verdict_takes_a_side_only_without_overlap() -> None:
     assert demo.speed_verdict(t(1.0, 1.25), t(1.2, 1.3)) == "on par with"
 
 
-def test_speed_check_really_merges_and_reports_ratios() -> None:
-    speed = demo.speed_run(rounds=1, side=8)
+def test_speed_check_really_merges_and_reports_ratios(monkeypatch) -> None:
+    """Every merged method's self-attention sees fewer tokens than the unmerged one, and each
+    speed-up is the unmerged median over the method's own."""
+    side, seen = 8, {}
+    patch = demo.patch
+
+    def counting_patch(model, method, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
+        remove = patch(model, method, *args, **kwargs)
+        attn = next(m for n, m in model.named_modules() if n.endswith("attn1"))
+        attn.register_forward_pre_hook(
+            lambda m, a, k: seen.__setitem__(method, (a[0] if a else k["hidden_states"]).shape[1]),
+            with_kwargs=True,
+        )
+        return remove
+
+    monkeypatch.setattr(demo, "patch", counting_patch)
+    speed = demo.speed_run(rounds=2, side=side)
     assert list(speed) == list(demo.METHODS)
-    assert speed["unmerged"]["speedup"] == 1.0
+    assert seen["unmerged"] == side * side
+    assert all(seen[m] < side * side for m in demo.METHODS if m != "unmerged"), seen
     for row in speed.values():
         assert row["min_s"] <= row["median_s"] <= row["max_s"]
+        assert row["speedup"] == pytest.approx(speed["unmerged"]["median_s"] / row["median_s"])
 
 
 def test_patch_changes_the_samples_and_is_removed_cleanly() -> None:
