@@ -44,6 +44,15 @@ class OptionSpec:
     argument: bool = False  # a positional argument instead of --flag
     hidden: bool = False
 
+    # the bounds as words ("> 0", "<= 8"), for the error a bad value gets and for --help
+    @property
+    def lower(self) -> str | None:
+        return None if self.min is None else f"{'>' if self.min_open else '>='} {self.min:g}"
+
+    @property
+    def upper(self) -> str | None:
+        return None if self.max is None else f"{'<' if self.max_open else '<='} {self.max:g}"
+
 
 def opt(
     default: Any = MISSING,
@@ -98,11 +107,9 @@ def check_value(name: str, value: Any, spec: OptionSpec) -> None:
         if isinstance(v, float) and not math.isfinite(v):
             raise InputError(f"{name}: must be a finite number, got {v}")
         if spec.min is not None and (v < spec.min or (spec.min_open and v == spec.min)):
-            bound = f"> {spec.min:g}" if spec.min_open else f">= {spec.min:g}"
-            raise InputError(f"{name}: must be {bound}, got {v:g}")
+            raise InputError(f"{name}: must be {spec.lower}, got {v:g}")
         if spec.max is not None and (v > spec.max or (spec.max_open and v == spec.max)):
-            bound = f"< {spec.max:g}" if spec.max_open else f"<= {spec.max:g}"
-            raise InputError(f"{name}: must be {bound}, got {v:g}")
+            raise InputError(f"{name}: must be {spec.upper}, got {v:g}")
 
 
 def validate(config: Any) -> None:
@@ -121,11 +128,7 @@ def _param_for(f: dataclasses.Field[Any], hint: Any) -> inspect.Parameter:
     help_text = spec.help
     if spec.choices:
         help_text = f"{help_text} One of: {', '.join(spec.choices)}.".strip()
-    bounds = []
-    if spec.min is not None:
-        bounds.append(f"{'>' if spec.min_open else '>='} {spec.min:g}")
-    if spec.max is not None:
-        bounds.append(f"{'<' if spec.max_open else '<='} {spec.max:g}")
+    bounds = [b for b in (spec.lower, spec.upper) if b is not None]
     if bounds:  # the bounds check_value enforces, so --help shows what is accepted
         help_text = f"{help_text} [{', '.join(bounds)}]".strip()
     kwargs: dict[str, Any] = {"help": help_text, "hidden": spec.hidden}

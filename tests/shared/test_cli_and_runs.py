@@ -340,11 +340,11 @@ def test_every_bounded_option_shows_its_bounds_in_help() -> None:
     import typer
 
     from shared.options import flag_of, option_spec
-    from shared.registry import load_app
+    from shared.registry import load_app, tools
     from tests.faults.cases import _config_of
 
     checked = 0
-    for tool in ("vbp", "tomerge", "kdic", "scorelidar", "hello"):
+    for tool in tools():
         app = typer.main.get_command(load_app(tool))
         for cmd in app.commands.values():
             config = _config_of(cmd.callback)
