@@ -343,6 +343,12 @@ def test_two_processes_under_each_launcher(tmp_path: Path, launcher: str) -> Non
         assert res["env"] == [r, 2, r, host, port, launcher]
 
 
+def _torchrun_two(tmp_path: Path, worker: str) -> list[dict]:
+    """`worker` as ranks 0 and 1 under torchrun's variables; each rank's JSON result."""
+    port = _free_port()
+    return _run_two(tmp_path, [torchrun_env(r, 2, "127.0.0.1", port) for r in range(2)], worker)
+
+
 _LATE_WORKER = r"""
 import json, os, sys, time
 from shared import distributed as D
@@ -362,9 +368,7 @@ with open(os.path.join(sys.argv[1], f"rank{env.rank}.json"), "w") as f:
 def test_no_rank_tears_the_group_down_before_the_others_are_done(tmp_path: Path) -> None:
     """cleanup() after a finished command waits for every rank before destroying the
     group: the early rank leaves only once the late one has arrived."""
-    port = _free_port()
-    envs = [torchrun_env(r, 2, "127.0.0.1", port) for r in range(2)]
-    late, early = _run_two(tmp_path, envs, _LATE_WORKER)
+    late, early = _torchrun_two(tmp_path, _LATE_WORKER)
     assert early["leave"] >= late["enter"] > early["enter"] + 0.5
 
 
@@ -389,9 +393,7 @@ with open(os.path.join(sys.argv[1], "rank1.json"), "w") as f:
 def test_a_finished_rank_still_exits_cleanly_when_a_peer_has_gone(tmp_path: Path) -> None:
     """The barrier before destroying the group fails at once when the other rank has
     exited; cleanup() then destroys the group and returns (no hang, no error)."""
-    port = _free_port()
-    envs = [torchrun_env(r, 2, "127.0.0.1", port) for r in range(2)]
-    _, survivor = _run_two(tmp_path, envs, _GONE_WORKER)
+    _, survivor = _torchrun_two(tmp_path, _GONE_WORKER)
     assert survivor["seconds"] < 30 and not survivor["initialized"]
 
 
@@ -426,9 +428,7 @@ with open(os.path.join(sys.argv[1], f"rank{env.rank}.json"), "w") as f:
 def test_check_replicas_raises_on_every_rank_when_one_weight_differs(tmp_path: Path) -> None:
     """The end-of-training guard the 2-rank tests of every tool rely on: identical replicas
     pass, a single weight off by 1e-3 on one rank is caught on both."""
-    port = _free_port()
-    envs = [torchrun_env(r, 2, "127.0.0.1", port) for r in range(2)]
-    for res in _run_two(tmp_path, envs, _REPLICA_WORKER):
+    for res in _torchrun_two(tmp_path, _REPLICA_WORKER):
         assert res["same"] == "passed"
         assert "drifted" in res["one_weight_off"]
 
