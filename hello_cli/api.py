@@ -245,7 +245,7 @@ def run_build_projector(
     from hello_cli.data_io import load_real, read_class_names
     from hello_cli.distill import agreement
     from hello_cli.encoders import DEFAULT_TEMPLATES, EncoderSpec
-    from hello_cli.projector import build_projector, save_projector, storage_bytes
+    from hello_cli.projector import build_projector, save_projector, stored_size
 
     require_extras()
     spec = EncoderSpec.parse(
@@ -285,14 +285,7 @@ def run_build_projector(
         real_labels=real[1] if real else None,
         device=device,
     )
-    if out is not None:
-        stored = save_projector(projector, out)
-    else:
-        tensors = projector.stored_tensors()
-        stored = {
-            "stored_parameters": sum(t.numel() for t in tensors.values()),
-            "storage_bytes": storage_bytes(tensors),
-        }
+    stored = save_projector(projector, out) if out is not None else stored_size(projector)
     metrics: dict[str, Any] = {"classes": len(names), "encoder": cfg.encoder, **stored}
     metrics["encoder_weights"] = spec.weights or spec.name if not spec.random else "random"
     if data is not None:
@@ -339,7 +332,7 @@ def run_distill(
     from hello_cli.augment import AugConfig
     from hello_cli.data_io import load_real, load_synthetic
     from hello_cli.distill import DistillConfig, agreement, distill_projector
-    from hello_cli.projector import load_projector, save_projector, storage_bytes
+    from hello_cli.projector import load_projector, save_projector, stored_size
     from hello_cli.teachers import check_classes
     from shared import distributed
 
@@ -379,11 +372,7 @@ def run_distill(
     if folder is not None and distributed.is_main():  # the ranks' copies are identical
         stored = save_projector(proj, folder)
     else:
-        tensors = {k: v.float() for k, v in proj.stored_tensors().items()}
-        stored = {
-            "stored_parameters": sum(t.numel() for t in tensors.values()),
-            "storage_bytes": storage_bytes(tensors),
-        }
+        stored = stored_size(proj)
     xv, yv, _ = load_real(cfg.data, "val", cfg.image_size)
     agree = agreement(proj, t_model.cpu(), xv, yv)
     return proj, {"trainable_parameters": trainable, **stored, **stats, **agree}
@@ -472,13 +461,13 @@ def label_source(
     if cfg.labels == "hard":
         return HardLabels(), 0
     if cfg.labels == "projector":
-        from hello_cli.projector import load_projector, storage_bytes
+        from hello_cli.projector import load_projector, stored_size
 
         proj = load_projector(cfg.projector)  # type: ignore[arg-type]
         check_classes(names, projector_names=proj.config.class_names)
         if proj.num_classes != len(names):
             raise InputError(f"the projector has {proj.num_classes} classes, the data {len(names)}")
-        size = storage_bytes(proj.stored_tensors())  # the projector file's payload
+        size = stored_size(proj)["storage_bytes"]  # the projector file's payload
         return OnlineLabels(proj.to(device), size), size
     t_model, t_names = load_teachers(cfg, device)
     check_classes(names, teacher=t_model, teacher_names=t_names)

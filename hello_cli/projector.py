@@ -152,19 +152,32 @@ def build_projector(
     return Projector(encoder, w, logit_scale or scale, config, feature_mean)
 
 
-def save_projector(projector: Projector, directory: str | Path, **extra: Any) -> dict[str, int]:
-    """Write DIR/projector.safetensors; returns its payload bytes and parameter count."""
-    from shared.checkpoints import save_checkpoint
+def _stored(projector: Projector) -> dict[str, torch.Tensor]:
+    """The tensors a projector file holds, as written (float32)."""
+    return {k: v.float() for k, v in projector.stored_tensors().items()}
 
-    tensors = {k: v.float() for k, v in projector.stored_tensors().items()}
-    projector.config.extra.update(extra)
-    save_checkpoint(
-        Path(directory) / FILE_NAME, tensors, tool="hello", architecture=asdict(projector.config)
-    )
+
+def stored_size(projector: Projector) -> dict[str, int]:
+    """Parameter count and payload bytes of the projector's file, written or not."""
+    tensors = _stored(projector)
     return {
         "stored_parameters": sum(t.numel() for t in tensors.values()),
         "storage_bytes": storage_bytes(tensors),
     }
+
+
+def save_projector(projector: Projector, directory: str | Path, **extra: Any) -> dict[str, int]:
+    """Write DIR/projector.safetensors; returns its payload bytes and parameter count."""
+    from shared.checkpoints import save_checkpoint
+
+    projector.config.extra.update(extra)
+    save_checkpoint(
+        Path(directory) / FILE_NAME,
+        _stored(projector),
+        tool="hello",
+        architecture=asdict(projector.config),
+    )
+    return stored_size(projector)
 
 
 def projector_file(path: str | Path) -> Path:
