@@ -297,8 +297,7 @@ def cleanup(synchronise: bool = True) -> None:
 
     ``synchronise`` (a command that finished on every rank) first waits at a barrier, so
     no rank tears its Gloo/NCCL connections down while another still writes its outputs
-    and talks to it: a peer closing early can abort the other's transport threads at exit.
-    After an error the other ranks may never arrive, so there it is False.
+    and talks to it. After an error the other ranks may never arrive, so there it is False.
     """
     if is_initialized():
         if synchronise and dist.get_world_size() > 1:
